@@ -1,0 +1,33 @@
+import createError from '@fastify/error'
+
+/** An invalid plugin option; `error.option` names it (for example `session.ttl`). */
+export const PowOptionError = createError<[string, string]>(
+  'POW_ERR_OPTION',
+  'fastify-pow option "%s" %s',
+  500,
+  TypeError
+)
+
+/** The store failed or timed out; answered with 503 and no cookie change. */
+export const PowStoreError = createError(
+  'POW_ERR_STORE_UNAVAILABLE',
+  'Session store unavailable',
+  503
+)
+
+/** A helper that needs a signed-in user was called on an anonymous request. */
+export const PowNotSignedInError = createError<[string]>(
+  'POW_ERR_NOT_SIGNED_IN',
+  'request.powSession.%s() needs a signed-in user',
+  401
+)
+
+export function optionError (option: string, problem: string): Error & { option: string } {
+  const err = new PowOptionError(option, problem) as unknown as Error & { option: string }
+  err.option = option
+  return err
+}
+
+export function storeError (cause: unknown): Error {
+  return new PowStoreError({ cause })
+}

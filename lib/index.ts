@@ -1,0 +1,67 @@
+import fastifyCookie from '@fastify/cookie'
+import type { FastifyInstance, FastifyPluginAsync } from 'fastify'
+import fp from 'fastify-plugin'
+import { buildConfig } from './options.js'
+import { PowPersistentSession } from './persistent-session.js'
+import { Pow } from './pow.js'
+import { kAuthenticate, PowSession } from './session.js'
+import { MemoryStore } from './stores/memory.js'
+import type { PowOptions } from './types.js'
+
+declare module 'fastify' {
+  interface FastifyRequest {
+    /** The session of this request; its `user` is null when nobody is signed in. */
+    powSession: PowSession
+    /** This browser's remember-me token; null when the `persistentSession` option is false. */
+    powPersistentSession: PowPersistentSession | null
+  }
+  interface FastifyInstance {
+    /** The credentials cache, the store and the session events. */
+    pow: Pow
+  }
+}
+
+const plugin: FastifyPluginAsync<PowOptions> = async function fastifyPow (fastify: FastifyInstance, opts: PowOptions) {
+  const config = buildConfig(opts)
+  const store = config.store ?? new MemoryStore()
+  if (!fastify.hasReplyDecorator('setCookie')) await fastify.register(fastifyCookie)
+
+  const pow = new Pow(config, store, fastify.log)
+  fastify.decorate('pow', pow)
+  fastify.decorateRequest('powSession', null as unknown as PowSession)
+  fastify.decorateRequest('powPersistentSession', null)
+
+  const sessionCookie = config.session.name
+  const persistentCookie = config.persistent?.name
+  const reload = config.reloadUser !== undefined
+
+  fastify.addHook('onRequest', async function powAuthenticate (request, reply) {
+    const session = new PowSession(pow, request, reply)
+    request.powSession = session
+    const persistent = persistentCookie === undefined ? null : new PowPersistentSession(pow, request, reply, session)
+    request.powPersistentSession = persistent
+
+    const header = request.headers.cookie
+    if (header === undefined) return
+    // @fastify/cookie parses in its own onRequest hook unless the app registered it with another hook.
+    const cookies = request.cookies ?? fastify.parseCookie(header)
+    const sid = cookies[sessionCookie]
+    if (sid !== undefined) await session[kAuthenticate](sid, reload)
+    if (persistent !== null) {
+      const token = cookies[persistentCookie as string]
+      if (token !== undefined) await persistent[kAuthenticate](token, reload)
+    }
+  })
+}
+
+/** The fastify-pow plugin. */
+export const fastifyPow = fp(plugin, { fastify: '5.x', name: 'fastify-pow' })
+export default fastifyPow
+
+export { MemoryStore } from './stores/memory.js'
+export { PowOptionError, PowStoreError, PowNotSignedInError } from './errors.js'
+export { Pow } from './pow.js'
+export { CredentialsCache } from './credentials-cache.js'
+export { PowSession, type CreateOptions } from './session.js'
+export { PowPersistentSession } from './persistent-session.js'
+export type * from './types.js'

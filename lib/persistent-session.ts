@@ -1,0 +1,138 @@
+import type { FastifyReply, FastifyRequest } from 'fastify'
+import { hashToken, randomFingerprint, randomToken } from './crypto.js'
+import type { Pow } from './pow.js'
+import { kAdopt, kAuthenticate, kReload, kRenewed, kSignIn, type PowSession } from './session.js'
+import type { PowUser, SessionMetadata, SessionRecord, TokenRecord } from './types.js'
+
+/**
+ * `request.powPersistentSession`: this browser's remember-me token (Pow's
+ * `PowPersistentSession.Plug.Cookie`). `request.powSession.create(user, { persistent: true })`
+ * uses it; apps that manage remember-me themselves call it directly.
+ */
+export class PowPersistentSession {
+  #pow: Pow
+  #request: FastifyRequest
+  #reply: FastifyReply
+  #session: PowSession
+  /** Hash of the verified token in this request's cookie; null when none. */
+  #tokenHash: string | null = null
+  /** Whether the request carried a cookie at all, verified or not. */
+  #hasCookie = false
+
+  constructor (pow: Pow, request: FastifyRequest, reply: FastifyReply, session: PowSession) {
+    this.#pow = pow
+    this.#request = request
+    this.#reply = reply
+    this.#session = session
+  }
+
+  /**
+   * Replaces this browser's remember-me token with a new one for `user`, tied to the current
+   * session's fingerprint (a fresh one without a session), and sets the cookie.
+   */
+  async create (user: PowUser): Promise<void> {
+    const pow = this.#pow
+    const userKey = pow.config.userKey(user)
+    await this.#deleteStored()
+    const current = this.#session.metadata
+    const { fingerprint = randomFingerprint(), insertedAt, signedInAt, ...metadata } = current ?? {} as Partial<SessionMetadata>
+    await this.#issue({ userKey, fingerprint, user, metadata })
+  }
+
+  /** Deletes this browser's remember-me token server-side and expires the cookie. */
+  async delete (): Promise<void> {
+    await this.#deleteStored()
+    if (this.#hasCookie) {
+      const { name, options } = this.#pow.config.persistent as NonNullable<Pow['config']['persistent']>
+      this.#reply.clearCookie(name, options)
+      this.#hasCookie = false
+    }
+  }
+
+  /**
+   * @internal With a session: renews the cookie's max-age (and the token's TTL when the session
+   * was renewed). Without: a valid token signs the browser in once, with a new session and a new
+   * token on the same fingerprint; a used token works for the rotation grace, then is theft.
+   */
+  async [kAuthenticate] (signed: string, reloadUser: boolean): Promise<void> {
+    const pow = this.#pow
+    const config = pow.config.persistent as NonNullable<Pow['config']['persistent']>
+    this.#hasCookie = true
+    const unsigned = pow.unsign(signed)
+    if (unsigned === null) {
+      this.#request.log.debug('fastify-pow: remember-me cookie failed verification')
+      return
+    }
+    const tokenHash = hashToken(unsigned.token)
+    this.#tokenHash = tokenHash
+    const session = this.#session
+    if (session.user !== null) {
+      if (session[kRenewed]) await pow.store.touchToken(tokenHash, config.ttl)
+      this.#reply.setCookie(config.name, unsigned.renew ? pow.sign(unsigned.token) : signed, config.options)
+      return
+    }
+
+    const now = Date.now()
+    const claim = await pow.store.claimToken(tokenHash, now)
+    if (claim === null) {
+      this.#request.log.debug('fastify-pow: remember-me cookie points at no token')
+      this.#tokenHash = null
+      this.#reply.clearCookie(config.name, config.options)
+      return
+    }
+    const token = claim.record
+    const record: SessionRecord = {
+      userKey: token.userKey,
+      fingerprint: token.fingerprint,
+      insertedAt: now,
+      signedInAt: now,
+      metadata: token.metadata
+    }
+    const event = { request: this.#request, user: token.user, userKey: token.userKey, fingerprint: token.fingerprint }
+
+    if (!claim.claimed) {
+      if (now - (token.usedAt as number) <= pow.config.session.rotationGrace) {
+        session[kAdopt](token.user as PowUser, record)
+        return
+      }
+      const revoked = await pow.store.revoke(token.userKey, { fingerprint: token.fingerprint })
+      this.#tokenHash = null
+      this.#reply.clearCookie(config.name, config.options)
+      this.#request.log.warn(
+        { userKey: token.userKey, fingerprint: token.fingerprint },
+        'fastify-pow: a used remember-me token came back after its grace; its fingerprint was revoked'
+      )
+      pow.notify('persistent:reuse', event)
+      for (const fingerprint of revoked) pow.notify('session:deleted', { ...event, fingerprint })
+      return
+    }
+
+    let user = token.user as PowUser
+    if (reloadUser) {
+      const reloaded = await session[kReload](user, record)
+      if (reloaded === null) return
+      user = reloaded
+    }
+    await session[kSignIn](user, record)
+    await this.#issue({ userKey: token.userKey, fingerprint: token.fingerprint, user, metadata: token.metadata })
+    pow.notify('persistent:used', { ...event, user })
+    pow.notify('session:created', { ...event, user })
+  }
+
+  async #issue (record: TokenRecord): Promise<void> {
+    const pow = this.#pow
+    const config = pow.config.persistent as NonNullable<Pow['config']['persistent']>
+    const token = randomToken()
+    const tokenHash = hashToken(token)
+    await pow.store.putToken(tokenHash, record, config.ttl)
+    this.#reply.setCookie(config.name, pow.sign(token), config.options)
+    this.#tokenHash = tokenHash
+    this.#hasCookie = true
+  }
+
+  async #deleteStored (): Promise<void> {
+    if (this.#tokenHash === null) return
+    await this.#pow.store.deleteToken(this.#tokenHash)
+    this.#tokenHash = null
+  }
+}

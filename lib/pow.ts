@@ -1,0 +1,78 @@
+import { EventEmitter } from 'node:events'
+import { Signer } from '@fastify/cookie'
+import type { FastifyBaseLogger } from 'fastify'
+import { CredentialsCache } from './credentials-cache.js'
+import { isToken } from './crypto.js'
+import { PowStoreError, storeError } from './errors.js'
+import { type Config, STORE_METHODS } from './options.js'
+import type { PowEvents, PowStore } from './types.js'
+
+// A signed token is `<43 chars>.<43 chars of base64 HMAC-SHA256>`; anything else is rejected before any HMAC.
+const SIGNED_LENGTH = 87
+
+/** Every store call goes through this: whatever the store throws becomes a 503 `POW_ERR_STORE_UNAVAILABLE`. */
+function guardStore (store: PowStore): PowStore {
+  const fail = (err: unknown): never => {
+    throw err instanceof PowStoreError ? err : storeError(err)
+  }
+  const guarded: Record<string, unknown> = {}
+  for (const method of STORE_METHODS) {
+    const fn = store[method] as (...args: unknown[]) => Promise<unknown>
+    guarded[method] = (...args: unknown[]) => {
+      try {
+        return fn.apply(store, args).then(undefined, fail)
+      } catch (err) {
+        return Promise.reject(storeError(err))
+      }
+    }
+  }
+  return guarded as unknown as PowStore
+}
+
+/** `app.pow`: the credentials cache, the store and the session events. */
+export class Pow extends EventEmitter<PowEvents> {
+  /** The credentials cache (Pow's `CredentialsCache`), keyed by raw session ids. */
+  readonly credentials: CredentialsCache
+  /** The store as given (or the default one). */
+  readonly rawStore: PowStore
+  /** @internal the store with failures mapped to 503 */
+  readonly store: PowStore
+  /** @internal */
+  readonly config: Config
+  /** @internal */
+  readonly log: FastifyBaseLogger
+  #signer: Signer
+
+  constructor (config: Config, store: PowStore, log: FastifyBaseLogger) {
+    super()
+    this.config = config
+    this.rawStore = store
+    this.store = guardStore(store)
+    this.log = log
+    this.#signer = new Signer(config.secrets)
+    this.credentials = new CredentialsCache(this)
+  }
+
+  /** @internal */
+  sign (token: string): string {
+    return this.#signer.sign(token)
+  }
+
+  /** @internal the token in a signed cookie value, or null when it is malformed or forged */
+  unsign (signed: string): { token: string, renew: boolean } | null {
+    if (signed.length !== SIGNED_LENGTH) return null
+    const result = this.#signer.unsign(signed)
+    if (!result.valid || result.value === null || !isToken(result.value)) return null
+    return { token: result.value, renew: result.renew }
+  }
+
+  /** @internal listeners must not break a request */
+  notify<K extends keyof PowEvents> (event: K, ...args: PowEvents[K]): void {
+    if (this.listenerCount(event) === 0) return
+    try {
+      (this.emit as (e: K, ...a: PowEvents[K]) => boolean)(event, ...args)
+    } catch (err) {
+      this.log.error({ err, event }, 'fastify-pow: an event listener threw')
+    }
+  }
+}

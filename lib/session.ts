@@ -1,0 +1,213 @@
+import type { FastifyReply, FastifyRequest } from 'fastify'
+import { toMetadata, toSessionInfos } from './credentials-cache.js'
+import { hashToken, randomFingerprint, randomToken } from './crypto.js'
+import { PowNotSignedInError } from './errors.js'
+import type { Pow } from './pow.js'
+import type { PowMetadata, PowUser, SessionInfo, SessionMetadata, SessionRecord } from './types.js'
+
+export const kAuthenticate = Symbol('fastify-pow.authenticate')
+export const kSignIn = Symbol('fastify-pow.signIn')
+export const kAdopt = Symbol('fastify-pow.adopt')
+export const kRenewed = Symbol('fastify-pow.renewed')
+export const kReload = Symbol('fastify-pow.reload')
+
+export interface CreateOptions {
+  /** Also create a remember-me token for this browser. */
+  persistent?: boolean
+  /** Custom metadata stored with the session (JSON-serializable). */
+  metadata?: PowMetadata
+}
+
+/**
+ * `request.powSession`: the session of this request. Set up by the plugin's `onRequest` hook,
+ * which has already authenticated the request when a handler runs.
+ */
+export class PowSession {
+  /** @internal whether this request renewed the session */
+  [kRenewed] = false
+  /** The signed-in user, or null. */
+  user: PowUser | null = null
+  #pow: Pow
+  #request: FastifyRequest
+  #reply: FastifyReply
+  #record: SessionRecord | undefined = undefined
+
+  constructor (pow: Pow, request: FastifyRequest, reply: FastifyReply) {
+    this.#pow = pow
+    this.#request = request
+    this.#reply = reply
+  }
+
+  /** `fingerprint`, `insertedAt`, `signedInAt` and the custom metadata of the session, or null. */
+  get metadata (): SessionMetadata | null {
+    return this.#record === undefined ? null : toMetadata(this.#record)
+  }
+
+  /**
+   * Signs `user` in: ends this browser's current session (session fixation), stores a new
+   * session with a fresh id and fingerprint and sets the cookie. With `persistent` it also
+   * creates a remember-me token; without, it deletes this browser's old one.
+   */
+  async create (user: PowUser, options: CreateOptions = {}): Promise<void> {
+    const pow = this.#pow
+    const userKey = pow.config.userKey(user)
+    const persistent = this.#request.powPersistentSession
+    if (options.persistent === true && persistent === null) {
+      throw new TypeError('fastify-pow: create(user, { persistent: true }) needs the persistentSession option')
+    }
+    await this.#revokeCurrent()
+    const now = Date.now()
+    await this[kSignIn](user, {
+      userKey,
+      fingerprint: randomFingerprint(),
+      insertedAt: now,
+      signedInAt: now,
+      metadata: options.metadata ?? {}
+    })
+    if (options.persistent === true) await persistent?.create(user)
+    else await persistent?.delete()
+    pow.notify('session:created', this.#event(user))
+  }
+
+  /** Signs out: ends this browser's sessions and remember-me token server-side and clears both cookies. */
+  async delete (): Promise<void> {
+    await this.#revokeCurrent()
+    await this.#request.powPersistentSession?.delete()
+    const { name, options } = this.#pow.config.session
+    this.#reply.clearCookie(name, options)
+  }
+
+  /** Stores new credentials for the signed-in user; all the user's sessions see them. */
+  async update (user: PowUser): Promise<void> {
+    const record = this.#requireUser('update')
+    if (this.#pow.config.userKey(user) !== record.userKey) {
+      throw new TypeError('fastify-pow: update(user) must be given the signed-in user')
+    }
+    await this.#pow.credentials.updateUser(user)
+    this.user = user
+  }
+
+  /** The signed-in user's live sessions, one per fingerprint (browser). */
+  async sessions (): Promise<SessionInfo[]> {
+    const record = this.#requireUser('sessions')
+    return toSessionInfos(await this.#pow.store.listSessions(record.userKey), record.fingerprint)
+  }
+
+  /** Ends another session of the signed-in user and its remember-me token; false when the fingerprint is not this user's. */
+  async deleteSession (fingerprint: string): Promise<boolean> {
+    const record = this.#requireUser('deleteSession')
+    if (fingerprint === record.fingerprint) {
+      await this.delete()
+      return true
+    }
+    const revoked = await this.#pow.store.revoke(record.userKey, { fingerprint })
+    this.#notifyDeleted(revoked)
+    return revoked.length > 0
+  }
+
+  /** Ends every other session of the signed-in user and their remember-me tokens; returns their fingerprints. */
+  async deleteOtherSessions (): Promise<string[]> {
+    const record = this.#requireUser('deleteOtherSessions')
+    const revoked = await this.#pow.store.revoke(record.userKey, { except: record.fingerprint })
+    this.#notifyDeleted(revoked)
+    return revoked
+  }
+
+  /** @internal verifies the session cookie, loads the session, renews it when due */
+  async [kAuthenticate] (signed: string, reloadUser: boolean): Promise<void> {
+    const pow = this.#pow
+    const unsigned = pow.unsign(signed)
+    if (unsigned === null) {
+      this.#request.log.debug('fastify-pow: session cookie failed verification')
+      return
+    }
+    const sidHash = hashToken(unsigned.token)
+    const found = await pow.store.getSession(sidHash)
+    if (found === null) {
+      this.#request.log.debug('fastify-pow: session cookie points at no session')
+      return
+    }
+    const { record, retired } = found
+    const now = Date.now()
+    const config = pow.config.session
+    if (config.absoluteTtl !== undefined && now - record.signedInAt >= config.absoluteTtl) return
+    let user = found.user as PowUser
+    if (reloadUser) {
+      const reloaded = await this[kReload](user, record)
+      if (reloaded === null) return
+      user = reloaded
+    }
+    this.user = user
+    this.#record = record
+    if (retired) return
+    if (now - record.insertedAt >= config.renewAfter) {
+      if (await pow.store.lock(`renew:${sidHash}`, config.rotationGrace)) {
+        await this.#issue({ ...record, insertedAt: now }, undefined)
+        this[kRenewed] = true
+        pow.notify('session:renewed', this.#event(user))
+      }
+    } else if (unsigned.renew) {
+      this.#reply.setCookie(config.name, pow.sign(unsigned.token), config.options)
+    }
+  }
+
+  /** @internal stores a new session for `record` and sets the cookie */
+  async [kSignIn] (user: PowUser, record: SessionRecord): Promise<void> {
+    await this.#issue(record, user)
+    this.user = user
+  }
+
+  /** @internal signs in for this request only (a used remember-me token inside its grace) */
+  [kAdopt] (user: PowUser, record: SessionRecord): void {
+    this.user = user
+    this.#record = record
+  }
+
+  /** @internal Pow's `reload`: null ends the browser's sessions and tokens */
+  async [kReload] (user: PowUser, record: SessionRecord): Promise<PowUser | null> {
+    const reload = this.#pow.config.reloadUser as NonNullable<Pow['config']['reloadUser']>
+    const reloaded = await reload(user, this.#request)
+    if (reloaded !== null && reloaded !== undefined) return reloaded
+    this.user = user
+    this.#record = record
+    await this.delete()
+    return null
+  }
+
+  async #issue (record: SessionRecord, user: PowUser | undefined): Promise<void> {
+    const pow = this.#pow
+    const config = pow.config.session
+    const now = Date.now()
+    const ttl = config.absoluteTtl === undefined
+      ? config.ttl
+      : Math.min(config.ttl, record.signedInAt + config.absoluteTtl - now)
+    const token = randomToken()
+    const sidHash = hashToken(token)
+    await pow.store.putSession(sidHash, record, user, ttl, config.rotationGrace)
+    this.#reply.setCookie(config.name, pow.sign(token), config.options)
+    this.#record = record
+  }
+
+  async #revokeCurrent (): Promise<void> {
+    const record = this.#record
+    if (record !== undefined) {
+      const revoked = await this.#pow.store.revoke(record.userKey, { fingerprint: record.fingerprint })
+      this.#notifyDeleted(revoked)
+    }
+    this.user = null
+    this.#record = undefined
+  }
+
+  #requireUser (method: string): SessionRecord {
+    if (this.#record === undefined || this.user === null) throw new PowNotSignedInError(method)
+    return this.#record
+  }
+
+  #event (user: unknown, fingerprint = (this.#record as SessionRecord).fingerprint) {
+    return { request: this.#request, user, userKey: (this.#record as SessionRecord).userKey, fingerprint }
+  }
+
+  #notifyDeleted (fingerprints: string[]): void {
+    for (const fingerprint of fingerprints) this.#pow.notify('session:deleted', this.#event(this.user, fingerprint))
+  }
+}

@@ -1,0 +1,177 @@
+import type { CookieSerializeOptions } from '@fastify/cookie'
+import type { FastifyRequest } from 'fastify'
+
+/**
+ * The application's user type. Merge your own into it:
+ *
+ * ```ts
+ * declare module 'fastify-pow' {
+ *   interface PowUser { id: number, email: string, name: string }
+ * }
+ * ```
+ */
+// eslint-disable-next-line @typescript-eslint/no-empty-interface
+export interface PowUser {}
+
+/** Custom metadata an application stores with a session (user agent, IP, ...). Must be JSON-serializable. */
+export type PowMetadata = Record<string, unknown>
+
+/** One stored session: what a hashed session id points at. Times are epoch milliseconds. */
+export interface SessionRecord {
+  /** `String(userId(user))`: the key of the user's credentials and session list. */
+  userKey: string
+  /** Names one browser's chain of sessions across renewals and remember-me sign-ins. */
+  fingerprint: string
+  /** When this session id was issued (login, renewal or remember-me sign-in). */
+  insertedAt: number
+  /** When the browser signed in (login or remember-me); renewals keep it. Bounds `absoluteTtl`. */
+  signedInAt: number
+  /** Application metadata given at sign-in. */
+  metadata: PowMetadata
+}
+
+/** What `PowStore.getSession` returns. */
+export interface StoredSession {
+  record: SessionRecord
+  /** The user's current credentials. */
+  user: unknown
+  /** True once a later `putSession` with the same fingerprint replaced it: it lives out its grace, then expires. */
+  retired: boolean
+}
+
+/** A live, non-retired session in a user's list. */
+export interface ListedSession {
+  sidHash: string
+  record: SessionRecord
+  expiresAt: number
+}
+
+/** A stored remember-me token. */
+export interface TokenRecord {
+  userKey: string
+  fingerprint: string
+  /** The user's credentials, so the token still signs in after every session of the user has expired. */
+  user: unknown
+  /** Metadata of the session the token was created from; carried into the sessions it creates. */
+  metadata: PowMetadata
+  /** Set by `claimToken`: when the token was used. */
+  usedAt?: number
+}
+
+/** Which of a user's fingerprints `PowStore.revoke` removes. */
+export type RevokeSelector = { fingerprint: string } | { except?: string }
+
+/**
+ * The storage backend. Every method is async; TTLs are milliseconds. Keys are SHA-256 hashes
+ * of the secrets the browser holds, never the secrets. A store must pass `test/store-contract.ts`.
+ */
+export interface PowStore {
+  /**
+   * Stores a session for `ttl` ms, adds it to its user's session list (pruning expired entries)
+   * and, when `user` is not `undefined`, replaces the user's credentials. Other sessions of the
+   * same user with the same fingerprint are retired: they stay readable for at most `grace` ms.
+   */
+  putSession (sidHash: string, record: SessionRecord, user: unknown, ttl: number, grace: number): Promise<void>
+  /** The session and its user's credentials, or null when either is missing or expired. */
+  getSession (sidHash: string): Promise<StoredSession | null>
+  /** Deletes one session; deleting a user's last session also deletes the user's credentials. */
+  deleteSession (sidHash: string): Promise<boolean>
+  /** The user's live, non-retired sessions. */
+  listSessions (userKey: string): Promise<ListedSession[]>
+  /** The credentials of every user with at least one live session. */
+  listUsers (): Promise<unknown[]>
+  /** Replaces the user's credentials (when stored) and the user held by the user's tokens. */
+  updateUser (userKey: string, user: unknown): Promise<void>
+  /**
+   * Deletes the user's sessions (retired ones included) and remember-me tokens whose fingerprint
+   * is selected. Returns the distinct fingerprints that had a session or token deleted.
+   */
+  revoke (userKey: string, selector: RevokeSelector): Promise<string[]>
+  /** Stores a remember-me token for `ttl` ms and indexes it under its user. */
+  putToken (tokenHash: string, record: TokenRecord, ttl: number): Promise<void>
+  /**
+   * Marks an unused token used at `now` and returns `{ claimed: true }` with the record; a
+   * token already used comes back with `claimed: false` and its `usedAt`. Null when missing.
+   * Atomic: of concurrent claims exactly one gets `claimed: true`.
+   */
+  claimToken (tokenHash: string, now: number): Promise<{ record: TokenRecord, claimed: boolean } | null>
+  /** Extends an unused token's lifetime to `ttl` ms from now. */
+  touchToken (tokenHash: string, ttl: number): Promise<void>
+  deleteToken (tokenHash: string): Promise<void>
+  /** Takes the named lock for `ttl` ms; true for exactly one of concurrent callers. */
+  lock (key: string, ttl: number): Promise<boolean>
+}
+
+export interface SessionOptions {
+  /** Cookie name. Default `pow_session`; a `__Host-` name is supported. */
+  cookieName?: string
+  /** Idle timeout in ms. Default 30 minutes. */
+  ttl?: number
+  /** Age in ms after which a request renews the session id. Default 15 minutes; must be below `ttl`. */
+  renewAfter?: number
+  /** How long in ms a rotated session id or a used remember-me token keeps working. Default 10 s. */
+  rotationGrace?: number
+  /** Hard limit in ms on a session family from sign-in, across renewals. Off by default. */
+  absoluteTtl?: number
+  /** Cookie attributes; they override the defaults (HttpOnly, SameSite=Lax, Path=/, Secure in production). */
+  cookie?: CookieSerializeOptions
+}
+
+export interface PersistentSessionOptions {
+  /** Cookie name. Default `pow_persistent_session`. */
+  cookieName?: string
+  /** Token and cookie lifetime in ms. Default 30 days. */
+  ttl?: number
+  cookie?: CookieSerializeOptions
+}
+
+export interface PowOptions {
+  /** Cookie signing secrets, each at least 32 characters. The first signs; all verify. */
+  secret: string | string[]
+  /** Default: a new `MemoryStore`, or a `RedisStore` on `app.redis` when @fastify/redis is registered. */
+  store?: PowStore
+  /** The user's unique id. Default `user.id`. */
+  userId?: (user: PowUser) => string | number
+  /** Refreshes the user on every authenticated request; null ends the session (Pow's `reload`). */
+  reloadUser?: (user: PowUser, request: FastifyRequest) => Promise<PowUser | null>
+  session?: SessionOptions
+  /** Remember-me; on by default, `false` turns it off. */
+  persistentSession?: false | PersistentSessionOptions
+}
+
+/** A session of the signed-in user, as `request.powSession.sessions()` lists it. */
+export interface SessionInfo {
+  fingerprint: string
+  insertedAt: number
+  signedInAt: number
+  current: boolean
+  metadata: PowMetadata
+}
+
+/** `request.powSession.metadata`. */
+export interface SessionMetadata extends PowMetadata {
+  fingerprint: string
+  insertedAt: number
+  signedInAt: number
+}
+
+/** Payload of the events on `app.pow`. */
+export interface PowEvent {
+  request?: FastifyRequest
+  user: unknown
+  userKey: string
+  fingerprint: string
+}
+
+export interface PowEvents {
+  /** A user signed in with `create()` or a remember-me token. */
+  'session:created': [PowEvent]
+  /** A session got a new id (same fingerprint). */
+  'session:renewed': [PowEvent]
+  /** Sessions of a fingerprint were ended (sign-out, revocation, reload returning null). */
+  'session:deleted': [PowEvent]
+  /** A remember-me token signed a user in and was replaced. */
+  'persistent:used': [PowEvent]
+  /** A used remember-me token came back after the grace: the fingerprint was revoked. */
+  'persistent:reuse': [PowEvent]
+}
