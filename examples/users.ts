@@ -1,0 +1,99 @@
+import { randomBytes, scrypt, timingSafeEqual, type BinaryLike } from 'node:crypto'
+
+/** What the session holds and the API returns: never the password hash. */
+export interface PublicUser {
+  id: number
+  email: string
+  name: string
+}
+
+interface UserRecord extends PublicUser {
+  passwordHash: PasswordHash
+}
+
+interface PasswordHash {
+  salt: Buffer
+  hash: Buffer
+}
+
+const KEY_LENGTH = 64
+const SALT_LENGTH = 16
+
+function scryptAsync (password: BinaryLike, salt: BinaryLike): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    scrypt(password, salt, KEY_LENGTH, (err, key) => {
+      if (err !== null) reject(err)
+      else resolve(key)
+    })
+  })
+}
+
+export async function hashPassword (password: string): Promise<PasswordHash> {
+  const salt = randomBytes(SALT_LENGTH)
+  return { salt, hash: await scryptAsync(password, salt) }
+}
+
+export async function verifyPassword (password: string, stored: PasswordHash): Promise<boolean> {
+  const candidate = await scryptAsync(password, stored.salt)
+  return timingSafeEqual(candidate, stored.hash)
+}
+
+const SEED = [
+  { id: 1, email: 'alice@example.com', name: 'Alice', password: 'alice-password' },
+  { id: 2, email: 'bob@example.com', name: 'Bob', password: 'bob-password' }
+]
+
+function toPublic (record: UserRecord): PublicUser {
+  return { id: record.id, email: record.email, name: record.name }
+}
+
+/** An in-memory user table with the two seeded users; each app gets its own, hashed at start-up. */
+export class UserStore {
+  #byId: Map<number, UserRecord>
+  #dummyHash: PasswordHash
+
+  private constructor (records: UserRecord[], dummyHash: PasswordHash) {
+    this.#byId = new Map(records.map((record) => [record.id, record]))
+    this.#dummyHash = dummyHash
+  }
+
+  /** Hashes the seeded passwords (random salt each) and a dummy hash for unknown emails. */
+  static async create (): Promise<UserStore> {
+    const records = await Promise.all(SEED.map(async ({ password, ...user }) => ({
+      ...user,
+      passwordHash: await hashPassword(password)
+    })))
+    const dummyHash = await hashPassword(randomBytes(32).toString('base64url'))
+    return new UserStore(records, dummyHash)
+  }
+
+  #findByEmail (email: string): UserRecord | undefined {
+    const normalized = email.trim().toLowerCase()
+    for (const record of this.#byId.values()) {
+      if (record.email === normalized) return record
+    }
+    return undefined
+  }
+
+  /**
+   * The user for these credentials, or null. An unknown email still costs one scrypt run
+   * against a dummy hash, so the response time does not tell whether the email exists.
+   */
+  async authenticate (email: string, password: string): Promise<PublicUser | null> {
+    const record = this.#findByEmail(email)
+    const valid = await verifyPassword(password, record?.passwordHash ?? this.#dummyHash)
+    return valid && record !== undefined ? toPublic(record) : null
+  }
+
+  findById (id: number): PublicUser | null {
+    const record = this.#byId.get(id)
+    return record === undefined ? null : toPublic(record)
+  }
+
+  updateName (id: number, name: string): PublicUser | null {
+    const record = this.#byId.get(id)
+    if (record === undefined) return null
+    record.name = name
+    return toPublic(record)
+  }
+}

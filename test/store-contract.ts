@@ -1,0 +1,262 @@
+import type { Test } from 'tap'
+import type { PowStore, SessionRecord, TokenRecord } from '../lib/types.js'
+import { hashToken, randomToken } from '../lib/crypto.js'
+
+/** What a store's test file hands the contract: a fresh, empty store and a way to let time pass. */
+export interface ContractHarness {
+  store: PowStore
+  /** Lets `ms` pass for the store: a fake clock for MemoryStore, a real wait for a real server. */
+  advance: (ms: number) => Promise<void>
+  close: () => Promise<void>
+}
+
+// Short enough that a real server's expiry can be waited for; long enough to never race a round trip.
+const TTL = 600
+const GRACE = 200
+
+let counter = 0
+function unique (prefix: string): string {
+  return `${prefix}-${process.pid}-${++counter}-${randomToken().slice(0, 6)}`
+}
+
+function sessionRecord (userKey: string, fingerprint: string, metadata: Record<string, unknown> = {}): SessionRecord {
+  const now = Date.now()
+  return { userKey, fingerprint, insertedAt: now, signedInAt: now, metadata }
+}
+
+function tokenRecord (userKey: string, fingerprint: string, user: unknown): TokenRecord {
+  return { userKey, fingerprint, user, metadata: { ip: '127.0.0.1' } }
+}
+
+const sid = (): string => hashToken(randomToken())
+
+/**
+ * The store contract: every `PowStore` must pass it. Each subtest gets a fresh harness, so
+ * none depends on another's order or leftovers.
+ */
+export function storeContract (t: Test, makeHarness: () => Promise<ContractHarness>): void {
+  async function setup (t: Test): Promise<ContractHarness> {
+    const harness = await makeHarness()
+    t.teardown(() => harness.close())
+    return harness
+  }
+
+  t.test('putSession and getSession round-trip the record and the user', async (t) => {
+    const { store } = await setup(t)
+    const userKey = unique('u')
+    const h = sid()
+    const record = sessionRecord(userKey, 'fp1', { ip: '10.0.0.1', nested: { a: [1, 2] } })
+    const user = { id: userKey, name: 'Alice' }
+    await store.putSession(h, record, user, TTL, GRACE)
+    const found = await store.getSession(h)
+    t.same(found, { record, user, retired: false })
+    t.not(found?.user, user, 'the user read back is a copy')
+    t.equal(await store.getSession(sid()), null, 'an unknown id is null')
+  })
+
+  t.test('putSession without a user keeps the stored credentials; with one, every session sees it', async (t) => {
+    const { store } = await setup(t)
+    const userKey = unique('u')
+    const [a, b] = [sid(), sid()]
+    await store.putSession(a, sessionRecord(userKey, 'fpA'), { id: userKey, v: 1 }, TTL, GRACE)
+    await store.putSession(b, sessionRecord(userKey, 'fpB'), undefined, TTL, GRACE)
+    t.same((await store.getSession(b))?.user, { id: userKey, v: 1 })
+    await store.putSession(b, sessionRecord(userKey, 'fpB'), { id: userKey, v: 2 }, TTL, GRACE)
+    t.same((await store.getSession(a))?.user, { id: userKey, v: 2 })
+  })
+
+  t.test('a put with the same fingerprint retires the older session for the grace only', async (t) => {
+    const { store, advance } = await setup(t)
+    const userKey = unique('u')
+    const [old, renewed, other] = [sid(), sid(), sid()]
+    await store.putSession(old, sessionRecord(userKey, 'fp'), { id: userKey }, TTL, GRACE)
+    await store.putSession(other, sessionRecord(userKey, 'fp-other'), undefined, TTL, GRACE)
+    await store.putSession(renewed, sessionRecord(userKey, 'fp'), undefined, TTL, GRACE)
+    t.equal((await store.getSession(old))?.retired, true, 'the old id still works, retired')
+    t.equal((await store.getSession(renewed))?.retired, false)
+    t.equal((await store.getSession(other))?.retired, false, 'another fingerprint is untouched')
+    const listed = (await store.listSessions(userKey)).map((s) => s.sidHash).sort()
+    t.same(listed, [renewed, other].sort(), 'the list shows one session per fingerprint')
+    await advance(GRACE + 50)
+    t.equal(await store.getSession(old), null, 'the retired id dies after the grace')
+    t.ok(await store.getSession(renewed))
+  })
+
+  t.test('sessions expire after their ttl and leave the lists', async (t) => {
+    const { store, advance } = await setup(t)
+    const userKey = unique('u')
+    const [short, long] = [sid(), sid()]
+    await store.putSession(short, sessionRecord(userKey, 'fp1'), { id: userKey }, TTL / 2, GRACE)
+    await store.putSession(long, sessionRecord(userKey, 'fp2'), undefined, TTL * 2, GRACE)
+    await advance(TTL / 2 + 50)
+    t.equal(await store.getSession(short), null)
+    t.same((await store.listSessions(userKey)).map((s) => s.sidHash), [long])
+    await advance(TTL * 2)
+    t.equal(await store.getSession(long), null)
+    t.same(await store.listSessions(userKey), [])
+    t.notOk((await store.listUsers()).some((u) => (u as { id: string }).id === userKey), 'an expired user is not listed')
+  })
+
+  t.test('listSessions reports each entry with its expiry', async (t) => {
+    const { store } = await setup(t)
+    const userKey = unique('u')
+    const h = sid()
+    const record = sessionRecord(userKey, 'fp', { ua: 'x' })
+    const before = Date.now()
+    await store.putSession(h, record, { id: userKey }, TTL, GRACE)
+    const [entry] = await store.listSessions(userKey)
+    t.equal(entry.sidHash, h)
+    t.same(entry.record, record)
+    t.ok(entry.expiresAt >= before + TTL - 5 && entry.expiresAt <= Date.now() + TTL + 5, 'expiresAt is now + ttl')
+  })
+
+  t.test('deleteSession removes the session; the last one takes the credentials with it', async (t) => {
+    const { store } = await setup(t)
+    const userKey = unique('u')
+    const [a, b] = [sid(), sid()]
+    await store.putSession(a, sessionRecord(userKey, 'fpA'), { id: userKey }, TTL, GRACE)
+    await store.putSession(b, sessionRecord(userKey, 'fpB'), undefined, TTL, GRACE)
+    t.equal(await store.deleteSession(a), true)
+    t.equal(await store.deleteSession(a), false, 'deleting twice reports nothing deleted')
+    t.equal(await store.getSession(a), null)
+    t.same((await store.listSessions(userKey)).map((s) => s.sidHash), [b])
+    t.ok(await store.getSession(b), 'credentials stay while a session lives')
+    await store.deleteSession(b)
+    const c = sid()
+    await store.putSession(c, sessionRecord(userKey, 'fpC'), undefined, TTL, GRACE)
+    t.equal(await store.getSession(c), null, 'the credentials went with the last session')
+  })
+
+  t.test('listUsers lists each user with a live session once', async (t) => {
+    const { store } = await setup(t)
+    const [u1, u2] = [unique('u'), unique('u')]
+    await store.putSession(sid(), sessionRecord(u1, 'a'), { id: u1 }, TTL, GRACE)
+    await store.putSession(sid(), sessionRecord(u1, 'b'), undefined, TTL, GRACE)
+    const gone = sid()
+    await store.putSession(gone, sessionRecord(u2, 'a'), { id: u2 }, TTL, GRACE)
+    await store.deleteSession(gone)
+    const ids = (await store.listUsers()).map((u) => (u as { id: string }).id).filter((id) => id === u1 || id === u2)
+    t.same(ids, [u1])
+  })
+
+  t.test('updateUser replaces the credentials and the user held by tokens', async (t) => {
+    const { store } = await setup(t)
+    const userKey = unique('u')
+    const h = sid()
+    const token = sid()
+    await store.putSession(h, sessionRecord(userKey, 'fp'), { id: userKey, name: 'old' }, TTL, GRACE)
+    await store.putToken(token, tokenRecord(userKey, 'fp', { id: userKey, name: 'old' }), TTL)
+    await store.updateUser(userKey, { id: userKey, name: 'new' })
+    t.same((await store.getSession(h))?.user, { id: userKey, name: 'new' })
+    t.same((await store.claimToken(token, Date.now()))?.record.user, { id: userKey, name: 'new' })
+    await store.updateUser(unique('nobody'), { id: 'x' })
+    t.pass('updating a user with nothing stored is a no-op')
+  })
+
+  t.test('revoke by fingerprint deletes its sessions, retired ones included, and its tokens', async (t) => {
+    const { store } = await setup(t)
+    const userKey = unique('u')
+    const otherUser = unique('u')
+    const [old, current, keep, foreign] = [sid(), sid(), sid(), sid()]
+    const [token, keepToken, foreignToken] = [sid(), sid(), sid()]
+    await store.putSession(old, sessionRecord(userKey, 'fp'), { id: userKey }, TTL, GRACE)
+    await store.putSession(current, sessionRecord(userKey, 'fp'), undefined, TTL, GRACE)
+    await store.putSession(keep, sessionRecord(userKey, 'fp-keep'), undefined, TTL, GRACE)
+    await store.putSession(foreign, sessionRecord(otherUser, 'fp'), { id: otherUser }, TTL, GRACE)
+    await store.putToken(token, tokenRecord(userKey, 'fp', { id: userKey }), TTL)
+    await store.putToken(keepToken, tokenRecord(userKey, 'fp-keep', { id: userKey }), TTL)
+    await store.putToken(foreignToken, tokenRecord(otherUser, 'fp', { id: otherUser }), TTL)
+
+    t.same(await store.revoke(userKey, { fingerprint: 'fp' }), ['fp'])
+    t.equal(await store.getSession(old), null, 'the retired session is gone too')
+    t.equal(await store.getSession(current), null)
+    t.equal(await store.claimToken(token, Date.now()), null, 'the token of the fingerprint is gone')
+    t.ok(await store.getSession(keep), 'another fingerprint stays')
+    t.ok(await store.getSession(foreign), "another user's session with the same fingerprint stays")
+    t.equal((await store.claimToken(foreignToken, Date.now()))?.claimed, true)
+    t.equal((await store.claimToken(keepToken, Date.now()))?.claimed, true)
+    t.same(await store.revoke(userKey, { fingerprint: 'nope' }), [], 'an unknown fingerprint revokes nothing')
+    t.same(await store.revoke(unique('nobody'), { fingerprint: 'fp' }), [])
+  })
+
+  t.test('revoke with except keeps one fingerprint; a token-only fingerprint is revoked too', async (t) => {
+    const { store } = await setup(t)
+    const userKey = unique('u')
+    const [a, b, c] = [sid(), sid(), sid()]
+    const [ta, tOnly] = [sid(), sid()]
+    await store.putSession(a, sessionRecord(userKey, 'fpA'), { id: userKey }, TTL, GRACE)
+    await store.putSession(b, sessionRecord(userKey, 'fpB'), undefined, TTL, GRACE)
+    await store.putSession(c, sessionRecord(userKey, 'fpC'), undefined, TTL, GRACE)
+    await store.putToken(ta, tokenRecord(userKey, 'fpA', { id: userKey }), TTL)
+    await store.putToken(tOnly, tokenRecord(userKey, 'fpD', { id: userKey }), TTL)
+    const revoked = await store.revoke(userKey, { except: 'fpA' })
+    t.same(revoked.sort(), ['fpB', 'fpC', 'fpD'])
+    t.ok(await store.getSession(a))
+    t.equal(await store.getSession(b), null)
+    t.equal(await store.getSession(c), null)
+    t.equal(await store.claimToken(tOnly, Date.now()), null)
+    t.equal((await store.claimToken(ta, Date.now()))?.claimed, true)
+    t.same((await store.listSessions(userKey)).map((s) => s.record.fingerprint), ['fpA'])
+  })
+
+  t.test('claimToken: the first claim wins, later ones see when it was used', async (t) => {
+    const { store } = await setup(t)
+    const userKey = unique('u')
+    const token = sid()
+    const record = tokenRecord(userKey, 'fp', { id: userKey, name: 'A' })
+    await store.putToken(token, record, TTL)
+    const usedAt = Date.now()
+    t.same(await store.claimToken(token, usedAt), { record, claimed: true })
+    const again = await store.claimToken(token, usedAt + 5)
+    t.equal(again?.claimed, false)
+    t.equal(again?.record.usedAt, usedAt, 'the first use is remembered')
+    t.same(again?.record.user, record.user)
+    t.equal(await store.claimToken(sid(), usedAt), null, 'an unknown token is null')
+  })
+
+  t.test('of concurrent claims exactly one wins', async (t) => {
+    const { store } = await setup(t)
+    const userKey = unique('u')
+    const token = sid()
+    await store.putToken(token, tokenRecord(userKey, 'fp', { id: userKey }), TTL)
+    const claims = await Promise.all(Array.from({ length: 20 }, () => store.claimToken(token, Date.now())))
+    t.equal(claims.filter((c) => c?.claimed === true).length, 1)
+    t.equal(claims.filter((c) => c?.claimed === false).length, 19)
+  })
+
+  t.test('tokens expire; touchToken extends an unused token only; deleteToken deletes', async (t) => {
+    const { store, advance } = await setup(t)
+    const userKey = unique('u')
+    const [plain, touched, used, deleted] = [sid(), sid(), sid(), sid()]
+    for (const h of [plain, touched, used, deleted]) await store.putToken(h, tokenRecord(userKey, 'fp', { id: userKey }), TTL)
+    await store.claimToken(used, Date.now())
+    await store.deleteToken(deleted)
+    t.equal(await store.claimToken(deleted, Date.now()), null)
+    await advance(TTL / 2)
+    await store.touchToken(touched, TTL)
+    await store.touchToken(used, TTL)
+    await store.touchToken(sid(), TTL)
+    await advance(TTL / 2 + 100)
+    t.equal(await store.claimToken(plain, Date.now()), null, 'an untouched token expired')
+    t.equal(await store.claimToken(used, Date.now()), null, 'a used token is not extended')
+    t.equal((await store.claimToken(touched, Date.now()))?.claimed, true, 'the touched token lives on')
+  })
+
+  t.test('lock: one of concurrent callers gets it, and it frees itself after its ttl', async (t) => {
+    const { store, advance } = await setup(t)
+    const key = unique('lock')
+    const results = await Promise.all(Array.from({ length: 20 }, () => store.lock(key, GRACE)))
+    t.equal(results.filter(Boolean).length, 1)
+    t.equal(await store.lock(unique('lock'), GRACE), true, 'another key is free')
+    await advance(GRACE + 50)
+    t.equal(await store.lock(key, GRACE), true, 'free again after the ttl')
+  })
+
+  t.test('many concurrent puts for one user all land in the list', async (t) => {
+    const { store } = await setup(t)
+    const userKey = unique('u')
+    const ids = Array.from({ length: 50 }, () => sid())
+    await Promise.all(ids.map((h, i) => store.putSession(h, sessionRecord(userKey, `fp${i}`), { id: userKey }, TTL, GRACE)))
+    t.same((await store.listSessions(userKey)).map((s) => s.sidHash).sort(), ids.sort())
+  })
+}
