@@ -17,10 +17,9 @@ function guardStore (store: PowStore): PowStore {
   }
   const guarded: Record<string, unknown> = {}
   for (const method of STORE_METHODS) {
-    const fn = store[method] as (...args: unknown[]) => Promise<unknown>
     guarded[method] = (...args: unknown[]) => {
       try {
-        return fn.apply(store, args).then(undefined, fail)
+        return (store[method] as (...a: unknown[]) => Promise<unknown>).apply(store, args).then(undefined, fail)
       } catch (err) {
         return Promise.reject(storeError(err))
       }

@@ -1,0 +1,68 @@
+import { test } from 'tap'
+import { MemoryStore, type PowStore } from '../lib/index.js'
+import { buildApp, me, signIn } from './helpers/app.js'
+import { fakeClock } from './helpers/clock.js'
+
+/** A real MemoryStore behind a switch: while `down`, every call fails as a dead connection would. */
+function switchableStore (): { store: PowStore, down: boolean } {
+  const inner = new MemoryStore()
+  const state = { down: false, store: {} as PowStore }
+  for (const method of ['putSession', 'getSession', 'deleteSession', 'listSessions', 'listUsers', 'updateUser', 'revoke',
+    'putToken', 'claimToken', 'touchToken', 'deleteToken', 'lock'] as const) {
+    (state.store as unknown as Record<string, unknown>)[method] = async (...args: unknown[]) => {
+      if (state.down) throw new Error('connect ECONNREFUSED 127.0.0.1:6379')
+      return await (inner[method] as (...a: unknown[]) => Promise<unknown>).apply(inner, args)
+    }
+  }
+  return state
+}
+
+test('a store outage is a 503 that leaves cookies alone; the same cookies work afterwards', async (t) => {
+  const clock = fakeClock(t)
+  const state = switchableStore()
+  const app = await buildApp(t, { store: state.store })
+  const jar = await signIn(app, 1, { persistent: true })
+  const cookies = jar.header()
+
+  state.down = true
+  const plain = await jar.request('/me')
+  t.equal(plain.statusCode, 503)
+  t.equal(plain.json().code, 'POW_ERR_STORE_UNAVAILABLE')
+  t.notMatch(plain.body, /ECONNREFUSED/, 'the store error stays in the logs')
+  t.equal(plain.headers['set-cookie'], undefined, 'no cookie is touched')
+
+  clock.tick(16 * 60_000)
+  t.equal((await jar.request('/me')).statusCode, 503, 'a request due for renewal fails the same way')
+  const noSession = jar.clone()
+  noSession.delete('pow_session')
+  const remember = await noSession.request('/me')
+  t.equal(remember.statusCode, 503, 'so does a remember-me sign-in')
+  t.equal(remember.headers['set-cookie'], undefined)
+  const login = await jar.request({ method: 'POST', url: '/login', payload: { id: 1 } })
+  t.equal(login.statusCode, 503, 'and a login')
+  t.equal(login.headers['set-cookie'], undefined)
+  t.equal((await jar.request({ method: 'POST', url: '/logout' })).statusCode, 503, 'and a logout, which keeps the cookies')
+  t.equal(jar.header(), cookies, 'the browser still holds its cookies')
+
+  t.equal((await app.inject('/me')).statusCode, 401, 'anonymous requests never reach the store')
+
+  state.down = false
+  const back = await me(jar)
+  t.equal(back.status, 200, 'once the store is back the same cookies sign in')
+})
+
+test('a store method that throws synchronously is a 503 too', async (t) => {
+  const store = new MemoryStore()
+  const app = await buildApp(t, { store })
+  const jar = await signIn(app, 1)
+  store.getSession = () => { throw new Error('boom') }
+  const response = await jar.request('/me')
+  t.equal(response.statusCode, 503)
+})
+
+test('app.pow.credentials reports a failing store as a 503 error', async (t) => {
+  const state = switchableStore()
+  const app = await buildApp(t, { store: state.store })
+  state.down = true
+  await t.rejects(app.pow.credentials.users(), { code: 'POW_ERR_STORE_UNAVAILABLE', statusCode: 503 })
+})
