@@ -1,0 +1,62 @@
+import Fastify from 'fastify'
+import { test } from 'tap'
+import pow, { MemoryStore, PowOptionError, type PowOptions } from '../lib/index.js'
+import { SECRET } from './helpers/app.js'
+
+const cases: Array<[string, unknown, string]> = [
+  ['missing secret', {}, 'secret'],
+  ['short secret', { secret: 'short' }, 'secret'],
+  ['short secret in a list', { secret: [SECRET, 'short'] }, 'secret'],
+  ['empty secret list', { secret: [] }, 'secret'],
+  ['non-string secret', { secret: 42 }, 'secret'],
+  ['renewAfter >= ttl', { session: { ttl: 1000, renewAfter: 1000 } }, 'session.renewAfter'],
+  ['renewAfter above the default ttl', { session: { renewAfter: 31 * 60_000 } }, 'session.renewAfter'],
+  ['zero ttl', { session: { ttl: 0 } }, 'session.ttl'],
+  ['negative ttl', { session: { ttl: -5 } }, 'session.ttl'],
+  ['infinite ttl', { session: { ttl: Infinity } }, 'session.ttl'],
+  ['NaN renewAfter', { session: { renewAfter: NaN } }, 'session.renewAfter'],
+  ['string ttl', { session: { ttl: '30m' } }, 'session.ttl'],
+  ['zero rotationGrace', { session: { rotationGrace: 0 } }, 'session.rotationGrace'],
+  ['rotationGrace >= ttl', { session: { ttl: 10_000, renewAfter: 5000, rotationGrace: 10_000 } }, 'session.rotationGrace'],
+  ['negative absoluteTtl', { session: { absoluteTtl: -1 } }, 'session.absoluteTtl'],
+  ['zero persistent ttl', { persistentSession: { ttl: 0 } }, 'persistentSession.ttl'],
+  ['persistentSession not an object', { persistentSession: true }, 'persistentSession'],
+  ['store without the interface', { store: { get: () => null } }, 'store'],
+  ['store missing one method', { store: Object.assign(Object.create(MemoryStore.prototype), { lock: undefined }) }, 'store'],
+  ['userId not a function', { userId: 'id' }, 'userId'],
+  ['reloadUser not a function', { reloadUser: true }, 'reloadUser'],
+  ['bad cookie name', { session: { cookieName: 'bad name;' } }, 'session.cookieName'],
+  ['same cookie names', { session: { cookieName: 'c' }, persistentSession: { cookieName: 'c' } }, 'persistentSession.cookieName'],
+  ['__Host- with a Domain', { session: { cookieName: '__Host-s', cookie: { domain: 'example.com' } } }, 'session.cookie'],
+  ['__Host- without Secure', { session: { cookieName: '__Host-s', cookie: { secure: false } } }, 'session.cookie'],
+  ['__Host- with another path', { session: { cookieName: '__Host-s', cookie: { path: '/x' } } }, 'session.cookie'],
+  ['__Secure- without Secure', { persistentSession: { cookieName: '__Secure-r', cookie: { secure: false } } }, 'persistentSession.cookie'],
+  ['session not an object', { session: 'yes' }, 'session']
+]
+
+for (const [name, options, option] of cases) {
+  test(`invalid options fail app.ready(): ${name}`, async (t) => {
+    const app = Fastify()
+    t.teardown(() => app.close())
+    const opts = 'secret' in (options as object) || name.includes('secret') ? options : { secret: SECRET, ...(options as object) }
+    app.register(pow, opts as PowOptions)
+    const err = await app.ready().then(() => null, (e: unknown) => e) as (Error & { code: string, option: string }) | null
+    t.ok(err instanceof PowOptionError, 'a PowOptionError')
+    t.equal(err?.code, 'POW_ERR_OPTION')
+    t.equal(err?.option, option)
+    t.match(err?.message, `"${option}"`, 'the message names the option')
+  })
+}
+
+test('valid options start the app and answer requests', async (t) => {
+  const app = Fastify()
+  t.teardown(() => app.close())
+  await app.register(pow, {
+    secret: [SECRET, SECRET + '-old'],
+    store: new MemoryStore(),
+    session: { ttl: 60_000, renewAfter: 30_000, rotationGrace: 1000, absoluteTtl: 3_600_000, cookieName: 'sid' },
+    persistentSession: { ttl: 86_400_000, cookieName: 'remember' }
+  })
+  app.get('/', async (request) => ({ user: request.powSession.user }))
+  t.same((await app.inject('/')).json(), { user: null })
+})
