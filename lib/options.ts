@@ -88,7 +88,7 @@ export function buildConfig (opts: PowOptions): Config {
   if (opts.reloadUser !== undefined && typeof opts.reloadUser !== 'function') throw optionError('reloadUser', 'must be a function')
   const userId = opts.userId ?? ((user: PowUser) => (user as { id?: string | number }).id as string | number)
   const userKey = (user: unknown): string => {
-    const id = isObject(user) ? userId(user as PowUser) : undefined
+    const id = isObject(user) ? userId(user as unknown as PowUser) : undefined
     if ((typeof id !== 'string' || id === '') && (typeof id !== 'number' || !Number.isFinite(id))) {
       throw new TypeError('fastify-pow: userId(user) must return a non-empty string or a finite number')
     }
