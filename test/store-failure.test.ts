@@ -1,5 +1,6 @@
 import { test } from 'tap'
 import { MemoryStore, type PowStore } from '../lib/index.js'
+import { STORE_METHODS } from '../lib/options.js'
 import { buildApp, me, signIn } from './helpers/app.js'
 import { fakeClock } from './helpers/clock.js'
 
@@ -7,8 +8,7 @@ import { fakeClock } from './helpers/clock.js'
 function switchableStore (): { store: PowStore, down: boolean } {
   const inner = new MemoryStore()
   const state = { down: false, store: {} as PowStore }
-  for (const method of ['putSession', 'getSession', 'deleteSession', 'listSessions', 'listUsers', 'updateUser', 'revoke',
-    'putToken', 'claimToken', 'touchToken', 'deleteToken', 'lock'] as const) {
+  for (const method of STORE_METHODS) {
     (state.store as unknown as Record<string, unknown>)[method] = async (...args: unknown[]) => {
       if (state.down) throw new Error('connect ECONNREFUSED 127.0.0.1:6379')
       return await (inner[method] as (...a: unknown[]) => Promise<unknown>).apply(inner, args)

@@ -1,6 +1,7 @@
 import Fastify, { type FastifyInstance } from 'fastify'
 import type { Test } from 'tap'
 import pow, { MemoryStore, type PowOptions, type PowStore } from '../../lib/index.js'
+import { STORE_METHODS } from '../../lib/options.js'
 import { CookieJar } from './jar.js'
 
 export const SECRET = 'test-secret-that-is-long-enough-0123456789'
@@ -15,8 +16,7 @@ export function recordingStore (inner: PowStore = new MemoryStore()): PowStore &
     calls,
     writes: () => calls.filter((c) => !reads.has(c))
   } as unknown as PowStore & { calls: string[], writes: () => string[] }
-  for (const method of ['putSession', 'getSession', 'deleteSession', 'listSessions', 'listUsers', 'updateUser', 'revoke',
-    'putToken', 'claimToken', 'touchToken', 'deleteToken', 'lock'] as const) {
+  for (const method of STORE_METHODS) {
     (store as unknown as Record<string, unknown>)[method] = (...args: unknown[]) => {
       calls.push(method)
       return (inner[method] as (...a: unknown[]) => Promise<unknown>).apply(inner, args)
