@@ -49,6 +49,8 @@ function toPublic (record: UserRecord): PublicUser {
 
 /** An in-memory user table with the two seeded users; each app gets its own, hashed at start-up. */
 export class UserStore {
+  /** How many scrypt verifications `authenticate` ran: one per call, known email or not. */
+  passwordChecks = 0
   #byId: Map<number, UserRecord>
   #dummyHash: PasswordHash
 
@@ -81,6 +83,7 @@ export class UserStore {
    */
   async authenticate (email: string, password: string): Promise<PublicUser | null> {
     const record = this.#findByEmail(email)
+    this.passwordChecks++
     const valid = await verifyPassword(password, record?.passwordHash ?? this.#dummyHash)
     return valid && record !== undefined ? toPublic(record) : null
   }

@@ -1,0 +1,243 @@
+import { randomBytes } from 'node:crypto'
+import fastifyCookie from '@fastify/cookie'
+import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest, type FastifyServerOptions } from 'fastify'
+import pow, { type PersistentSessionOptions, type PowStore, type SessionOptions } from '../lib/index.js'
+import { type PublicUser, UserStore } from './users.js'
+
+// A standalone app would type `request.powSession.user` by merging its user into PowUser:
+//   declare module 'fastify-pow' { interface PowUser { id: number, email: string, name: string } }
+// This example is compiled in the same program as lib/ and the plugin's tests, where such a merge
+// is global and makes their `{ id, name }` test users (and lib/options.ts) fail to compile, so it
+// narrows `PowUser` to its own `PublicUser` in `signedIn()` instead.
+
+export interface BuildAppOptions {
+  /** Cookie signing secret(s), each at least 32 characters. Default: a random one (sessions die with the process). */
+  secret?: string | string[]
+  store?: PowStore
+  logger?: FastifyServerOptions['logger']
+  session?: SessionOptions
+  persistentSession?: false | PersistentSessionOptions
+}
+
+interface LoginBody {
+  email: string
+  password: string
+  remember?: boolean
+}
+
+interface UpdateMeBody {
+  name: string
+}
+
+interface SessionParams {
+  fingerprint: string
+}
+
+const userSchema = {
+  type: 'object',
+  required: ['id', 'email', 'name'],
+  properties: {
+    id: { type: 'integer' },
+    email: { type: 'string' },
+    name: { type: 'string' }
+  }
+} as const
+
+const errorSchema = {
+  type: 'object',
+  required: ['error'],
+  properties: { error: { type: 'string' } }
+} as const
+
+const noContent = { type: 'null' } as const
+
+const userReply = {
+  type: 'object',
+  required: ['user'],
+  properties: { user: userSchema }
+} as const
+
+/** preHandler: 401 `{ error: 'Not signed in' }` unless somebody is signed in. */
+export async function requireUser (request: FastifyRequest, reply: FastifyReply): Promise<FastifyReply | undefined> {
+  if (request.powSession.user === null) return reply.code(401).send({ error: 'Not signed in' })
+}
+
+/** The signed-in user, in a handler behind `requireUser`. */
+function signedIn (request: FastifyRequest): PublicUser {
+  const user = request.powSession.user as PublicUser | null
+  if (user === null) throw new Error('requireUser must run before this handler')
+  return user
+}
+
+export async function buildApp (options: BuildAppOptions = {}): Promise<FastifyInstance> {
+  const app = Fastify({
+    logger: options.logger ?? false,
+    ajv: {
+      // Fastify's defaults silently drop unknown properties and coerce types ("123" -> 123);
+      // this API rejects both with a 400.
+      customOptions: { removeAdditional: false, coerceTypes: false }
+    }
+  })
+
+  const users = await UserStore.create()
+  app.decorate('users', users)
+
+  // Real applications register @fastify/cookie themselves; fastify-pow uses it when present.
+  await app.register(fastifyCookie)
+  await app.register(pow, {
+    secret: options.secret ?? randomBytes(36).toString('base64url'),
+    store: options.store,
+    session: options.session,
+    persistentSession: options.persistentSession
+  })
+
+  app.get('/', async (request, reply) => {
+    reply.type('text/plain; charset=utf-8')
+    return 'fastify-pow example. JSON API: POST /api/login, POST /api/logout, GET|PATCH /api/me, ' +
+      'GET|DELETE /api/sessions, DELETE /api/sessions/:fingerprint\n'
+  })
+
+  app.post<{ Body: LoginBody }>('/api/login', {
+    schema: {
+      body: {
+        type: 'object',
+        additionalProperties: false,
+        required: ['email', 'password'],
+        properties: {
+          email: { type: 'string', maxLength: 254 },
+          password: { type: 'string', maxLength: 1024 },
+          remember: { type: 'boolean' }
+        }
+      },
+      response: { 200: userReply, 401: errorSchema }
+    }
+  }, async (request, reply) => {
+    const { email, password, remember } = request.body
+    const user = await users.authenticate(email, password)
+    if (user === null) return reply.code(401).send({ error: 'Invalid email or password' })
+    await request.powSession.create(user, {
+      // Remember-me needs the persistentSession option; without it the checkbox is ignored.
+      persistent: remember === true && request.powPersistentSession !== null,
+      metadata: { userAgent: request.headers['user-agent'] ?? null, ip: request.ip }
+    })
+    return { user }
+  })
+
+  app.post('/api/logout', async (request, reply) => {
+    await request.powSession.delete()
+    return reply.code(204).send()
+  })
+
+  app.get('/api/me', {
+    preHandler: requireUser,
+    schema: {
+      response: {
+        200: {
+          type: 'object',
+          required: ['user', 'session'],
+          properties: {
+            user: userSchema,
+            session: {
+              type: 'object',
+              required: ['fingerprint', 'insertedAt'],
+              properties: { fingerprint: { type: 'string' }, insertedAt: { type: 'number' } }
+            }
+          }
+        },
+        401: errorSchema
+      }
+    }
+  }, async (request) => {
+    const user = signedIn(request)
+    const metadata = request.powSession.metadata
+    if (metadata === null) throw new Error('a signed-in request has session metadata')
+    return { user, session: { fingerprint: metadata.fingerprint, insertedAt: metadata.insertedAt } }
+  })
+
+  app.patch<{ Body: UpdateMeBody }>('/api/me', {
+    preHandler: requireUser,
+    schema: {
+      body: {
+        type: 'object',
+        additionalProperties: false,
+        required: ['name'],
+        properties: { name: { type: 'string', minLength: 1, maxLength: 100 } }
+      },
+      response: { 200: userReply, 401: errorSchema, 404: errorSchema }
+    }
+  }, async (request, reply) => {
+    const current = signedIn(request)
+    const updated = users.updateName(current.id, request.body.name)
+    if (updated === null) return reply.code(404).send({ error: 'User not found' })
+    // Every session of the user (other browsers included) sees the new credentials.
+    await request.powSession.update(updated)
+    return { user: updated }
+  })
+
+  app.get('/api/sessions', {
+    preHandler: requireUser,
+    schema: {
+      response: {
+        200: {
+          type: 'object',
+          required: ['sessions'],
+          properties: {
+            sessions: {
+              type: 'array',
+              items: {
+                type: 'object',
+                required: ['fingerprint', 'current', 'insertedAt', 'userAgent', 'ip'],
+                properties: {
+                  fingerprint: { type: 'string' },
+                  current: { type: 'boolean' },
+                  insertedAt: { type: 'number' },
+                  userAgent: { type: ['string', 'null'] },
+                  ip: { type: ['string', 'null'] }
+                }
+              }
+            }
+          }
+        },
+        401: errorSchema
+      }
+    }
+  }, async (request) => {
+    const sessions = await request.powSession.sessions()
+    return {
+      sessions: sessions.map((session) => ({
+        fingerprint: session.fingerprint,
+        current: session.current,
+        insertedAt: session.insertedAt,
+        userAgent: typeof session.metadata.userAgent === 'string' ? session.metadata.userAgent : null,
+        ip: typeof session.metadata.ip === 'string' ? session.metadata.ip : null
+      }))
+    }
+  })
+
+  app.delete<{ Params: SessionParams }>('/api/sessions/:fingerprint', {
+    preHandler: requireUser,
+    schema: {
+      params: {
+        type: 'object',
+        required: ['fingerprint'],
+        properties: { fingerprint: { type: 'string', minLength: 1, maxLength: 64 } }
+      },
+      response: { 204: noContent, 401: errorSchema, 404: errorSchema }
+    }
+  }, async (request, reply) => {
+    // false for an unknown fingerprint and for another user's: both are a 404.
+    const deleted = await request.powSession.deleteSession(request.params.fingerprint)
+    if (!deleted) return reply.code(404).send({ error: 'Session not found' })
+    return reply.code(204).send()
+  })
+
+  app.delete('/api/sessions', {
+    preHandler: requireUser,
+    schema: { response: { 204: noContent, 401: errorSchema } }
+  }, async (request, reply) => {
+    await request.powSession.deleteOtherSessions()
+    return reply.code(204).send()
+  })
+
+  return app
+}
