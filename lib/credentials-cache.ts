@@ -1,4 +1,4 @@
-import { hashToken, randomFingerprint } from './crypto.js'
+import { hashToken, isToken, randomFingerprint, randomToken, userBucket } from './crypto.js'
 import type { Pow } from './pow.js'
 import type { ListedSession, PowUser, SessionInfo, SessionMetadata, SessionRecord } from './types.js'
 
@@ -48,26 +48,36 @@ export class CredentialsCache {
     this.#pow = pow
   }
 
+  /** A new random session id for `user`, for `put`. */
+  generateId (user: PowUser): string {
+    return randomToken(userBucket(this.#pow.config.userKey(user)))
+  }
+
   /**
-   * Stores `user` under `sessionId` for the session TTL and adds the session to the user's list.
-   * `metadata.fingerprint` (random when absent) names the browser: other sessions of the user
-   * with that fingerprint stay valid for the rotation grace only.
+   * Stores `user` under `sessionId` (from `generateId(user)`) for the session TTL and adds the
+   * session to the user's list. `metadata.fingerprint` (random when absent) names the browser:
+   * other sessions of the user with that fingerprint stay valid for the rotation grace only.
    */
   async put (sessionId: string, user: PowUser, metadata?: Partial<SessionMetadata>): Promise<void> {
     const { session, userKey } = this.#pow.config
-    const record = toRecord(userKey(user), metadata, Date.now())
+    const key = userKey(user)
+    if (!isToken(sessionId) || !sessionId.startsWith(userBucket(key))) {
+      throw new TypeError('fastify-pow: credentials.put needs a session id from credentials.generateId(user)')
+    }
+    const record = toRecord(key, metadata, Date.now())
     await this.#pow.store.putSession(hashToken(sessionId), record, user, session.ttl, session.rotationGrace)
   }
 
   /** The user and metadata stored under `sessionId`, or null. */
   async get (sessionId: string): Promise<{ user: PowUser, metadata: SessionMetadata } | null> {
+    if (!isToken(sessionId)) return null
     const found = await this.#pow.store.getSession(hashToken(sessionId))
     return found === null ? null : { user: found.user as PowUser, metadata: toMetadata(found.record) }
   }
 
   /** Deletes one session; the user's credentials go with their last session. */
   async delete (sessionId: string): Promise<boolean> {
-    return await this.#pow.store.deleteSession(hashToken(sessionId))
+    return isToken(sessionId) && await this.#pow.store.deleteSession(hashToken(sessionId))
   }
 
   /** The user's live sessions, one per fingerprint. */

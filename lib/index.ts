@@ -59,6 +59,7 @@ export const fastifyPow = fp(plugin, { fastify: '5.x', name: 'fastify-pow' })
 export default fastifyPow
 
 export { MemoryStore } from './stores/memory.js'
+export { userBucket } from './crypto.js'
 export { PowOptionError, PowStoreError, PowNotSignedInError } from './errors.js'
 export { Pow } from './pow.js'
 export { CredentialsCache } from './credentials-cache.js'

@@ -1,5 +1,5 @@
 import type { FastifyReply, FastifyRequest } from 'fastify'
-import { hashToken, randomFingerprint, randomToken } from './crypto.js'
+import { hashToken, randomFingerprint, randomToken, userBucket } from './crypto.js'
 import type { Pow } from './pow.js'
 import { kAdopt, kAuthenticate, kReload, kRenewed, kSignIn, type PowSession } from './session.js'
 import type { PowUser, SessionMetadata, SessionRecord, TokenRecord } from './types.js'
@@ -122,7 +122,7 @@ export class PowPersistentSession {
   async #issue (record: TokenRecord): Promise<void> {
     const pow = this.#pow
     const config = pow.config.persistent as NonNullable<Pow['config']['persistent']>
-    const token = randomToken()
+    const token = randomToken(userBucket(record.userKey))
     const tokenHash = hashToken(token)
     await pow.store.putToken(tokenHash, record, config.ttl)
     this.#reply.setCookie(config.name, pow.sign(token), config.options)

@@ -7,8 +7,8 @@ import { PowStoreError, storeError } from './errors.js'
 import { type Config, STORE_METHODS } from './options.js'
 import type { PowEvents, PowStore } from './types.js'
 
-// A signed token is `<43 chars>.<43 chars of base64 HMAC-SHA256>`; anything else is rejected before any HMAC.
-const SIGNED_LENGTH = 87
+// A signed token is `<47 chars>.<43 chars of base64 HMAC-SHA256>`; anything else is rejected before any HMAC.
+const SIGNED_LENGTH = 91
 
 /** Every store call goes through this: whatever the store throws becomes a 503 `POW_ERR_STORE_UNAVAILABLE`. */
 function guardStore (store: PowStore): PowStore {

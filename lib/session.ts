@@ -1,6 +1,6 @@
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import { toMetadata, toSessionInfos } from './credentials-cache.js'
-import { hashToken, randomFingerprint, randomToken } from './crypto.js'
+import { hashToken, randomFingerprint, randomToken, userBucket } from './crypto.js'
 import { PowNotSignedInError } from './errors.js'
 import type { Pow } from './pow.js'
 import type { PowMetadata, PowUser, SessionInfo, SessionMetadata, SessionRecord } from './types.js'
@@ -181,7 +181,7 @@ export class PowSession {
     const ttl = config.absoluteTtl === undefined
       ? config.ttl
       : Math.min(config.ttl, record.signedInAt + config.absoluteTtl - now)
-    const token = randomToken()
+    const token = randomToken(userBucket(record.userKey))
     const sidHash = hashToken(token)
     await pow.store.putSession(sidHash, record, user, ttl, config.rotationGrace)
     this.#reply.setCookie(config.name, pow.sign(token), config.options)

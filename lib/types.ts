@@ -62,8 +62,10 @@ export interface TokenRecord {
 export type RevokeSelector = { fingerprint: string } | { except?: string }
 
 /**
- * The storage backend. Every method is async; TTLs are milliseconds. Keys are SHA-256 hashes
- * of the secrets the browser holds, never the secrets. A store must pass `test/store-contract.ts`.
+ * The storage backend. Every method is async; TTLs are milliseconds. Session and token keys are
+ * `<bucket>.<SHA-256 of the secret the browser holds>`, never the secret; the bucket is
+ * `userBucket(userKey)`, the same for every id and token of a user, so a sharded store can keep
+ * all of one user's entries together. A store must pass `test/store-contract.ts`.
  */
 export interface PowStore {
   /**

@@ -3,16 +3,20 @@ import { MemoryStore } from '../lib/index.js'
 import { buildApp, me, signIn } from './helpers/app.js'
 import { fakeClock } from './helpers/clock.js'
 
-test('app.pow.credentials: put, get, delete by raw session id', async (t) => {
+test('app.pow.credentials: generateId, put, get, delete by raw session id', async (t) => {
   const app = await buildApp(t)
   const { credentials } = app.pow
-  await credentials.put('raw-session-id', { id: 5, name: 'E' } as never, { fingerprint: 'fp5', device: 'tv' })
-  const found = await credentials.get('raw-session-id')
+  const id = credentials.generateId({ id: 5 } as never)
+  await t.rejects(credentials.put('raw-session-id', { id: 5 } as never), /generateId/, 'ids must come from generateId')
+  await t.rejects(credentials.put(credentials.generateId({ id: 6 } as never), { id: 5 } as never), /generateId/, "and be the user's")
+  await credentials.put(id, { id: 5, name: 'E' } as never, { fingerprint: 'fp5', device: 'tv' })
+  const found = await credentials.get(id)
   t.same(found?.user, { id: 5, name: 'E' })
   t.match(found?.metadata, { fingerprint: 'fp5', device: 'tv', insertedAt: Number, signedInAt: Number })
   t.equal(await credentials.get('other'), null)
-  t.equal(await credentials.delete('raw-session-id'), true)
-  t.equal(await credentials.get('raw-session-id'), null)
+  t.equal(await credentials.get(credentials.generateId({ id: 5 } as never)), null)
+  t.equal(await credentials.delete(id), true)
+  t.equal(await credentials.get(id), null)
   t.same(await credentials.users(), [], 'the last session took the user with it')
 })
 

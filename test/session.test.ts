@@ -10,7 +10,7 @@ test('create signs in with a signed random id; the user and metadata are read ba
   const login = await jar.request({ method: 'POST', url: '/login', payload: { id: 1, name: 'Alice', metadata: { device: 'laptop' } } })
   const cookie = login.cookies.find((c) => c.name === 'pow_session')
   t.ok(cookie, 'the session cookie is set')
-  t.match(cookie?.value, /^[A-Za-z0-9_-]{43}\.[A-Za-z0-9+/]{43}$/, '256-bit id, HMAC-SHA256 signature')
+  t.match(cookie?.value, /^[A-Za-z0-9_-]{47}\.[A-Za-z0-9+/]{43}$/, 'a bucket and a 256-bit id, HMAC-SHA256 signature')
   t.equal(login.cookies.find((c) => c.name === 'pow_persistent_session'), undefined, 'no remember-me without persistent')
   const response = await jar.request('/me')
   t.equal(response.statusCode, 200)

@@ -1,6 +1,6 @@
 import type { Test } from 'tap'
 import type { PowStore, SessionRecord, TokenRecord } from '../lib/types.js'
-import { hashToken, randomToken } from '../lib/crypto.js'
+import { hashToken, randomFingerprint, userBucket, randomToken } from '../lib/crypto.js'
 
 /** What a store's test file hands the contract: a fresh, empty store and a way to let time pass. */
 export interface ContractHarness {
@@ -16,7 +16,7 @@ const GRACE = 200
 
 let counter = 0
 function unique (prefix: string): string {
-  return `${prefix}-${process.pid}-${++counter}-${randomToken().slice(0, 6)}`
+  return `${prefix}-${process.pid}-${++counter}-${randomFingerprint().slice(0, 6)}`
 }
 
 function sessionRecord (userKey: string, fingerprint: string, metadata: Record<string, unknown> = {}): SessionRecord {
@@ -28,7 +28,8 @@ function tokenRecord (userKey: string, fingerprint: string, user: unknown): Toke
   return { userKey, fingerprint, user, metadata: { ip: '127.0.0.1' } }
 }
 
-const sid = (): string => hashToken(randomToken())
+/** A session-id or token hash as the plugin makes them: it carries the user's bucket. */
+const sid = (userKey: string): string => hashToken(randomToken(userBucket(userKey)))
 
 /**
  * The store contract: every `PowStore` must pass it. Each subtest gets a fresh harness, so
@@ -44,20 +45,20 @@ export function storeContract (t: Test, makeHarness: () => Promise<ContractHarne
   t.test('putSession and getSession round-trip the record and the user', async (t) => {
     const { store } = await setup(t)
     const userKey = unique('u')
-    const h = sid()
+    const h = sid(userKey)
     const record = sessionRecord(userKey, 'fp1', { ip: '10.0.0.1', nested: { a: [1, 2] } })
     const user = { id: userKey, name: 'Alice' }
     await store.putSession(h, record, user, TTL, GRACE)
     const found = await store.getSession(h)
     t.same(found, { record, user, retired: false })
     t.not(found?.user, user, 'the user read back is a copy')
-    t.equal(await store.getSession(sid()), null, 'an unknown id is null')
+    t.equal(await store.getSession(sid(userKey)), null, 'an unknown id is null')
   })
 
   t.test('putSession without a user keeps the stored credentials; with one, every session sees it', async (t) => {
     const { store } = await setup(t)
     const userKey = unique('u')
-    const [a, b] = [sid(), sid()]
+    const [a, b] = [sid(userKey), sid(userKey)]
     await store.putSession(a, sessionRecord(userKey, 'fpA'), { id: userKey, v: 1 }, TTL, GRACE)
     await store.putSession(b, sessionRecord(userKey, 'fpB'), undefined, TTL, GRACE)
     t.same((await store.getSession(b))?.user, { id: userKey, v: 1 })
@@ -68,7 +69,7 @@ export function storeContract (t: Test, makeHarness: () => Promise<ContractHarne
   t.test('a put with the same fingerprint retires the older session for the grace only', async (t) => {
     const { store, advance } = await setup(t)
     const userKey = unique('u')
-    const [old, renewed, other] = [sid(), sid(), sid()]
+    const [old, renewed, other] = [sid(userKey), sid(userKey), sid(userKey)]
     await store.putSession(old, sessionRecord(userKey, 'fp'), { id: userKey }, TTL, GRACE)
     await store.putSession(other, sessionRecord(userKey, 'fp-other'), undefined, TTL, GRACE)
     await store.putSession(renewed, sessionRecord(userKey, 'fp'), undefined, TTL, GRACE)
@@ -85,7 +86,7 @@ export function storeContract (t: Test, makeHarness: () => Promise<ContractHarne
   t.test('sessions expire after their ttl and leave the lists', async (t) => {
     const { store, advance } = await setup(t)
     const userKey = unique('u')
-    const [short, long] = [sid(), sid()]
+    const [short, long] = [sid(userKey), sid(userKey)]
     await store.putSession(short, sessionRecord(userKey, 'fp1'), { id: userKey }, TTL / 2, GRACE)
     await store.putSession(long, sessionRecord(userKey, 'fp2'), undefined, TTL * 2, GRACE)
     await advance(TTL / 2 + 50)
@@ -100,7 +101,7 @@ export function storeContract (t: Test, makeHarness: () => Promise<ContractHarne
   t.test('listSessions reports each entry with its expiry', async (t) => {
     const { store } = await setup(t)
     const userKey = unique('u')
-    const h = sid()
+    const h = sid(userKey)
     const record = sessionRecord(userKey, 'fp', { ua: 'x' })
     const before = Date.now()
     await store.putSession(h, record, { id: userKey }, TTL, GRACE)
@@ -113,7 +114,7 @@ export function storeContract (t: Test, makeHarness: () => Promise<ContractHarne
   t.test('deleteSession removes the session; the last one takes the credentials with it', async (t) => {
     const { store } = await setup(t)
     const userKey = unique('u')
-    const [a, b] = [sid(), sid()]
+    const [a, b] = [sid(userKey), sid(userKey)]
     await store.putSession(a, sessionRecord(userKey, 'fpA'), { id: userKey }, TTL, GRACE)
     await store.putSession(b, sessionRecord(userKey, 'fpB'), undefined, TTL, GRACE)
     t.equal(await store.deleteSession(a), true)
@@ -122,7 +123,7 @@ export function storeContract (t: Test, makeHarness: () => Promise<ContractHarne
     t.same((await store.listSessions(userKey)).map((s) => s.sidHash), [b])
     t.ok(await store.getSession(b), 'credentials stay while a session lives')
     await store.deleteSession(b)
-    const c = sid()
+    const c = sid(userKey)
     await store.putSession(c, sessionRecord(userKey, 'fpC'), undefined, TTL, GRACE)
     t.equal(await store.getSession(c), null, 'the credentials went with the last session')
   })
@@ -130,9 +131,9 @@ export function storeContract (t: Test, makeHarness: () => Promise<ContractHarne
   t.test('listUsers lists each user with a live session once', async (t) => {
     const { store } = await setup(t)
     const [u1, u2] = [unique('u'), unique('u')]
-    await store.putSession(sid(), sessionRecord(u1, 'a'), { id: u1 }, TTL, GRACE)
-    await store.putSession(sid(), sessionRecord(u1, 'b'), undefined, TTL, GRACE)
-    const gone = sid()
+    await store.putSession(sid(u1), sessionRecord(u1, 'a'), { id: u1 }, TTL, GRACE)
+    await store.putSession(sid(u1), sessionRecord(u1, 'b'), undefined, TTL, GRACE)
+    const gone = sid(u2)
     await store.putSession(gone, sessionRecord(u2, 'a'), { id: u2 }, TTL, GRACE)
     await store.deleteSession(gone)
     const ids = (await store.listUsers()).map((u) => (u as { id: string }).id).filter((id) => id === u1 || id === u2)
@@ -142,8 +143,8 @@ export function storeContract (t: Test, makeHarness: () => Promise<ContractHarne
   t.test('updateUser replaces the credentials and the user held by tokens', async (t) => {
     const { store } = await setup(t)
     const userKey = unique('u')
-    const h = sid()
-    const token = sid()
+    const h = sid(userKey)
+    const token = sid(userKey)
     await store.putSession(h, sessionRecord(userKey, 'fp'), { id: userKey, name: 'old' }, TTL, GRACE)
     await store.putToken(token, tokenRecord(userKey, 'fp', { id: userKey, name: 'old' }), TTL)
     await store.updateUser(userKey, { id: userKey, name: 'new' })
@@ -157,8 +158,8 @@ export function storeContract (t: Test, makeHarness: () => Promise<ContractHarne
     const { store } = await setup(t)
     const userKey = unique('u')
     const otherUser = unique('u')
-    const [old, current, keep, foreign] = [sid(), sid(), sid(), sid()]
-    const [token, keepToken, foreignToken] = [sid(), sid(), sid()]
+    const [old, current, keep, foreign] = [sid(userKey), sid(userKey), sid(userKey), sid(otherUser)]
+    const [token, keepToken, foreignToken] = [sid(userKey), sid(userKey), sid(otherUser)]
     await store.putSession(old, sessionRecord(userKey, 'fp'), { id: userKey }, TTL, GRACE)
     await store.putSession(current, sessionRecord(userKey, 'fp'), undefined, TTL, GRACE)
     await store.putSession(keep, sessionRecord(userKey, 'fp-keep'), undefined, TTL, GRACE)
@@ -182,8 +183,8 @@ export function storeContract (t: Test, makeHarness: () => Promise<ContractHarne
   t.test('revoke with except keeps one fingerprint; a token-only fingerprint is revoked too', async (t) => {
     const { store } = await setup(t)
     const userKey = unique('u')
-    const [a, b, c] = [sid(), sid(), sid()]
-    const [ta, tOnly] = [sid(), sid()]
+    const [a, b, c] = [sid(userKey), sid(userKey), sid(userKey)]
+    const [ta, tOnly] = [sid(userKey), sid(userKey)]
     await store.putSession(a, sessionRecord(userKey, 'fpA'), { id: userKey }, TTL, GRACE)
     await store.putSession(b, sessionRecord(userKey, 'fpB'), undefined, TTL, GRACE)
     await store.putSession(c, sessionRecord(userKey, 'fpC'), undefined, TTL, GRACE)
@@ -202,7 +203,7 @@ export function storeContract (t: Test, makeHarness: () => Promise<ContractHarne
   t.test('claimToken: the first claim wins, later ones see when it was used', async (t) => {
     const { store } = await setup(t)
     const userKey = unique('u')
-    const token = sid()
+    const token = sid(userKey)
     const record = tokenRecord(userKey, 'fp', { id: userKey, name: 'A' })
     await store.putToken(token, record, TTL)
     const usedAt = Date.now()
@@ -211,13 +212,13 @@ export function storeContract (t: Test, makeHarness: () => Promise<ContractHarne
     t.equal(again?.claimed, false)
     t.equal(again?.record.usedAt, usedAt, 'the first use is remembered')
     t.same(again?.record.user, record.user)
-    t.equal(await store.claimToken(sid(), usedAt), null, 'an unknown token is null')
+    t.equal(await store.claimToken(sid(userKey), usedAt), null, 'an unknown token is null')
   })
 
   t.test('of concurrent claims exactly one wins', async (t) => {
     const { store } = await setup(t)
     const userKey = unique('u')
-    const token = sid()
+    const token = sid(userKey)
     await store.putToken(token, tokenRecord(userKey, 'fp', { id: userKey }), TTL)
     const claims = await Promise.all(Array.from({ length: 20 }, () => store.claimToken(token, Date.now())))
     t.equal(claims.filter((c) => c?.claimed === true).length, 1)
@@ -227,7 +228,7 @@ export function storeContract (t: Test, makeHarness: () => Promise<ContractHarne
   t.test('tokens expire; touchToken extends an unused token only; deleteToken deletes', async (t) => {
     const { store, advance } = await setup(t)
     const userKey = unique('u')
-    const [plain, touched, used, deleted] = [sid(), sid(), sid(), sid()]
+    const [plain, touched, used, deleted] = [sid(userKey), sid(userKey), sid(userKey), sid(userKey)]
     for (const h of [plain, touched, used, deleted]) await store.putToken(h, tokenRecord(userKey, 'fp', { id: userKey }), TTL)
     await store.claimToken(used, Date.now())
     await store.deleteToken(deleted)
@@ -235,7 +236,7 @@ export function storeContract (t: Test, makeHarness: () => Promise<ContractHarne
     await advance(TTL / 2)
     await store.touchToken(touched, TTL)
     await store.touchToken(used, TTL)
-    await store.touchToken(sid(), TTL)
+    await store.touchToken(sid(userKey), TTL)
     await advance(TTL / 2 + 100)
     t.equal(await store.claimToken(plain, Date.now()), null, 'an untouched token expired')
     t.equal(await store.claimToken(used, Date.now()), null, 'a used token is not extended')
@@ -255,7 +256,7 @@ export function storeContract (t: Test, makeHarness: () => Promise<ContractHarne
   t.test('many concurrent puts for one user all land in the list', async (t) => {
     const { store } = await setup(t)
     const userKey = unique('u')
-    const ids = Array.from({ length: 50 }, () => sid())
+    const ids = Array.from({ length: 50 }, () => sid(userKey))
     await Promise.all(ids.map((h, i) => store.putSession(h, sessionRecord(userKey, `fp${i}`), { id: userKey }, TTL, GRACE)))
     t.same((await store.listSessions(userKey)).map((s) => s.sidHash).sort(), ids.sort())
   })
