@@ -6,6 +6,7 @@ import { PowPersistentSession } from './persistent-session.js'
 import { Pow } from './pow.js'
 import { kAuthenticate, PowSession } from './session.js'
 import { MemoryStore } from './stores/memory.js'
+import { RedisStore } from './stores/redis.js'
 import type { PowOptions } from './types.js'
 
 declare module 'fastify' {
@@ -23,7 +24,9 @@ declare module 'fastify' {
 
 const plugin: FastifyPluginAsync<PowOptions> = async function fastifyPow (fastify: FastifyInstance, opts: PowOptions) {
   const config = buildConfig(opts)
-  const store = config.store ?? new MemoryStore()
+  // With @fastify/redis registered (app.redis), sessions go to that Redis by default.
+  const redis = fastify.hasDecorator('redis') ? (fastify as unknown as { redis: ConstructorParameters<typeof RedisStore>[0] }).redis : undefined
+  const store = config.store ?? (redis !== undefined ? new RedisStore(redis) : new MemoryStore())
   if (!fastify.hasReplyDecorator('setCookie')) await fastify.register(fastifyCookie)
 
   const pow = new Pow(config, store, fastify.log)
@@ -59,6 +62,7 @@ export const fastifyPow = fp(plugin, { fastify: '5.x', name: 'fastify-pow' })
 export default fastifyPow
 
 export { MemoryStore } from './stores/memory.js'
+export { RedisStore, type RedisStoreOptions } from './stores/redis.js'
 export { userBucket } from './crypto.js'
 export { PowOptionError, PowStoreError, PowNotSignedInError } from './errors.js'
 export { Pow } from './pow.js'

@@ -10,18 +10,36 @@ import type { PowEvents, PowStore } from './types.js'
 // A signed token is `<47 chars>.<43 chars of base64 HMAC-SHA256>`; anything else is rejected before any HMAC.
 const SIGNED_LENGTH = 91
 
-/** Every store call goes through this: whatever the store throws becomes a 503 `POW_ERR_STORE_UNAVAILABLE`. */
-function guardStore (store: PowStore): PowStore {
+/**
+ * Every store call goes through this: whatever the store throws becomes a 503
+ * `POW_ERR_STORE_UNAVAILABLE`. An outage is logged once when it starts and once when it ends,
+ * not on every request.
+ */
+function guardStore (store: PowStore, log: FastifyBaseLogger): PowStore {
+  let failing = false
+  const ok = <T>(value: T): T => {
+    if (failing) {
+      failing = false
+      log.info('fastify-pow: the session store answers again')
+    }
+    return value
+  }
   const fail = (err: unknown): never => {
+    if (!failing) {
+      failing = true
+      log.error({ err }, 'fastify-pow: the session store failed; answering 503 until it is back')
+    } else {
+      log.debug({ err }, 'fastify-pow: the session store failed again')
+    }
     throw err instanceof PowStoreError ? err : storeError(err)
   }
   const guarded: Record<string, unknown> = {}
   for (const method of STORE_METHODS) {
     guarded[method] = (...args: unknown[]) => {
       try {
-        return (store[method] as (...a: unknown[]) => Promise<unknown>).apply(store, args).then(undefined, fail)
+        return (store[method] as (...a: unknown[]) => Promise<unknown>).apply(store, args).then(ok, fail)
       } catch (err) {
-        return Promise.reject(storeError(err))
+        return Promise.resolve(err).then(fail)
       }
     }
   }
@@ -46,7 +64,7 @@ export class Pow extends EventEmitter<PowEvents> {
     super()
     this.config = config
     this.rawStore = store
-    this.store = guardStore(store)
+    this.store = guardStore(store, log)
     this.log = log
     this.#signer = new Signer(config.secrets)
     this.credentials = new CredentialsCache(this)

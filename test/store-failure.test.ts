@@ -1,5 +1,7 @@
+import { Writable } from 'node:stream'
+import Fastify from 'fastify'
 import { test } from 'tap'
-import { MemoryStore, type PowStore } from '../lib/index.js'
+import pow, { MemoryStore, type PowStore } from '../lib/index.js'
 import { STORE_METHODS } from '../lib/options.js'
 import { buildApp, me, signIn } from './helpers/app.js'
 import { fakeClock } from './helpers/clock.js'
@@ -65,4 +67,23 @@ test('app.pow.credentials reports a failing store as a 503 error', async (t) => 
   const app = await buildApp(t, { store: state.store })
   state.down = true
   await t.rejects(app.pow.credentials.users(), { code: 'POW_ERR_STORE_UNAVAILABLE', statusCode: 503 })
+})
+
+test('an outage is logged once when it starts and once when it ends, not per request', async (t) => {
+  const lines: Array<{ level: number, msg: string }> = []
+  const stream = new Writable({ write (chunk, _enc, cb) { lines.push(JSON.parse(String(chunk))); cb() } })
+  const state = switchableStore()
+  const logged = Fastify({ logger: { level: 'info', stream } })
+  t.teardown(() => logged.close())
+  await logged.register(pow, { secret: 'x'.repeat(32), store: state.store })
+  logged.post('/login', async (request) => { await request.powSession.create({ id: 1 } as never); return {} })
+  logged.get('/me', async (request) => ({ user: request.powSession.user }))
+  const login = await logged.inject({ method: 'POST', url: '/login' })
+  const cookie = `pow_session=${login.cookies[0].value}`
+  state.down = true
+  for (let i = 0; i < 5; i++) t.equal((await logged.inject({ url: '/me', headers: { cookie } })).statusCode, 503)
+  state.down = false
+  t.equal((await logged.inject({ url: '/me', headers: { cookie } })).statusCode, 200)
+  const store = lines.filter((l) => /session store/.test(l.msg))
+  t.same(store.map((l) => l.level), [50, 30], 'one error, then one info when it is back')
 })

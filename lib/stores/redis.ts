@@ -1,0 +1,362 @@
+import { createHash } from 'node:crypto'
+import type { Cluster, Redis } from 'ioredis'
+import { BUCKET_LENGTH, userBucket } from '../crypto.js'
+import type {
+  ListedSession, PowStore, RevokeSelector, SessionRecord, StoredSession, TokenRecord
+} from '../types.js'
+
+export interface RedisStoreOptions {
+  /** Key prefix. Default `pow`. */
+  namespace?: string
+  /** Milliseconds after which a command counts as failed (a 503). Default 2000. */
+  commandTimeout?: number
+}
+
+interface Script {
+  lua: string
+  sha: string
+}
+
+function script (lua: string): Script {
+  return { lua, sha: createHash('sha1').update(lua).digest('hex') }
+}
+
+// Key layout, with P = `<namespace>:{<bucket>}:` (the hash tag keeps one user's keys in one slot):
+//   P s:<sid>          hash  r (record JSON), u (user key), f (fingerprint), x ('1' once retired)
+//   P u:<userKey>      string  the user's credentials (JSON); TTL = the user's last session expiry
+//   P us:<userKey>     zset  session ids scored by expiry (ms)
+//   P t:<tid>          hash  r (token JSON), user (JSON), u, f, used (ms, once claimed)
+//   P ut:<userKey>     zset  token ids scored by expiry (ms)
+//   <namespace>:lock:<key>   string, SET NX PX
+// Scripts reach keys they cannot know in advance (a session's user, other sessions in the list)
+// only under the same P, so every script stays inside one cluster slot.
+
+const GET_SESSION = script(`
+local v = redis.call('HMGET', KEYS[1], 'r', 'u', 'x')
+if not v[1] then return false end
+local user = redis.call('GET', ARGV[1] .. 'u:' .. v[2])
+if not user then return false end
+return {v[1], user, v[3] or ''}
+`)
+
+// KEYS: session, credentials, session list. ARGV: P, sid, record, userKey, fingerprint,
+// has user ('1'/'0'), user, ttl, expiresAt, grace, retiredUntil, now.
+const PUT_SESSION = script(`
+local now = tonumber(ARGV[12])
+local grace = tonumber(ARGV[10])
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[12])
+local members = redis.call('ZRANGE', KEYS[3], 0, -1)
+for i = 1, #members do
+  local m = members[i]
+  if m ~= ARGV[2] then
+    local k = ARGV[1] .. 's:' .. m
+    if redis.call('HGET', k, 'f') == ARGV[5] then
+      redis.call('HSET', k, 'x', '1')
+      local left = redis.call('PTTL', k)
+      if left < 0 or left > grace then
+        redis.call('PEXPIRE', k, ARGV[10])
+        redis.call('ZADD', KEYS[3], ARGV[11], m)
+      end
+    end
+  end
+end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'r', ARGV[3], 'u', ARGV[4], 'f', ARGV[5])
+redis.call('PEXPIRE', KEYS[1], ARGV[8])
+redis.call('ZADD', KEYS[3], ARGV[9], ARGV[2])
+if ARGV[6] == '1' then redis.call('SET', KEYS[2], ARGV[7]) end
+local last = redis.call('ZRANGE', KEYS[3], -1, -1, 'WITHSCORES')
+local keep = math.max(1, tonumber(last[2]) - now)
+redis.call('PEXPIRE', KEYS[3], keep)
+redis.call('PEXPIRE', KEYS[2], keep)
+return 1
+`)
+
+// KEYS: session. ARGV: P, sid, now.
+const DELETE_SESSION = script(`
+local u = redis.call('HGET', KEYS[1], 'u')
+if not u then return 0 end
+redis.call('DEL', KEYS[1])
+local list = ARGV[1] .. 'us:' .. u
+redis.call('ZREM', list, ARGV[2])
+redis.call('ZREMRANGEBYSCORE', list, '-inf', ARGV[3])
+if redis.call('ZCARD', list) == 0 then redis.call('DEL', list, ARGV[1] .. 'u:' .. u) end
+return 1
+`)
+
+// KEYS: session list. ARGV: P, now. Returns sid, record, expiresAt triples.
+const LIST_SESSIONS = script(`
+local m = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[2], '+inf', 'WITHSCORES')
+local out = {}
+for i = 1, #m, 2 do
+  local v = redis.call('HMGET', ARGV[1] .. 's:' .. m[i], 'r', 'x')
+  if v[1] and not v[2] then
+    out[#out + 1] = m[i]
+    out[#out + 1] = v[1]
+    out[#out + 1] = m[i + 1]
+  end
+end
+return out
+`)
+
+// KEYS: credentials, token list. ARGV: P, user, now.
+const UPDATE_USER = script(`
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL') end
+local m = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. ARGV[3], '+inf')
+for i = 1, #m do
+  local k = ARGV[1] .. 't:' .. m[i]
+  if redis.call('EXISTS', k) == 1 then redis.call('HSET', k, 'user', ARGV[2]) end
+end
+return 1
+`)
+
+// KEYS: session list, token list, credentials. ARGV: P, 'only' | 'except', fingerprint.
+const REVOKE = script(`
+local out = {}
+local seen = {}
+local function sweep (list, kind)
+  local m = redis.call('ZRANGE', list, 0, -1)
+  for i = 1, #m do
+    local k = ARGV[1] .. kind .. m[i]
+    local f = redis.call('HGET', k, 'f')
+    if not f then
+      redis.call('ZREM', list, m[i])
+    elseif (ARGV[2] == 'only') == (f == ARGV[3]) then
+      redis.call('DEL', k)
+      redis.call('ZREM', list, m[i])
+      if not seen[f] then
+        seen[f] = true
+        out[#out + 1] = f
+      end
+    end
+  end
+end
+sweep(KEYS[1], 's:')
+sweep(KEYS[2], 't:')
+if redis.call('ZCARD', KEYS[1]) == 0 then redis.call('DEL', KEYS[1], KEYS[3]) end
+if redis.call('ZCARD', KEYS[2]) == 0 then redis.call('DEL', KEYS[2]) end
+return out
+`)
+
+// KEYS: token, token list. ARGV: tid, record, user, userKey, fingerprint, usedAt or '', ttl, expiresAt, now.
+const PUT_TOKEN = script(`
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'r', ARGV[2], 'user', ARGV[3], 'u', ARGV[4], 'f', ARGV[5])
+if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'used', ARGV[6]) end
+redis.call('PEXPIRE', KEYS[1], ARGV[7])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[9])
+redis.call('ZADD', KEYS[2], ARGV[8], ARGV[1])
+local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
+redis.call('PEXPIRE', KEYS[2], math.max(1, tonumber(last[2]) - tonumber(ARGV[9])))
+return 1
+`)
+
+// KEYS: token. ARGV: now.
+const CLAIM_TOKEN = script(`
+local v = redis.call('HMGET', KEYS[1], 'r', 'user', 'used')
+if not v[1] then return false end
+if v[3] then return {v[1], v[2], v[3]} end
+redis.call('HSET', KEYS[1], 'used', ARGV[1])
+return {v[1], v[2], ''}
+`)
+
+// KEYS: token. ARGV: P, tid, ttl, expiresAt.
+const TOUCH_TOKEN = script(`
+local v = redis.call('HMGET', KEYS[1], 'u', 'used')
+if not v[1] or v[2] then return 0 end
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+local list = ARGV[1] .. 'ut:' .. v[1]
+redis.call('ZADD', list, ARGV[4], ARGV[2])
+if redis.call('PTTL', list) < tonumber(ARGV[3]) then redis.call('PEXPIRE', list, ARGV[3]) end
+return 1
+`)
+
+// KEYS: token. ARGV: P, tid.
+const DELETE_TOKEN = script(`
+local u = redis.call('HGET', KEYS[1], 'u')
+if not u then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', ARGV[1] .. 'ut:' .. u, ARGV[2])
+return 1
+`)
+
+type Client = Redis | Cluster
+
+/**
+ * A `PowStore` on Redis or Redis Cluster through an ioredis client (for example `app.redis` of
+ * @fastify/redis), which it never closes. Every change is one atomic Lua script inside one
+ * cluster slot; reading a session and its user is one EVALSHA.
+ */
+export class RedisStore implements PowStore {
+  #client: Client
+  #ns: string
+  #timeout: number
+
+  constructor (client: Client, options: RedisStoreOptions = {}) {
+    const { namespace = 'pow', commandTimeout = 2000 } = options
+    if (client === null || typeof client !== 'object' || typeof (client as Redis).evalsha !== 'function') {
+      throw new TypeError('RedisStore needs an ioredis client (Redis or Cluster)')
+    }
+    if (typeof namespace !== 'string' || !/^[\w.:-]+$/.test(namespace)) {
+      throw new TypeError('RedisStore: namespace must be letters, digits, "_", ".", ":" or "-"')
+    }
+    if (typeof commandTimeout !== 'number' || !Number.isFinite(commandTimeout) || commandTimeout <= 0) {
+      throw new TypeError('RedisStore: commandTimeout must be a positive number of milliseconds')
+    }
+    this.#client = client
+    this.#ns = namespace
+    this.#timeout = commandTimeout
+  }
+
+  async putSession (sidHash: string, record: SessionRecord, user: unknown, ttl: number, grace: number): Promise<void> {
+    const now = Date.now()
+    const prefix = this.#userPrefix(record.userKey)
+    const id = this.#id(sidHash)
+    await this.#eval(PUT_SESSION, [prefix + 's:' + id, prefix + 'u:' + record.userKey, prefix + 'us:' + record.userKey], [
+      prefix, id, JSON.stringify(record), record.userKey, record.fingerprint,
+      user === undefined ? '0' : '1', user === undefined ? '' : JSON.stringify(user),
+      Math.ceil(ttl), now + Math.ceil(ttl), Math.ceil(grace), now + Math.ceil(grace), now
+    ])
+  }
+
+  async getSession (sidHash: string): Promise<StoredSession | null> {
+    const prefix = this.#hashPrefix(sidHash)
+    const found = await this.#eval(GET_SESSION, [prefix + 's:' + this.#id(sidHash)], [prefix]) as [string, string, string] | null
+    if (found === null) return null
+    return { record: JSON.parse(found[0]), user: JSON.parse(found[1]), retired: found[2] === '1' }
+  }
+
+  async deleteSession (sidHash: string): Promise<boolean> {
+    const prefix = this.#hashPrefix(sidHash)
+    const id = this.#id(sidHash)
+    return await this.#eval(DELETE_SESSION, [prefix + 's:' + id], [prefix, id, Date.now()]) === 1
+  }
+
+  async listSessions (userKey: string): Promise<ListedSession[]> {
+    const prefix = this.#userPrefix(userKey)
+    const flat = await this.#eval(LIST_SESSIONS, [prefix + 'us:' + userKey], [prefix, Date.now()]) as string[]
+    const bucket = userBucket(userKey)
+    const list: ListedSession[] = []
+    for (let i = 0; i < flat.length; i += 3) {
+      list.push({ sidHash: `${bucket}.${flat[i]}`, record: JSON.parse(flat[i + 1]), expiresAt: Number(flat[i + 2]) })
+    }
+    return list
+  }
+
+  async listUsers (): Promise<unknown[]> {
+    const client = this.#client
+    const nodes: Redis[] = 'nodes' in client && typeof (client as Cluster).nodes === 'function' && (client as Cluster).isCluster
+      ? (client as Cluster).nodes('master')
+      : [client as Redis]
+    const pattern = `${this.#ns}:{${'?'.repeat(BUCKET_LENGTH)}}:u:*`
+    const users: unknown[] = []
+    for (const node of nodes) {
+      let cursor = '0'
+      do {
+        const [next, keys] = await this.#guard(() => node.scan(cursor, 'MATCH', pattern, 'COUNT', 1000))
+        cursor = next
+        if (keys.length === 0) continue
+        const pipeline = node.pipeline()
+        for (const key of keys) pipeline.get(key)
+        const results = await this.#guard(() => pipeline.exec()) ?? []
+        for (const [err, value] of results) {
+          if (err === null && typeof value === 'string') users.push(JSON.parse(value))
+        }
+      } while (cursor !== '0')
+    }
+    return users
+  }
+
+  async updateUser (userKey: string, user: unknown): Promise<void> {
+    const prefix = this.#userPrefix(userKey)
+    await this.#eval(UPDATE_USER, [prefix + 'u:' + userKey, prefix + 'ut:' + userKey], [prefix, JSON.stringify(user), Date.now()])
+  }
+
+  async revoke (userKey: string, selector: RevokeSelector): Promise<string[]> {
+    const prefix = this.#userPrefix(userKey)
+    const [mode, fingerprint] = 'fingerprint' in selector ? ['only', selector.fingerprint] : ['except', selector.except ?? '']
+    return await this.#eval(REVOKE, [prefix + 'us:' + userKey, prefix + 'ut:' + userKey, prefix + 'u:' + userKey], [
+      prefix, mode, fingerprint
+    ]) as string[]
+  }
+
+  async putToken (tokenHash: string, record: TokenRecord, ttl: number): Promise<void> {
+    const now = Date.now()
+    const prefix = this.#userPrefix(record.userKey)
+    const id = this.#id(tokenHash)
+    const { user, usedAt, ...rest } = record
+    await this.#eval(PUT_TOKEN, [prefix + 't:' + id, prefix + 'ut:' + record.userKey], [
+      id, JSON.stringify(rest), JSON.stringify(user), record.userKey, record.fingerprint,
+      usedAt === undefined ? '' : usedAt, Math.ceil(ttl), now + Math.ceil(ttl), now
+    ])
+  }
+
+  async claimToken (tokenHash: string, now: number): Promise<{ record: TokenRecord, claimed: boolean } | null> {
+    const prefix = this.#hashPrefix(tokenHash)
+    const found = await this.#eval(CLAIM_TOKEN, [prefix + 't:' + this.#id(tokenHash)], [now]) as [string, string, string] | null
+    if (found === null) return null
+    const record: TokenRecord = { ...JSON.parse(found[0]), user: JSON.parse(found[1]) }
+    if (found[2] === '') return { record, claimed: true }
+    record.usedAt = Number(found[2])
+    return { record, claimed: false }
+  }
+
+  async touchToken (tokenHash: string, ttl: number): Promise<void> {
+    const prefix = this.#hashPrefix(tokenHash)
+    const id = this.#id(tokenHash)
+    await this.#eval(TOUCH_TOKEN, [prefix + 't:' + id], [prefix, id, Math.ceil(ttl), Date.now() + Math.ceil(ttl)])
+  }
+
+  async deleteToken (tokenHash: string): Promise<void> {
+    const prefix = this.#hashPrefix(tokenHash)
+    const id = this.#id(tokenHash)
+    await this.#eval(DELETE_TOKEN, [prefix + 't:' + id], [prefix, id])
+  }
+
+  async lock (key: string, ttl: number): Promise<boolean> {
+    return await this.#guard(() => this.#client.set(`${this.#ns}:lock:${key}`, '1', 'PX', Math.ceil(ttl), 'NX')) === 'OK'
+  }
+
+  #userPrefix (userKey: string): string {
+    return `${this.#ns}:{${userBucket(userKey)}}:`
+  }
+
+  /** Hashes are `<bucket>.<sha256>`; the bucket is the user's hash tag. */
+  #hashPrefix (hash: string): string {
+    return `${this.#ns}:{${hash.slice(0, BUCKET_LENGTH)}}:`
+  }
+
+  #id (hash: string): string {
+    return hash.slice(BUCKET_LENGTH + 1)
+  }
+
+  async #eval (s: Script, keys: string[], args: Array<string | number>): Promise<unknown> {
+    const client = this.#client
+    try {
+      return await this.#guard(() => client.evalsha(s.sha, keys.length, ...keys, ...args))
+    } catch (err) {
+      if (!(err instanceof Error) || !err.message.startsWith('NOSCRIPT')) throw err
+      return await this.#guard(() => client.eval(s.lua, keys.length, ...keys, ...args))
+    }
+  }
+
+  /**
+   * Fails fast while the client is not connected (no command waits in ioredis' offline queue to
+   * run long after its request was answered) and bounds every command by `commandTimeout`.
+   */
+  async #guard<T> (send: () => Promise<T>): Promise<T> {
+    const status = this.#client.status
+    if (status !== 'ready' && status !== 'wait') throw new Error(`Redis connection is ${status}`)
+    const command = send()
+    let timer: NodeJS.Timeout | undefined
+    const timeout = new Promise<never>((_resolve, reject) => {
+      timer = setTimeout(() => reject(new Error(`Redis command timed out after ${this.#timeout} ms`)), this.#timeout)
+    })
+    try {
+      return await Promise.race([command, timeout])
+    } finally {
+      clearTimeout(timer)
+      command.catch(() => {})
+    }
+  }
+}
