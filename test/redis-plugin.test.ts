@@ -1,7 +1,7 @@
 import { once } from 'node:events'
 import fastifyRedis from '@fastify/redis'
 import type { Cluster, Redis } from 'ioredis'
-import { test } from 'tap'
+import { test, type Test } from 'tap'
 import { RedisStore } from '../lib/index.js'
 import { buildApp, me, signIn } from './helpers/app.js'
 import { fakeClock } from './helpers/clock.js'
@@ -16,7 +16,7 @@ async function keysOf (client: Redis | Cluster, namespace: string): Promise<stri
   return keys
 }
 
-async function assertAllKeysExpire (t: Parameters<Parameters<typeof test>[1]>[0], client: Redis | Cluster, namespace: string): Promise<void> {
+async function assertAllKeysExpire (t: Test, client: Redis | Cluster, namespace: string): Promise<void> {
   const keys = await keysOf(client, namespace)
   t.ok(keys.length > 0, `${keys.length} keys stored`)
   const withoutTtl: string[] = []

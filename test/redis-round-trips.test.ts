@@ -1,6 +1,6 @@
 import { once } from 'node:events'
 import type { Redis } from 'ioredis'
-import { test } from 'tap'
+import { test, type Test } from 'tap'
 import { hashToken, randomToken, userBucket } from '../lib/crypto.js'
 import { RedisStore } from '../lib/index.js'
 import { buildApp, me, signIn } from './helpers/app.js'
@@ -18,7 +18,7 @@ function countCommands (client: Redis): { count: () => number, reset: () => void
   return { count: () => sent, reset: () => { sent = 0 } }
 }
 
-async function measure (sessionsOfUser: number, otherUsers: number, t: Parameters<Parameters<typeof test>[1]>[0]): Promise<Record<string, number>> {
+async function measure (sessionsOfUser: number, otherUsers: number, t: Test): Promise<Record<string, number>> {
   const clock = fakeClock(t)
   const server = await startRedis(t)
   const client = server.client()
