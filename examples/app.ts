@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto'
 import fastifyCookie from '@fastify/cookie'
+import fastifyRedis from '@fastify/redis'
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest, type FastifyServerOptions } from 'fastify'
 import pow, { type PersistentSessionOptions, type PowStore, type SessionOptions } from '../lib/index.js'
 import { type PublicUser, UserStore } from './users.js'
@@ -16,6 +17,8 @@ export interface BuildAppOptions {
   store?: PowStore
   logger?: FastifyServerOptions['logger']
   session?: SessionOptions
+  /** With a Redis URL, @fastify/redis is registered and fastify-pow stores sessions in `app.redis`. */
+  redisUrl?: string
   persistentSession?: false | PersistentSessionOptions
 }
 
@@ -84,6 +87,8 @@ export async function buildApp (options: BuildAppOptions = {}): Promise<FastifyI
 
   // Real applications register @fastify/cookie themselves; fastify-pow uses it when present.
   await app.register(fastifyCookie)
+  // With @fastify/redis registered and no `store` option, fastify-pow uses app.redis.
+  if (options.redisUrl !== undefined) await app.register(fastifyRedis, { url: options.redisUrl })
   await app.register(pow, {
     secret: options.secret ?? randomBytes(36).toString('base64url'),
     store: options.store,

@@ -61,6 +61,7 @@ async function main (): Promise<void> {
   try {
     app = await buildApp({
       secret,
+      redisUrl: process.env.REDIS_URL === '' ? undefined : process.env.REDIS_URL,
       logger: { level: 'info' },
       session,
       persistentSession: persistentTtl === undefined ? {} : { ttl: persistentTtl }
@@ -70,6 +71,7 @@ async function main (): Promise<void> {
     fail((err as Error).message)
   }
 
+  app.log.info(process.env.REDIS_URL ? 'sessions are stored in Redis (REDIS_URL)' : 'sessions are stored in memory (set REDIS_URL for Redis)')
   if (generatedSecret) {
     app.log.warn('POW_SECRET is not set: using a random secret for this run; sessions will not survive a restart')
   }
