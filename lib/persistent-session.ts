@@ -1,8 +1,8 @@
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import { hashToken, randomFingerprint, randomToken, userBucket } from './crypto.js'
 import type { Pow } from './pow.js'
-import { kAdopt, kAuthenticate, kReload, kRenewed, kSignIn, type PowSession } from './session.js'
-import type { PowUser, SessionMetadata, SessionRecord, TokenRecord } from './types.js'
+import { kAdopt, kAuthenticate, kForget, kReload, kRenewed, kSignIn, type PowSession } from './session.js'
+import type { PowUser, PutConditions, SessionMetadata, SessionRecord, TokenRecord } from './types.js'
 
 /**
  * `request.powPersistentSession`: this browser's remember-me token (Pow's
@@ -113,21 +113,32 @@ export class PowPersistentSession {
       if (reloaded === null) return
       user = reloaded
     }
-    await session[kSignIn](user, record)
-    await this.#issue({ userKey: token.userKey, fingerprint: token.fingerprint, user, metadata: token.metadata })
+    // Both writes hold only while the browser is not revoked meanwhile, and neither undoes an
+    // update of the user made since the token was written.
+    const sidHash = await session[kSignIn](user, record, { token: tokenHash, keepStoredUser: true })
+    const issued = sidHash !== null &&
+      await this.#issue({ userKey: token.userKey, fingerprint: token.fingerprint, user, metadata: token.metadata }, { session: sidHash, keepStoredUser: true })
+    if (!issued) {
+      this.#request.log.debug('fastify-pow: the remember-me token was revoked while it was being used')
+      session[kForget]()
+      this.#tokenHash = null
+      this.#reply.clearCookie(config.name, config.options)
+      return
+    }
     pow.notify('persistent:used', { ...event, user })
     pow.notify('session:created', { ...event, user })
   }
 
-  async #issue (record: TokenRecord): Promise<void> {
+  async #issue (record: TokenRecord, conditions?: PutConditions): Promise<boolean> {
     const pow = this.#pow
     const config = pow.config.persistent as NonNullable<Pow['config']['persistent']>
     const token = randomToken(userBucket(record.userKey))
     const tokenHash = hashToken(token)
-    await pow.store.putToken(tokenHash, record, config.ttl)
+    if (!await pow.store.putToken(tokenHash, record, config.ttl, conditions)) return false
     this.#reply.setCookie(config.name, pow.sign(token), config.options)
     this.#tokenHash = tokenHash
     this.#hasCookie = true
+    return true
   }
 
   async #deleteStored (): Promise<void> {

@@ -3,11 +3,12 @@ import { toMetadata, toSessionInfos } from './credentials-cache.js'
 import { hashToken, randomFingerprint, randomToken, userBucket } from './crypto.js'
 import { PowNotSignedInError } from './errors.js'
 import type { Pow } from './pow.js'
-import type { PowMetadata, PowUser, SessionInfo, SessionMetadata, SessionRecord } from './types.js'
+import type { PowMetadata, PowUser, PutConditions, SessionInfo, SessionMetadata, SessionRecord } from './types.js'
 
 export const kAuthenticate = Symbol('fastify-pow.authenticate')
 export const kSignIn = Symbol('fastify-pow.signIn')
 export const kAdopt = Symbol('fastify-pow.adopt')
+export const kForget = Symbol('fastify-pow.forget')
 export const kRenewed = Symbol('fastify-pow.renewed')
 export const kReload = Symbol('fastify-pow.reload')
 
@@ -142,7 +143,12 @@ export class PowSession {
     if (retired) return
     if (now - record.insertedAt >= config.renewAfter) {
       if (await pow.store.lock(`renew:${sidHash}`, config.rotationGrace)) {
-        await this.#issue({ ...record, insertedAt: now }, undefined)
+        // Only while the old session exists: a revocation that landed since the read wins.
+        if (await this.#issue({ ...record, insertedAt: now }, undefined, { session: sidHash }) === null) {
+          this.user = null
+          this.#record = undefined
+          return
+        }
         this[kRenewed] = true
         pow.notify('session:renewed', this.#event(user))
       }
@@ -151,10 +157,19 @@ export class PowSession {
     }
   }
 
-  /** @internal stores a new session for `record` and sets the cookie */
-  async [kSignIn] (user: PowUser, record: SessionRecord): Promise<void> {
-    await this.#issue(record, user)
-    this.user = user
+  /** @internal stores a new session for `record` and sets the cookie; its hash, or null when a condition failed */
+  async [kSignIn] (user: PowUser, record: SessionRecord, conditions?: PutConditions): Promise<string | null> {
+    const sidHash = await this.#issue(record, user, conditions)
+    if (sidHash !== null) this.user = user
+    return sidHash
+  }
+
+  /** @internal forgets a session this request signed in with but that is gone */
+  [kForget] (): void {
+    this.user = null
+    this.#record = undefined
+    const { name, options } = this.#pow.config.session
+    this.#reply.clearCookie(name, options)
   }
 
   /** @internal signs in for this request only (a used remember-me token inside its grace) */
@@ -174,7 +189,7 @@ export class PowSession {
     return null
   }
 
-  async #issue (record: SessionRecord, user: PowUser | undefined): Promise<void> {
+  async #issue (record: SessionRecord, user: PowUser | undefined, conditions?: PutConditions): Promise<string | null> {
     const pow = this.#pow
     const config = pow.config.session
     const now = Date.now()
@@ -183,9 +198,10 @@ export class PowSession {
       : Math.min(config.ttl, record.signedInAt + config.absoluteTtl - now)
     const token = randomToken(userBucket(record.userKey))
     const sidHash = hashToken(token)
-    await pow.store.putSession(sidHash, record, user, ttl, config.rotationGrace)
+    if (!await pow.store.putSession(sidHash, record, user, ttl, config.rotationGrace, conditions)) return null
     this.#reply.setCookie(config.name, pow.sign(token), config.options)
     this.#record = record
+    return sidHash
   }
 
   async #revokeCurrent (): Promise<void> {

@@ -58,6 +58,22 @@ export interface TokenRecord {
   usedAt?: number
 }
 
+/**
+ * Conditions on a write, checked atomically with it: a renewal or remember-me sign-in that
+ * races a revocation or an update on another request or instance must not undo it.
+ */
+export interface PutConditions {
+  /** Write only while this session (hash) still exists. */
+  session?: string
+  /** Write only while this token (hash) still exists. */
+  token?: string
+  /**
+   * Keep the user's stored credentials when there are any: the given user (possibly an older
+   * copy, from a token) only fills in missing credentials, and a token takes the stored ones.
+   */
+  keepStoredUser?: boolean
+}
+
 /** Which of a user's fingerprints `PowStore.revoke` removes. */
 export type RevokeSelector = { fingerprint: string } | { except?: string }
 
@@ -72,8 +88,11 @@ export interface PowStore {
    * Stores a session for `ttl` ms, adds it to its user's session list (pruning expired entries)
    * and, when `user` is not `undefined`, replaces the user's credentials. Other sessions of the
    * same user with the same fingerprint are retired: they stay readable for at most `grace` ms.
+   * Returns false, having written nothing, when a condition does not hold.
    */
-  putSession (sidHash: string, record: SessionRecord, user: unknown, ttl: number, grace: number): Promise<void>
+  putSession (
+    sidHash: string, record: SessionRecord, user: unknown, ttl: number, grace: number, conditions?: PutConditions
+  ): Promise<boolean>
   /** The session and its user's credentials, or null when either is missing or expired. */
   getSession (sidHash: string): Promise<StoredSession | null>
   /** Deletes one session; deleting a user's last session also deletes the user's credentials. */
@@ -89,8 +108,11 @@ export interface PowStore {
    * is selected. Returns the distinct fingerprints that had a session or token deleted.
    */
   revoke (userKey: string, selector: RevokeSelector): Promise<string[]>
-  /** Stores a remember-me token for `ttl` ms and indexes it under its user. */
-  putToken (tokenHash: string, record: TokenRecord, ttl: number): Promise<void>
+  /**
+   * Stores a remember-me token for `ttl` ms and indexes it under its user. Returns false, having
+   * written nothing, when a condition does not hold.
+   */
+  putToken (tokenHash: string, record: TokenRecord, ttl: number, conditions?: PutConditions): Promise<boolean>
   /**
    * Marks an unused token used at `now` and returns `{ claimed: true }` with the record; a
    * token already used comes back with `claimed: false` and its `usedAt`. Null when missing.

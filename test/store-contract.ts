@@ -253,6 +253,42 @@ export function storeContract (t: Test, makeHarness: () => Promise<ContractHarne
     t.equal(await store.lock(key, GRACE), true, 'free again after the ttl')
   })
 
+  t.test('putSession with conditions writes only while the named session or token exists', async (t) => {
+    const { store } = await setup(t)
+    const userKey = unique('u')
+    const [old, gone, renewed, blocked, token, missingToken] = [sid(userKey), sid(userKey), sid(userKey), sid(userKey), sid(userKey), sid(userKey)]
+    await store.putSession(old, sessionRecord(userKey, 'fp'), { id: userKey }, TTL, GRACE)
+    await store.putToken(token, tokenRecord(userKey, 'fp2', { id: userKey }), TTL)
+    t.equal(await store.putSession(renewed, sessionRecord(userKey, 'fp'), undefined, TTL, GRACE, { session: old }), true)
+    t.equal((await store.getSession(old))?.retired, true, 'the condition session was retired as usual')
+    t.equal(await store.putSession(blocked, sessionRecord(userKey, 'fp'), undefined, TTL, GRACE, { session: gone }), false)
+    t.equal(await store.getSession(blocked), null, 'nothing written when the session is missing')
+    t.equal((await store.getSession(renewed))?.retired, false, 'and nothing retired')
+    t.equal(await store.putSession(blocked, sessionRecord(userKey, 'fp3'), undefined, TTL, GRACE, { token: missingToken }), false)
+    t.equal(await store.getSession(blocked), null)
+    t.equal(await store.putSession(blocked, sessionRecord(userKey, 'fp2'), undefined, TTL, GRACE, { token }), true)
+    t.same((await store.listSessions(userKey)).map((s) => s.record.fingerprint).sort(), ['fp', 'fp2'])
+  })
+
+  t.test('keepStoredUser: a write with an older user copy does not undo an update', async (t) => {
+    const { store } = await setup(t)
+    const userKey = unique('u')
+    const [a, b] = [sid(userKey), sid(userKey)]
+    const [token, otherToken] = [sid(userKey), sid(userKey)]
+    await store.putSession(a, sessionRecord(userKey, 'fpA'), { id: userKey, v: 'new' }, TTL, GRACE)
+    await store.putSession(b, sessionRecord(userKey, 'fpB'), { id: userKey, v: 'old' }, TTL, GRACE, { keepStoredUser: true })
+    t.same((await store.getSession(a))?.user, { id: userKey, v: 'new' }, 'the stored user stays')
+    t.equal(await store.putToken(token, tokenRecord(userKey, 'fpB', { id: userKey, v: 'old' }), TTL, { keepStoredUser: true }), true)
+    t.same((await store.claimToken(token, Date.now()))?.record.user, { id: userKey, v: 'new' }, 'the token takes the stored user')
+    t.equal(await store.putToken(otherToken, tokenRecord(userKey, 'fpC', { id: userKey }), TTL, { session: sid(userKey) }), false)
+    t.equal(await store.claimToken(otherToken, Date.now()), null, 'no token without its session')
+
+    const lonely = unique('u')
+    const d = sid(lonely)
+    await store.putSession(d, sessionRecord(lonely, 'fp'), { id: lonely, v: 'only' }, TTL, GRACE, { keepStoredUser: true })
+    t.same((await store.getSession(d))?.user, { id: lonely, v: 'only' }, 'missing credentials are filled in')
+  })
+
   t.test('many concurrent puts for one user all land in the list', async (t) => {
     const { store } = await setup(t)
     const userKey = unique('u')

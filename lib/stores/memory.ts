@@ -1,5 +1,5 @@
 import type {
-  ListedSession, PowStore, RevokeSelector, SessionRecord, StoredSession, TokenRecord
+  ListedSession, PowStore, PutConditions, RevokeSelector, SessionRecord, StoredSession, TokenRecord
 } from '../types.js'
 
 interface Entry {
@@ -94,9 +94,12 @@ export class MemoryStore implements PowStore {
   #locks = new Map<string, Entry>()
   #heap = new ExpiryHeap()
 
-  async putSession (sidHash: string, record: SessionRecord, user: unknown, ttl: number, grace: number): Promise<void> {
+  async putSession (
+    sidHash: string, record: SessionRecord, user: unknown, ttl: number, grace: number, conditions: PutConditions = {}
+  ): Promise<boolean> {
     const now = Date.now()
     this.#evict(now)
+    if (!this.#holds(conditions)) return false
     this.#deleteSessionEntry(this.#sessions.get(sidHash))
     const userEntry = this.#user(record.userKey)
     for (const other of userEntry.sessions.values()) {
@@ -113,8 +116,11 @@ export class MemoryStore implements PowStore {
     }
     this.#sessions.set(sidHash, entry)
     userEntry.sessions.set(sidHash, entry)
-    if (user !== undefined) userEntry.user = JSON.stringify(user)
+    if (user !== undefined && (conditions.keepStoredUser !== true || userEntry.user === undefined)) {
+      userEntry.user = JSON.stringify(user)
+    }
     this.#heap.push(entry, entry.expiresAt)
+    return true
   }
 
   async getSession (sidHash: string): Promise<StoredSession | null> {
@@ -195,10 +201,13 @@ export class MemoryStore implements PowStore {
     return [...revoked]
   }
 
-  async putToken (tokenHash: string, record: TokenRecord, ttl: number): Promise<void> {
+  async putToken (tokenHash: string, record: TokenRecord, ttl: number, conditions: PutConditions = {}): Promise<boolean> {
     const now = Date.now()
     this.#evict(now)
+    if (!this.#holds(conditions)) return false
     this.#deleteTokenEntry(this.#tokens.get(tokenHash))
+    const stored = this.#users.get(record.userKey)?.user
+    if (conditions.keepStoredUser === true && stored !== undefined) record = { ...record, user: JSON.parse(stored) }
     const entry: TokenEntry = {
       key: tokenHash,
       expiresAt: now + ttl,
@@ -211,6 +220,7 @@ export class MemoryStore implements PowStore {
     this.#tokens.set(tokenHash, entry)
     this.#user(record.userKey).tokens.set(tokenHash, entry)
     this.#heap.push(entry, entry.expiresAt)
+    return true
   }
 
   async claimToken (tokenHash: string, now: number): Promise<{ record: TokenRecord, claimed: boolean } | null> {
@@ -259,6 +269,11 @@ export class MemoryStore implements PowStore {
   #live<E extends Entry> (map: Map<string, E>, key: string): E | undefined {
     const entry = map.get(key)
     return entry !== undefined && entry.expiresAt > Date.now() ? entry : undefined
+  }
+
+  #holds (conditions: PutConditions): boolean {
+    return (conditions.session === undefined || this.#live(this.#sessions, conditions.session) !== undefined) &&
+      (conditions.token === undefined || this.#live(this.#tokens, conditions.token) !== undefined)
   }
 
   #user (userKey: string): UserEntry {

@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto'
 import type { Cluster, Redis } from 'ioredis'
 import { BUCKET_LENGTH, userBucket } from '../crypto.js'
 import type {
-  ListedSession, PowStore, RevokeSelector, SessionRecord, StoredSession, TokenRecord
+  ListedSession, PowStore, PutConditions, RevokeSelector, SessionRecord, StoredSession, TokenRecord
 } from '../types.js'
 
 export interface RedisStoreOptions {
@@ -39,9 +39,20 @@ if not user then return false end
 return {v[1], user, v[3] or ''}
 `)
 
+// Conditions (PutConditions), checked first: ARGV[c] a session id and ARGV[c + 1] a token id
+// that must still exist ('' for none), both under P.
+const CONDITIONS = `
+local function missing (c)
+  return (ARGV[c] ~= '' and redis.call('EXISTS', ARGV[1] .. 's:' .. ARGV[c]) == 0)
+    or (ARGV[c + 1] ~= '' and redis.call('EXISTS', ARGV[1] .. 't:' .. ARGV[c + 1]) == 0)
+end
+`
+
 // KEYS: session, credentials, session list. ARGV: P, sid, record, userKey, fingerprint,
-// has user ('1'/'0'), user, ttl, expiresAt, grace, retiredUntil, now.
-const PUT_SESSION = script(`
+// has user ('1'/'0'), user, ttl, expiresAt, grace, retiredUntil, now, required session id,
+// required token id, keep stored user ('1'/'0').
+const PUT_SESSION = script(CONDITIONS + `
+if missing(13) then return 0 end
 local now = tonumber(ARGV[12])
 local grace = tonumber(ARGV[10])
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[12])
@@ -64,7 +75,9 @@ redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'r', ARGV[3], 'u', ARGV[4], 'f', ARGV[5])
 redis.call('PEXPIRE', KEYS[1], ARGV[8])
 redis.call('ZADD', KEYS[3], ARGV[9], ARGV[2])
-if ARGV[6] == '1' then redis.call('SET', KEYS[2], ARGV[7]) end
+if ARGV[6] == '1' then
+  if ARGV[15] == '1' then redis.call('SET', KEYS[2], ARGV[7], 'NX') else redis.call('SET', KEYS[2], ARGV[7]) end
+end
 local last = redis.call('ZRANGE', KEYS[3], -1, -1, 'WITHSCORES')
 local keep = math.max(1, tonumber(last[2]) - now)
 redis.call('PEXPIRE', KEYS[3], keep)
@@ -138,16 +151,20 @@ if redis.call('ZCARD', KEYS[2]) == 0 then redis.call('DEL', KEYS[2]) end
 return out
 `)
 
-// KEYS: token, token list. ARGV: tid, record, user, userKey, fingerprint, usedAt or '', ttl, expiresAt, now.
-const PUT_TOKEN = script(`
+// KEYS: token, token list, credentials. ARGV: P, tid, record, user, userKey, fingerprint,
+// usedAt or '', ttl, expiresAt, now, required session id, required token id, keep stored user.
+const PUT_TOKEN = script(CONDITIONS + `
+if missing(11) then return 0 end
+local user = ARGV[4]
+if ARGV[13] == '1' then user = redis.call('GET', KEYS[3]) or user end
 redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 'r', ARGV[2], 'user', ARGV[3], 'u', ARGV[4], 'f', ARGV[5])
-if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'used', ARGV[6]) end
-redis.call('PEXPIRE', KEYS[1], ARGV[7])
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[9])
-redis.call('ZADD', KEYS[2], ARGV[8], ARGV[1])
+redis.call('HSET', KEYS[1], 'r', ARGV[3], 'user', user, 'u', ARGV[5], 'f', ARGV[6])
+if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'used', ARGV[7]) end
+redis.call('PEXPIRE', KEYS[1], ARGV[8])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[10])
+redis.call('ZADD', KEYS[2], ARGV[9], ARGV[2])
 local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
-redis.call('PEXPIRE', KEYS[2], math.max(1, tonumber(last[2]) - tonumber(ARGV[9])))
+redis.call('PEXPIRE', KEYS[2], math.max(1, tonumber(last[2]) - tonumber(ARGV[10])))
 return 1
 `)
 
@@ -208,15 +225,18 @@ export class RedisStore implements PowStore {
     this.#timeout = commandTimeout
   }
 
-  async putSession (sidHash: string, record: SessionRecord, user: unknown, ttl: number, grace: number): Promise<void> {
+  async putSession (
+    sidHash: string, record: SessionRecord, user: unknown, ttl: number, grace: number, conditions: PutConditions = {}
+  ): Promise<boolean> {
     const now = Date.now()
     const prefix = this.#userPrefix(record.userKey)
     const id = this.#id(sidHash)
-    await this.#eval(PUT_SESSION, [prefix + 's:' + id, prefix + 'u:' + record.userKey, prefix + 'us:' + record.userKey], [
+    return await this.#eval(PUT_SESSION, [prefix + 's:' + id, prefix + 'u:' + record.userKey, prefix + 'us:' + record.userKey], [
       prefix, id, JSON.stringify(record), record.userKey, record.fingerprint,
       user === undefined ? '0' : '1', user === undefined ? '' : JSON.stringify(user),
-      Math.ceil(ttl), now + Math.ceil(ttl), Math.ceil(grace), now + Math.ceil(grace), now
-    ])
+      Math.ceil(ttl), now + Math.ceil(ttl), Math.ceil(grace), now + Math.ceil(grace), now,
+      ...this.#conditions(record.userKey, conditions)
+    ]) === 1
   }
 
   async getSession (sidHash: string): Promise<StoredSession | null> {
@@ -280,15 +300,16 @@ export class RedisStore implements PowStore {
     ]) as string[]
   }
 
-  async putToken (tokenHash: string, record: TokenRecord, ttl: number): Promise<void> {
+  async putToken (tokenHash: string, record: TokenRecord, ttl: number, conditions: PutConditions = {}): Promise<boolean> {
     const now = Date.now()
     const prefix = this.#userPrefix(record.userKey)
     const id = this.#id(tokenHash)
     const { user, usedAt, ...rest } = record
-    await this.#eval(PUT_TOKEN, [prefix + 't:' + id, prefix + 'ut:' + record.userKey], [
-      id, JSON.stringify(rest), JSON.stringify(user), record.userKey, record.fingerprint,
-      usedAt === undefined ? '' : usedAt, Math.ceil(ttl), now + Math.ceil(ttl), now
-    ])
+    return await this.#eval(PUT_TOKEN, [prefix + 't:' + id, prefix + 'ut:' + record.userKey, prefix + 'u:' + record.userKey], [
+      prefix, id, JSON.stringify(rest), JSON.stringify(user), record.userKey, record.fingerprint,
+      usedAt === undefined ? '' : usedAt, Math.ceil(ttl), now + Math.ceil(ttl), now,
+      ...this.#conditions(record.userKey, conditions)
+    ]) === 1
   }
 
   async claimToken (tokenHash: string, now: number): Promise<{ record: TokenRecord, claimed: boolean } | null> {
@@ -315,6 +336,17 @@ export class RedisStore implements PowStore {
 
   async lock (key: string, ttl: number): Promise<boolean> {
     return await this.#guard(() => this.#client.set(`${this.#ns}:lock:${key}`, '1', 'PX', Math.ceil(ttl), 'NX')) === 'OK'
+  }
+
+  /** The conditions as script arguments; the hashes they name are the same user's, so in the same slot. */
+  #conditions (userKey: string, conditions: PutConditions): string[] {
+    const bucket = userBucket(userKey)
+    const id = (hash: string | undefined): string => {
+      if (hash === undefined) return ''
+      if (!hash.startsWith(bucket)) throw new Error('RedisStore: a write condition names another user\'s session or token')
+      return this.#id(hash)
+    }
+    return [id(conditions.session), id(conditions.token), conditions.keepStoredUser === true ? '1' : '0']
   }
 
   #userPrefix (userKey: string): string {
