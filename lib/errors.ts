@@ -28,6 +28,10 @@ export function optionError (option: string, problem: string): Error & { option:
   return err
 }
 
-export function storeError (cause: unknown): Error {
-  return new PowStoreError({ cause })
+/**
+ * The 503 carries no cause: the store's own error is logged once per outage by fastify-pow, not
+ * again with every failed request that Fastify's error handler logs.
+ */
+export function storeError (): Error {
+  return new PowStoreError()
 }

@@ -31,7 +31,7 @@ function guardStore (store: PowStore, log: FastifyBaseLogger): PowStore {
     } else {
       log.debug({ err }, 'fastify-pow: the session store failed again')
     }
-    throw err instanceof PowStoreError ? err : storeError(err)
+    throw err instanceof PowStoreError ? err : storeError()
   }
   const guarded: Record<string, unknown> = {}
   for (const method of STORE_METHODS) {

@@ -15,10 +15,33 @@ export interface RedisStoreOptions {
 interface Script {
   lua: string
   sha: string
+  /** Write scripts take a deadline as their last argument. */
+  write: boolean
 }
 
-function script (lua: string): Script {
-  return { lua, sha: createHash('sha1').update(lua).digest('hex') }
+function script (lua: string, write = false): Script {
+  return { lua, sha: createHash('sha1').update(lua).digest('hex'), write }
+}
+
+/** Wall-clock time that fake clocks in tests (which replace Date) leave alone. */
+function realNow (): number {
+  return performance.timeOrigin + performance.now()
+}
+
+// How often the offset between this process's clock and the server's is measured again.
+const CLOCK_CHECK_INTERVAL = 60_000
+
+// Every write script starts here. Its last argument is a deadline on the server's clock: a
+// command that a stalled server runs after its caller gave up (and answered 503, keeping the
+// browser's cookies) must not change what those cookies point at, so it does nothing.
+const FENCE = `
+if redis.replicate_commands then redis.replicate_commands() end
+local fence = redis.call('TIME')
+if tonumber(fence[1]) * 1000 + math.floor(tonumber(fence[2]) / 1000) > tonumber(ARGV[#ARGV]) then return -1 end
+`
+
+function writeScript (lua: string): Script {
+  return script(FENCE + lua, true)
 }
 
 // Key layout, with P = `<namespace>:{<bucket>}:` (the hash tag keeps one user's keys in one slot):
@@ -51,7 +74,7 @@ end
 // KEYS: session, credentials, session list. ARGV: P, sid, record, userKey, fingerprint,
 // has user ('1'/'0'), user, ttl, expiresAt, grace, retiredUntil, now, required session id,
 // required token id, keep stored user ('1'/'0').
-const PUT_SESSION = script(CONDITIONS + `
+const PUT_SESSION = writeScript(CONDITIONS + `
 if missing(13) then return 0 end
 local now = tonumber(ARGV[12])
 local grace = tonumber(ARGV[10])
@@ -86,7 +109,7 @@ return 1
 `)
 
 // KEYS: session. ARGV: P, sid, now.
-const DELETE_SESSION = script(`
+const DELETE_SESSION = writeScript(`
 local u = redis.call('HGET', KEYS[1], 'u')
 if not u then return 0 end
 redis.call('DEL', KEYS[1])
@@ -113,7 +136,7 @@ return out
 `)
 
 // KEYS: credentials, token list. ARGV: P, user, now.
-const UPDATE_USER = script(`
+const UPDATE_USER = writeScript(`
 if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL') end
 local m = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. ARGV[3], '+inf')
 for i = 1, #m do
@@ -124,7 +147,7 @@ return 1
 `)
 
 // KEYS: session list, token list, credentials. ARGV: P, 'only' | 'except', fingerprint.
-const REVOKE = script(`
+const REVOKE = writeScript(`
 local out = {}
 local seen = {}
 local function sweep (list, kind)
@@ -153,7 +176,7 @@ return out
 
 // KEYS: token, token list, credentials. ARGV: P, tid, record, user, userKey, fingerprint,
 // usedAt or '', ttl, expiresAt, now, required session id, required token id, keep stored user.
-const PUT_TOKEN = script(CONDITIONS + `
+const PUT_TOKEN = writeScript(CONDITIONS + `
 if missing(11) then return 0 end
 local user = ARGV[4]
 if ARGV[13] == '1' then user = redis.call('GET', KEYS[3]) or user end
@@ -169,7 +192,7 @@ return 1
 `)
 
 // KEYS: token. ARGV: now.
-const CLAIM_TOKEN = script(`
+const CLAIM_TOKEN = writeScript(`
 local v = redis.call('HMGET', KEYS[1], 'r', 'user', 'used')
 if not v[1] then return false end
 if v[3] then return {v[1], v[2], v[3]} end
@@ -178,7 +201,7 @@ return {v[1], v[2], ''}
 `)
 
 // KEYS: token. ARGV: P, tid, ttl, expiresAt.
-const TOUCH_TOKEN = script(`
+const TOUCH_TOKEN = writeScript(`
 local v = redis.call('HMGET', KEYS[1], 'u', 'used')
 if not v[1] or v[2] then return 0 end
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
@@ -189,7 +212,7 @@ return 1
 `)
 
 // KEYS: token. ARGV: P, tid.
-const DELETE_TOKEN = script(`
+const DELETE_TOKEN = writeScript(`
 local u = redis.call('HGET', KEYS[1], 'u')
 if not u then return 0 end
 redis.call('DEL', KEYS[1])
@@ -208,6 +231,9 @@ export class RedisStore implements PowStore {
   #client: Client
   #ns: string
   #timeout: number
+  /** Server clock minus this process's clock, in ms; measured with TIME. */
+  #clockOffset = 0
+  #clockCheckedAt = -Infinity
 
   constructor (client: Client, options: RedisStoreOptions = {}) {
     const { namespace = 'pow', commandTimeout = 2000 } = options
@@ -364,12 +390,28 @@ export class RedisStore implements PowStore {
 
   async #eval (s: Script, keys: string[], args: Array<string | number>): Promise<unknown> {
     const client = this.#client
+    if (s.write) args.push(await this.#deadline())
+    let result: unknown
     try {
-      return await this.#guard(() => client.evalsha(s.sha, keys.length, ...keys, ...args))
+      result = await this.#guard(() => client.evalsha(s.sha, keys.length, ...keys, ...args))
     } catch (err) {
       if (!(err instanceof Error) || !err.message.startsWith('NOSCRIPT')) throw err
-      return await this.#guard(() => client.eval(s.lua, keys.length, ...keys, ...args))
+      result = await this.#guard(() => client.eval(s.lua, keys.length, ...keys, ...args))
     }
+    if (s.write && result === -1) throw new Error('Redis reached the command after its deadline; it did nothing')
+    return result
+  }
+
+  /** When a write sent now must have run, on the server's clock; past it the script does nothing. */
+  async #deadline (): Promise<number> {
+    if (realNow() - this.#clockCheckedAt > CLOCK_CHECK_INTERVAL) {
+      const before = realNow()
+      const [seconds, micros] = await this.#guard(() => this.#client.time())
+      const after = realNow()
+      this.#clockOffset = Number(seconds) * 1000 + Number(micros) / 1000 - (before + after) / 2
+      this.#clockCheckedAt = after
+    }
+    return Math.floor(realNow() + this.#clockOffset + this.#timeout)
   }
 
   /**
