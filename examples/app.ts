@@ -1,8 +1,10 @@
 import { randomBytes } from 'node:crypto'
 import fastifyCookie from '@fastify/cookie'
+import fastifyHelmet from '@fastify/helmet'
 import fastifyRedis from '@fastify/redis'
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest, type FastifyServerOptions } from 'fastify'
 import pow, { type PersistentSessionOptions, type PowStore, type SessionOptions } from '../lib/index.js'
+import { pages } from './pages.js'
 import { type PublicUser, UserStore } from './users.js'
 
 // A standalone app would type `request.powSession.user` by merging its user into PowUser:
@@ -17,6 +19,8 @@ export interface BuildAppOptions {
   store?: PowStore
   logger?: FastifyServerOptions['logger']
   session?: SessionOptions
+  /** Login form posts allowed per IP and minute. Default 10. */
+  loginAttemptsPerMinute?: number
   /** With a Redis URL, @fastify/redis is registered and fastify-pow stores sessions in `app.redis`. */
   redisUrl?: string
   persistentSession?: false | PersistentSessionOptions
@@ -96,11 +100,14 @@ export async function buildApp (options: BuildAppOptions = {}): Promise<FastifyI
     persistentSession: options.persistentSession
   })
 
-  app.get('/', async (request, reply) => {
-    reply.type('text/plain; charset=utf-8')
-    return 'fastify-pow example. JSON API: POST /api/login, POST /api/logout, GET|PATCH /api/me, ' +
-      'GET|DELETE /api/sessions, DELETE /api/sessions/:fingerprint\n'
+  await app.register(fastifyHelmet, {
+    contentSecurityPolicy: {
+      // Plain http on localhost during development must not be upgraded to https.
+      directives: { upgradeInsecureRequests: process.env.NODE_ENV === 'production' ? [] : null }
+    }
   })
+  // HTML pages (login, account, devices) beside the JSON API below.
+  await app.register(pages, { users, loginAttemptsPerMinute: options.loginAttemptsPerMinute })
 
   app.post<{ Body: LoginBody }>('/api/login', {
     schema: {

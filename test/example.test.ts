@@ -56,15 +56,6 @@ function setCookie (res: LightMyRequestResponse, name: string) {
     .find((c) => c.name === name)
 }
 
-test('GET / answers a text/plain line naming the API', async (t) => {
-  const app = await setup(t)
-  const res = await app.inject({ method: 'GET', url: '/' })
-  t.equal(res.statusCode, 200)
-  t.match(res.headers['content-type'], /^text\/plain/)
-  t.match(res.body, /POST \/api\/login/)
-  t.match(res.body, /\/api\/sessions/)
-})
-
 test('login without remember: 200 with the user, a session cookie, no remember-me cookie', async (t) => {
   const app = await setup(t)
   const jar = new CookieJar(app)

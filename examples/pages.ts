@@ -1,0 +1,254 @@
+import fastifyCsrf from '@fastify/csrf-protection'
+import fastifyFormbody from '@fastify/formbody'
+import fastifyRateLimit from '@fastify/rate-limit'
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
+import type { SessionInfo } from '../lib/index.js'
+import { describeUserAgent } from './user-agent.js'
+import type { PublicUser, UserStore } from './users.js'
+
+export interface PagesOptions {
+  users: UserStore
+  /** Login attempts allowed per IP and minute. Default 10. */
+  loginAttemptsPerMinute?: number
+}
+
+/** Escapes text for HTML element content and quoted attribute values. */
+export function escapeHtml (value: unknown): string {
+  return String(value)
+    .replace(/&/g, '&amp;')
+    .replace(/</g, '&lt;')
+    .replace(/>/g, '&gt;')
+    .replace(/"/g, '&quot;')
+    .replace(/'/g, '&#39;')
+}
+
+const STYLE = `
+*, *::before, *::after { box-sizing: border-box; }
+body { margin: 0; font: 16px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1f2328; background: #f6f8fa; }
+header { background: #24292f; color: #fff; padding: .75rem 1rem; display: flex; align-items: center; gap: 1rem; flex-wrap: wrap; }
+header a { color: #fff; text-decoration: none; }
+header .brand { font-weight: 600; margin-right: auto; }
+main { max-width: 44rem; margin: 1.5rem auto; padding: 0 1rem; }
+.card { background: #fff; border: 1px solid #d0d7de; border-radius: 8px; padding: 1.25rem; margin-bottom: 1rem; }
+h1 { font-size: 1.5rem; margin: 0 0 1rem; }
+label { display: block; font-weight: 600; margin: .75rem 0 .25rem; }
+label.check { font-weight: normal; display: flex; align-items: center; gap: .5rem; }
+input[type=email], input[type=password] { width: 100%; padding: .5rem .6rem; border: 1px solid #d0d7de; border-radius: 6px; font: inherit; }
+button { font: inherit; padding: .45rem .9rem; border-radius: 6px; border: 1px solid #d0d7de; background: #f6f8fa; cursor: pointer; }
+button.primary { background: #1f883d; border-color: #1a7f37; color: #fff; margin-top: 1rem; width: 100%; }
+button.danger { color: #cf222e; }
+.error { background: #ffebe9; border: 1px solid #ff8182; border-radius: 6px; padding: .5rem .75rem; }
+.notice { background: #ddf4ff; border: 1px solid #54aeff; border-radius: 6px; padding: .5rem .75rem; }
+.muted { color: #57606a; font-size: .9rem; }
+ul.devices { list-style: none; margin: 0; padding: 0; }
+ul.devices li { display: flex; justify-content: space-between; align-items: center; gap: 1rem; padding: .9rem 0; border-top: 1px solid #d8dee4; flex-wrap: wrap; }
+ul.devices li:first-child { border-top: 0; }
+.device-name { font-weight: 600; }
+.badge { display: inline-block; font-size: .75rem; font-weight: 600; background: #dafbe1; color: #116329; border-radius: 2em; padding: 0 .5rem; margin-left: .25rem; }
+form.inline { display: inline; margin: 0; }
+`
+
+interface PageContent {
+  title: string
+  user?: PublicUser | null
+  body: string
+  csrf?: string
+}
+
+function layout ({ title, user, body, csrf }: PageContent): string {
+  const nav = user === undefined || user === null
+    ? ''
+    : `<a href="/">Account</a><a href="/sessions">Your devices</a>
+       <form class="inline" method="post" action="/logout"><input type="hidden" name="_csrf" value="${escapeHtml(csrf)}"><button type="submit">Sign out</button></form>`
+  return `<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>${escapeHtml(title)} · fastify-pow example</title>
+<link rel="stylesheet" href="/style.css">
+</head>
+<body>
+<header><a class="brand" href="/">fastify-pow example</a>${nav}</header>
+<main>
+${body}
+</main>
+</body>
+</html>
+`
+}
+
+const time = (ms: number): string => `<time datetime="${new Date(ms).toISOString()}">${escapeHtml(new Date(ms).toUTCString())}</time>`
+
+function currentUser (request: FastifyRequest): PublicUser | null {
+  return request.powSession.user as PublicUser | null
+}
+
+/** preHandler for pages: a page that needs a user sends the browser to the login page. */
+async function requireUserPage (request: FastifyRequest, reply: FastifyReply): Promise<FastifyReply | undefined> {
+  if (request.powSession.user === null) return reply.redirect('/login', 303)
+}
+
+function deviceItem (session: SessionInfo, csrf: string): string {
+  const { browser, os } = describeUserAgent(typeof session.metadata.userAgent === 'string' ? session.metadata.userAgent : null)
+  const ip = typeof session.metadata.ip === 'string' ? session.metadata.ip : 'unknown'
+  const action = session.current
+    ? '<span class="muted">Sign out with the button at the top</span>'
+    : `<form class="inline" method="post" action="/sessions/${encodeURIComponent(session.fingerprint)}/delete">
+        <input type="hidden" name="_csrf" value="${escapeHtml(csrf)}"><button class="danger" type="submit">Sign out</button></form>`
+  return `<li data-fingerprint="${escapeHtml(session.fingerprint)}"${session.current ? ' data-current="true"' : ''}>
+  <div>
+    <div class="device-name">${escapeHtml(browser)} on ${escapeHtml(os)}${session.current ? ' <span class="badge">This device</span>' : ''}</div>
+    <div class="muted">IP ${escapeHtml(ip)}</div>
+    <div class="muted">Signed in ${time(session.signedInAt)} · last renewed ${time(session.insertedAt)}</div>
+  </div>
+  ${action}
+</li>`
+}
+
+/**
+ * The example's HTML pages: login, account, devices. Form posts are CSRF-protected and answer
+ * with 303 redirects; the login form is rate limited per IP.
+ */
+export async function pages (app: FastifyInstance, options: PagesOptions): Promise<void> {
+  const { users } = options
+  await app.register(fastifyFormbody)
+  await app.register(fastifyCsrf, { cookieOpts: { httpOnly: true, sameSite: 'strict', path: '/' } })
+  await app.register(fastifyRateLimit, { global: false })
+
+  app.setErrorHandler(async (err: Error & { statusCode?: number, code?: string }, request, reply) => {
+    const status = err.statusCode ?? 500
+    if (status >= 500) request.log.error({ err }, 'page failed')
+    const message = status === 403
+      ? 'Your form expired. Go back, reload the page and try again.'
+      : status === 429
+        ? 'Too many attempts. Wait a minute and try again.'
+        : status === 503
+          ? 'Sign-in is unavailable right now. Try again in a moment.'
+          : status >= 500 ? 'Something went wrong.' : 'That request was not understood.'
+    return reply.code(status).type('text/html; charset=utf-8').send(layout({
+      title: 'Error',
+      body: `<div class="card"><h1>${status === 429 ? 'Slow down' : 'Sorry'}</h1><p class="error">${escapeHtml(message)}</p><p><a href="/">Back</a></p></div>`
+    }))
+  })
+
+  app.get('/style.css', async (_request, reply) => reply.type('text/css; charset=utf-8').header('cache-control', 'public, max-age=300').send(STYLE))
+
+  app.get<{ Querystring: { error?: string, signedOut?: string } }>('/login', {
+    schema: {
+      querystring: {
+        type: 'object',
+        properties: { error: { type: 'string', maxLength: 20 }, signedOut: { type: 'string', maxLength: 20 } }
+      }
+    }
+  }, async (request, reply) => {
+    if (currentUser(request) !== null) return reply.redirect('/', 303)
+    const csrf = reply.generateCsrf()
+    const notice = request.query.error !== undefined
+      ? '<p class="error" role="alert">Invalid email or password.</p>'
+      : request.query.signedOut !== undefined ? '<p class="notice" role="status">You are signed out.</p>' : ''
+    return reply.type('text/html; charset=utf-8').send(layout({
+      title: 'Sign in',
+      body: `<div class="card">
+<h1>Sign in</h1>
+${notice}
+<form method="post" action="/login">
+  <input type="hidden" name="_csrf" value="${escapeHtml(csrf)}">
+  <label for="email">Email</label>
+  <input id="email" name="email" type="email" autocomplete="username" required maxlength="254">
+  <label for="password">Password</label>
+  <input id="password" name="password" type="password" autocomplete="current-password" required maxlength="1024">
+  <label class="check"><input id="remember" name="remember" type="checkbox" value="on"> Remember me</label>
+  <button class="primary" type="submit">Sign in</button>
+</form>
+</div>
+<p class="muted">Try alice@example.com / alice-password or bob@example.com / bob-password.</p>`
+    }))
+  })
+
+  app.post<{ Body: { email: string, password: string, remember?: 'on', _csrf: string } }>('/login', {
+    preHandler: app.csrfProtection,
+    config: { rateLimit: { max: options.loginAttemptsPerMinute ?? 10, timeWindow: '1 minute' } },
+    schema: {
+      body: {
+        type: 'object',
+        additionalProperties: false,
+        required: ['email', 'password', '_csrf'],
+        properties: {
+          email: { type: 'string', maxLength: 254 },
+          password: { type: 'string', maxLength: 1024 },
+          remember: { type: 'string', enum: ['on'] },
+          _csrf: { type: 'string', maxLength: 200 }
+        }
+      }
+    }
+  }, async (request, reply) => {
+    const { email, password, remember } = request.body
+    const user = await users.authenticate(email, password)
+    // The same answer whether the email exists or the password is wrong.
+    if (user === null) return reply.redirect('/login?error=1', 303)
+    await request.powSession.create(user, {
+      persistent: remember === 'on' && request.powPersistentSession !== null,
+      metadata: { userAgent: request.headers['user-agent'] ?? null, ip: request.ip }
+    })
+    return reply.redirect('/', 303)
+  })
+
+  app.post('/logout', { preHandler: app.csrfProtection }, async (request, reply) => {
+    await request.powSession.delete()
+    return reply.redirect('/login?signedOut=1', 303)
+  })
+
+  app.get('/', { preHandler: requireUserPage }, async (request, reply) => {
+    const user = currentUser(request) as PublicUser
+    const metadata = request.powSession.metadata
+    const csrf = reply.generateCsrf()
+    return reply.type('text/html; charset=utf-8').send(layout({
+      title: 'Account',
+      user,
+      csrf,
+      body: `<div class="card">
+<h1>Hello, <span id="name">${escapeHtml(user.name)}</span></h1>
+<p>You are signed in as <strong id="email">${escapeHtml(user.email)}</strong>.</p>
+<p class="muted">This browser has been signed in since ${metadata === null ? 'now' : time(metadata.signedInAt)}.</p>
+<p><a href="/sessions">See and sign out your devices</a></p>
+<form method="post" action="/logout"><input type="hidden" name="_csrf" value="${escapeHtml(csrf)}"><button type="submit">Sign out</button></form>
+</div>`
+    }))
+  })
+
+  app.get('/sessions', { preHandler: requireUserPage }, async (request, reply) => {
+    const user = currentUser(request) as PublicUser
+    const sessions = await request.powSession.sessions()
+    const csrf = reply.generateCsrf()
+    const others = sessions.filter((s) => !s.current).length
+    return reply.type('text/html; charset=utf-8').send(layout({
+      title: 'Your devices',
+      user,
+      csrf,
+      body: `<div class="card">
+<h1>Your devices</h1>
+<p class="muted">Browsers signed in to ${escapeHtml(user.email)}. Signing a device out also ends its “Remember me”.</p>
+<ul class="devices">
+${sessions.map((session) => deviceItem(session, csrf)).join('\n')}
+</ul>
+${others > 0
+  ? `<form method="post" action="/sessions/delete-others"><input type="hidden" name="_csrf" value="${escapeHtml(csrf)}"><button class="danger" type="submit">Sign out all other devices</button></form>`
+  : '<p class="muted">No other device is signed in.</p>'}
+</div>`
+    }))
+  })
+
+  app.post<{ Params: { fingerprint: string } }>('/sessions/:fingerprint/delete', {
+    preHandler: [requireUserPage, app.csrfProtection],
+    schema: { params: { type: 'object', required: ['fingerprint'], properties: { fingerprint: { type: 'string', maxLength: 64 } } } }
+  }, async (request, reply) => {
+    await request.powSession.deleteSession(request.params.fingerprint)
+    return reply.redirect('/sessions', 303)
+  })
+
+  app.post('/sessions/delete-others', { preHandler: [requireUserPage, app.csrfProtection] }, async (request, reply) => {
+    await request.powSession.deleteOtherSessions()
+    return reply.redirect('/sessions', 303)
+  })
+}
