@@ -41,7 +41,8 @@ button.danger { color: #cf222e; }
 .notice { background: #ddf4ff; border: 1px solid #54aeff; border-radius: 6px; padding: .5rem .75rem; }
 .muted { color: #57606a; font-size: .9rem; }
 ul.devices { list-style: none; margin: 0; padding: 0; }
-ul.devices li { display: flex; justify-content: space-between; align-items: center; gap: 1rem; padding: .9rem 0; border-top: 1px solid #d8dee4; flex-wrap: wrap; }
+ul.devices li { display: flex; justify-content: space-between; align-items: center; gap: .5rem 1rem; padding: .9rem 0; border-top: 1px solid #d8dee4; flex-wrap: wrap; }
+ul.devices li > div { flex: 1 1 18rem; min-width: 0; }
 ul.devices li:first-child { border-top: 0; }
 .device-name { font-weight: 600; }
 .badge { display: inline-block; font-size: .75rem; font-weight: 600; background: #dafbe1; color: #116329; border-radius: 2em; padding: 0 .5rem; margin-left: .25rem; }
@@ -78,7 +79,8 @@ ${body}
 `
 }
 
-const time = (ms: number): string => `<time datetime="${new Date(ms).toISOString()}">${escapeHtml(new Date(ms).toUTCString())}</time>`
+const DATE_FORMAT = new Intl.DateTimeFormat('en-GB', { timeZone: 'UTC', dateStyle: 'medium', timeStyle: 'short' })
+const time = (ms: number): string => `<time datetime="${new Date(ms).toISOString()}">${escapeHtml(DATE_FORMAT.format(ms))} UTC</time>`
 
 function currentUser (request: FastifyRequest): PublicUser | null {
   return request.powSession.user as PublicUser | null
@@ -93,7 +95,7 @@ function deviceItem (session: SessionInfo, csrf: string): string {
   const { browser, os } = describeUserAgent(typeof session.metadata.userAgent === 'string' ? session.metadata.userAgent : null)
   const ip = typeof session.metadata.ip === 'string' ? session.metadata.ip : 'unknown'
   const action = session.current
-    ? '<span class="muted">Sign out with the button at the top</span>'
+    ? ''
     : `<form class="inline" method="post" action="/sessions/${encodeURIComponent(session.fingerprint)}/delete">
         <input type="hidden" name="_csrf" value="${escapeHtml(csrf)}"><button class="danger" type="submit">Sign out</button></form>`
   return `<li data-fingerprint="${escapeHtml(session.fingerprint)}"${session.current ? ' data-current="true"' : ''}>

@@ -145,7 +145,7 @@ test('the devices page lists each device, marks this one, and signs others out',
   t.match(page.body, /Chrome 120 on Android/)
   t.match(page.body, /Firefox 121 on Windows/)
   t.match(page.body, /IP 127\.0\.0\.1/)
-  t.match(page.body, /Signed in <time[^>]+>[^<]+<\/time> · last renewed <time/)
+  t.match(page.body, /Signed in <time[^>]+>\d+ \w+ \d{4}, \d\d:\d\d UTC<\/time> · last renewed <time/)
 
   const phoneFingerprint = /<li data-fingerprint="([^"]+)">\s*<div>\s*<div class="device-name">Chrome 120 on Android/.exec(page.body)?.[1]
   t.ok(phoneFingerprint)

@@ -1,0 +1,143 @@
+import { existsSync } from 'node:fs'
+import { mkdir } from 'node:fs/promises'
+import path from 'node:path'
+import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core'
+import t0, { test } from 'tap'
+import { buildApp } from '../examples/app.js'
+
+const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium'
+const ARTIFACTS = path.resolve('artifacts')
+const FLAGS = ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync']
+
+if (!existsSync(CHROMIUM)) {
+  const message = `Chromium not found at ${CHROMIUM}: install it with \`apt-get install -y chromium\` (.ci/run does this)`
+  if (process.env.CI === 'true') {
+    test('browser tests need Chromium', async (t) => { t.fail(message) })
+  } else {
+    console.error(`\n!!! SKIPPING THE BROWSER TESTS: ${message}\n`)
+    test('browser tests', { skip: message }, async () => {})
+  }
+} else {
+  const browser: Browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: FLAGS })
+  t0.teardown(async () => { await browser.close() })
+  let base = ''
+
+  // A fresh example server for each test, on a real socket for the browser.
+  t0.beforeEach(async (t) => {
+    const app = await buildApp({ secret: 'browser-test-secret-0123456789-abcdefghij', loginAttemptsPerMinute: 1000 })
+    base = await app.listen({ port: 0, host: '127.0.0.1' })
+    t.teardown(() => app.close())
+  })
+
+  async function newPage (viewport = { width: 1000, height: 720 }, userAgent?: string): Promise<{ context: BrowserContext, page: Page }> {
+    const context = await browser.newContext({ viewport, userAgent })
+    const page = await context.newPage()
+    return { context, page }
+  }
+
+  async function signIn (page: Page, email: string, password: string, remember: boolean): Promise<void> {
+    await page.goto(`${base}/login`)
+    await page.fill('#email', email)
+    await page.fill('#password', password)
+    if (remember) await page.check('#remember')
+    await Promise.all([page.waitForURL(`${base}/`), page.click('button[type=submit].primary')])
+  }
+
+  async function cookieNames (context: BrowserContext): Promise<string[]> {
+    return (await context.cookies()).map((c) => c.name).filter((n) => n.startsWith('pow_')).sort()
+  }
+
+  test('sign in without remember-me: dropping the session cookie signs the browser out', async (t) => {
+    const { context, page } = await newPage()
+    t.teardown(() => context.close())
+    await signIn(page, 'alice@example.com', 'alice-password', false)
+    t.equal(await page.textContent('#name'), 'Alice')
+    t.same(await cookieNames(context), ['pow_session'])
+    await context.clearCookies({ name: 'pow_session' })
+    await page.reload()
+    t.equal(new URL(page.url()).pathname, '/login', 'back on the login page')
+  })
+
+  test('sign in with remember-me: dropping the session cookie and reloading brings the user back', async (t) => {
+    const { context, page } = await newPage()
+    t.teardown(() => context.close())
+    await signIn(page, 'bob@example.com', 'bob-password', true)
+    t.same(await cookieNames(context), ['pow_persistent_session', 'pow_session'])
+    const token = (await context.cookies()).find((c) => c.name === 'pow_persistent_session')?.value
+    await context.clearCookies({ name: 'pow_session' })
+    await page.reload()
+    t.equal(new URL(page.url()).pathname, '/', 'still on the account page')
+    t.equal(await page.textContent('#name'), 'Bob')
+    const cookies = await context.cookies()
+    t.ok(cookies.some((c) => c.name === 'pow_session'), 'a new session cookie')
+    t.not(cookies.find((c) => c.name === 'pow_persistent_session')?.value, token, 'and a new remember-me token')
+  })
+
+  test('a failed sign-in says so', async (t) => {
+    const { context, page } = await newPage()
+    t.teardown(() => context.close())
+    await page.goto(`${base}/login`)
+    await page.fill('#email', 'nobody@example.com')
+    await page.fill('#password', 'whatever')
+    await Promise.all([page.waitForURL(/\/login\?error=1$/), page.click('button[type=submit].primary')])
+    t.equal((await page.textContent('[role=alert]'))?.trim(), 'Invalid email or password.')
+  })
+
+  test('revoking a second browser from the devices page sends it to the login page', async (t) => {
+    await mkdir(ARTIFACTS, { recursive: true })
+    const first = await newPage()
+    const second = await newPage(undefined, 'Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:128.0) Gecko/20100101 Firefox/128.0')
+    const phone = await newPage({ width: 390, height: 844 },
+      'Mozilla/5.0 (iPhone; CPU iPhone OS 18_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/18.0 Mobile/15E148 Safari/604.1')
+    t.teardown(async () => { await first.context.close(); await second.context.close(); await phone.context.close() })
+    await signIn(first.page, 'alice@example.com', 'alice-password', true)
+    await signIn(second.page, 'alice@example.com', 'alice-password', true)
+    await signIn(phone.page, 'alice@example.com', 'alice-password', false)
+
+    await first.page.goto(`${base}/sessions`)
+    t.equal(await first.page.locator('ul.devices li').count(), 3)
+    t.equal(await first.page.locator('li[data-current=true] .badge').textContent(), 'This device')
+    t.match(await first.page.locator('li[data-current=true] .device-name').textContent(), /^Headless Chrome \d+ on Linux/)
+    t.equal(await first.page.locator('.device-name', { hasText: 'Firefox 128 on Windows' }).count(), 1)
+    t.equal(await first.page.locator('.device-name', { hasText: 'Safari 18 on iOS' }).count(), 1)
+    await first.page.screenshot({ path: path.join(ARTIFACTS, 'devices.png'), fullPage: true })
+
+    await phone.page.goto(`${base}/sessions`)
+    const overflow = await phone.page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth)
+    t.ok(overflow <= 0, `no horizontal scrolling on a phone-sized screen (${overflow}px)`)
+    await phone.page.screenshot({ path: path.join(ARTIFACTS, 'devices-phone.png'), fullPage: true })
+
+    const secondFingerprint = await second.page.evaluate(async () => {
+      const html = await (await fetch('/sessions')).text()
+      return /<li data-fingerprint="([^"]+)" data-current="true">/.exec(html)?.[1]
+    })
+    t.ok(secondFingerprint)
+    await Promise.all([
+      first.page.waitForURL(`${base}/sessions`),
+      first.page.click(`li[data-fingerprint="${secondFingerprint as string}"] button`)
+    ])
+    t.equal(await first.page.locator('ul.devices li').count(), 2, 'two devices left')
+
+    await second.page.goto(`${base}/`)
+    t.equal(new URL(second.page.url()).pathname, '/login', 'the revoked browser lands on the login page')
+    await second.context.clearCookies({ name: 'pow_session' })
+    await second.page.goto(`${base}/`)
+    t.equal(new URL(second.page.url()).pathname, '/login', 'and its remember-me cookie does not bring it back')
+
+    await Promise.all([first.page.waitForURL(`${base}/sessions`), first.page.click('text=Sign out all other devices')])
+    t.equal(await first.page.locator('ul.devices li').count(), 1)
+    await phone.page.reload()
+    t.equal(new URL(phone.page.url()).pathname, '/login')
+  })
+
+  test('sign out', async (t) => {
+    const { context, page } = await newPage()
+    t.teardown(() => context.close())
+    await signIn(page, 'alice@example.com', 'alice-password', true)
+    await Promise.all([page.waitForURL(/\/login\?signedOut=1$/), page.click('header button')])
+    t.match(await page.textContent('[role=status]'), /You are signed out/)
+    t.same(await cookieNames(context), [], 'both cookies are gone')
+    await page.goto(`${base}/`)
+    t.equal(new URL(page.url()).pathname, '/login')
+  })
+}
