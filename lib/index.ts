@@ -1,10 +1,11 @@
 import fastifyCookie from '@fastify/cookie'
 import type { FastifyInstance, FastifyPluginAsync } from 'fastify'
 import fp from 'fastify-plugin'
+import { optionError } from './errors.js'
 import { buildConfig } from './options.js'
 import { PowPersistentSession } from './persistent-session.js'
 import { Pow } from './pow.js'
-import { kAuthenticate, PowSession } from './session.js'
+import { kAuthenticate, kCookies, PowSession } from './session.js'
 import { MemoryStore } from './stores/memory.js'
 import { RedisStore } from './stores/redis.js'
 import type { PowOptions } from './types.js'
@@ -25,7 +26,12 @@ declare module 'fastify' {
 const plugin: FastifyPluginAsync<PowOptions> = async function fastifyPow (fastify: FastifyInstance, opts: PowOptions) {
   const config = buildConfig(opts)
   // With @fastify/redis registered (app.redis), sessions go to that Redis by default.
-  const redis = fastify.hasDecorator('redis') ? (fastify as unknown as { redis: ConstructorParameters<typeof RedisStore>[0] }).redis : undefined
+  const redis = config.store === undefined && fastify.hasDecorator('redis')
+    ? (fastify as unknown as { redis: ConstructorParameters<typeof RedisStore>[0] }).redis
+    : undefined
+  if (redis !== undefined && typeof redis.evalsha !== 'function') {
+    throw optionError('store', 'is needed: app.redis holds several clients (@fastify/redis namespaces); pass store: new RedisStore(app.redis.<namespace>)')
+  }
   const store = config.store ?? (redis !== undefined ? new RedisStore(redis) : new MemoryStore())
   if (!fastify.hasReplyDecorator('setCookie')) await fastify.register(fastifyCookie)
 
@@ -41,7 +47,7 @@ const plugin: FastifyPluginAsync<PowOptions> = async function fastifyPow (fastif
   fastify.addHook('onRequest', async function powAuthenticate (request, reply) {
     const session = new PowSession(pow, request, reply)
     request.powSession = session
-    const persistent = persistentCookie === undefined ? null : new PowPersistentSession(pow, request, reply, session)
+    const persistent = persistentCookie === undefined ? null : new PowPersistentSession(pow, request, session)
     request.powPersistentSession = persistent
 
     const header = request.headers.cookie
@@ -49,11 +55,12 @@ const plugin: FastifyPluginAsync<PowOptions> = async function fastifyPow (fastif
     // @fastify/cookie parses in its own onRequest hook unless the app registered it with another hook.
     const cookies = request.cookies ?? fastify.parseCookie(header)
     const sid = cookies[sessionCookie]
-    if (sid !== undefined) await session[kAuthenticate](sid, reload)
-    if (persistent !== null) {
-      const token = cookies[persistentCookie as string]
-      if (token !== undefined) await persistent[kAuthenticate](token, reload)
-    }
+    const token = persistent === null ? undefined : cookies[persistentCookie as string]
+    if (sid === undefined && token === undefined) return
+    await session[kCookies].run(async () => {
+      if (sid !== undefined) await session[kAuthenticate](sid, reload)
+      if (token !== undefined) await (persistent as PowPersistentSession)[kAuthenticate](token, reload)
+    })
   })
 }
 

@@ -51,7 +51,7 @@ function cookieConfig (
     httpOnly: true,
     sameSite: 'lax',
     path: '/',
-    secure: hostPrefixed || process.env.NODE_ENV === 'production',
+    secure: hostPrefixed || cookieName.startsWith('__Secure-') || process.env.NODE_ENV === 'production',
     ...(cookie as CookieSerializeOptions | undefined)
   }
   if (hostPrefixed && (options.secure !== true || options.path !== '/' || options.domain !== undefined)) {
@@ -109,6 +109,8 @@ export function buildConfig (opts: PowOptions): Config {
   if (p !== false) {
     if (p !== undefined && !isObject(p)) throw optionError('persistentSession', 'must be false or an object')
     const pttl = duration(p?.ttl, 'persistentSession.ttl', 30 * DAY)
+    // The cookie's Max-Age is in whole seconds; browsers cap it at 400 days.
+    if (pttl < 1000 || pttl > 400 * DAY) throw optionError('persistentSession.ttl', 'must be from 1 second to 400 days (in milliseconds)')
     const cookie = cookieConfig('persistentSession', p?.cookieName, 'pow_persistent_session', p?.cookie)
     cookie.options.maxAge = Math.floor(pttl / 1000)
     persistent = { ...cookie, ttl: pttl }

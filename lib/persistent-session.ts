@@ -1,7 +1,8 @@
-import type { FastifyReply, FastifyRequest } from 'fastify'
+import type { FastifyRequest } from 'fastify'
 import { hashToken, randomFingerprint, randomToken, userBucket } from './crypto.js'
 import type { Pow } from './pow.js'
-import { kAdopt, kAuthenticate, kForget, kReload, kRenewed, kSignIn, type PowSession } from './session.js'
+import type { PendingCookies } from './cookies.js'
+import { kAdopt, kAuthenticate, kCookies, kForget, kReload, kRenewed, kSignIn, type PowSession } from './session.js'
 import type { PowUser, PutConditions, SessionMetadata, SessionRecord, TokenRecord } from './types.js'
 
 /**
@@ -12,17 +13,17 @@ import type { PowUser, PutConditions, SessionMetadata, SessionRecord, TokenRecor
 export class PowPersistentSession {
   #pow: Pow
   #request: FastifyRequest
-  #reply: FastifyReply
+  #cookies: PendingCookies
   #session: PowSession
   /** Hash of the verified token in this request's cookie; null when none. */
   #tokenHash: string | null = null
   /** Whether the request carried a cookie at all, verified or not. */
   #hasCookie = false
 
-  constructor (pow: Pow, request: FastifyRequest, reply: FastifyReply, session: PowSession) {
+  constructor (pow: Pow, request: FastifyRequest, session: PowSession) {
     this.#pow = pow
     this.#request = request
-    this.#reply = reply
+    this.#cookies = session[kCookies]
     this.#session = session
   }
 
@@ -31,6 +32,10 @@ export class PowPersistentSession {
    * session's fingerprint (a fresh one without a session), and sets the cookie.
    */
   async create (user: PowUser): Promise<void> {
+    await this.#cookies.run(async () => await this.#create(user))
+  }
+
+  async #create (user: PowUser): Promise<void> {
     const pow = this.#pow
     const userKey = pow.config.userKey(user)
     await this.#deleteStored()
@@ -41,10 +46,14 @@ export class PowPersistentSession {
 
   /** Deletes this browser's remember-me token server-side and expires the cookie. */
   async delete (): Promise<void> {
+    await this.#cookies.run(async () => await this.#delete())
+  }
+
+  async #delete (): Promise<void> {
     await this.#deleteStored()
     if (this.#hasCookie) {
       const { name, options } = this.#pow.config.persistent as NonNullable<Pow['config']['persistent']>
-      this.#reply.clearCookie(name, options)
+      this.#cookies.clear(name, options)
       this.#hasCookie = false
     }
   }
@@ -67,8 +76,13 @@ export class PowPersistentSession {
     this.#tokenHash = tokenHash
     const session = this.#session
     if (session.user !== null) {
-      if (session[kRenewed]) await pow.store.touchToken(tokenHash, config.ttl)
-      this.#reply.setCookie(config.name, unsigned.renew ? pow.sign(unsigned.token) : signed, config.options)
+      // Extending the token is a courtesy: a failure must not fail a request whose renewal is stored.
+      if (session[kRenewed]) {
+        await pow.store.touchToken(tokenHash, config.ttl).catch((err: unknown) => {
+          this.#request.log.debug({ err }, 'fastify-pow: could not extend the remember-me token')
+        })
+      }
+      this.#cookies.set(config.name, unsigned.renew ? pow.sign(unsigned.token) : signed, config.options)
       return
     }
 
@@ -77,7 +91,7 @@ export class PowPersistentSession {
     if (claim === null) {
       this.#request.log.debug('fastify-pow: remember-me cookie points at no token')
       this.#tokenHash = null
-      this.#reply.clearCookie(config.name, config.options)
+      this.#cookies.clear(config.name, config.options)
       return
     }
     const token = claim.record
@@ -92,12 +106,18 @@ export class PowPersistentSession {
 
     if (!claim.claimed) {
       if (now - (token.usedAt as number) <= pow.config.session.rotationGrace) {
-        session[kAdopt](token.user as PowUser, record)
+        let user = token.user as PowUser
+        if (reloadUser) {
+          const reloaded = await session[kReload](user, record)
+          if (reloaded === null) return
+          user = reloaded
+        }
+        session[kAdopt](user, record)
         return
       }
       const revoked = await pow.store.revoke(token.userKey, { fingerprint: token.fingerprint })
       this.#tokenHash = null
-      this.#reply.clearCookie(config.name, config.options)
+      this.#cookies.clear(config.name, config.options)
       this.#request.log.warn(
         { userKey: token.userKey, fingerprint: token.fingerprint },
         'fastify-pow: a used remember-me token came back after its grace; its fingerprint was revoked'
@@ -122,7 +142,7 @@ export class PowPersistentSession {
       this.#request.log.debug('fastify-pow: the remember-me token was revoked while it was being used')
       session[kForget]()
       this.#tokenHash = null
-      this.#reply.clearCookie(config.name, config.options)
+      this.#cookies.clear(config.name, config.options)
       return
     }
     pow.notify('persistent:used', { ...event, user })
@@ -135,7 +155,7 @@ export class PowPersistentSession {
     const token = randomToken(userBucket(record.userKey))
     const tokenHash = hashToken(token)
     if (!await pow.store.putToken(tokenHash, record, config.ttl, conditions)) return false
-    this.#reply.setCookie(config.name, pow.sign(token), config.options)
+    this.#cookies.set(config.name, pow.sign(token), config.options)
     this.#tokenHash = tokenHash
     this.#hasCookie = true
     return true

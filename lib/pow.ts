@@ -8,6 +8,7 @@ import { type Config, STORE_METHODS } from './options.js'
 import type { PowEvents, PowStore } from './types.js'
 
 // A signed token is `<47 chars>.<43 chars of base64 HMAC-SHA256>`; anything else is rejected before any HMAC.
+const TOKEN_LENGTH = 47
 const SIGNED_LENGTH = 91
 
 /**
@@ -77,9 +78,9 @@ export class Pow extends EventEmitter<PowEvents> {
 
   /** @internal the token in a signed cookie value, or null when it is malformed or forged */
   unsign (signed: string): { token: string, renew: boolean } | null {
-    if (signed.length !== SIGNED_LENGTH) return null
+    if (signed.length !== SIGNED_LENGTH || signed.charCodeAt(TOKEN_LENGTH) !== 46 || !isToken(signed.slice(0, TOKEN_LENGTH))) return null
     const result = this.#signer.unsign(signed)
-    if (!result.valid || result.value === null || !isToken(result.value)) return null
+    if (!result.valid || result.value === null) return null
     return { token: result.value, renew: result.renew }
   }
 

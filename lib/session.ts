@@ -1,6 +1,7 @@
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import { toMetadata, toSessionInfos } from './credentials-cache.js'
 import { hashToken, randomFingerprint, randomToken, userBucket } from './crypto.js'
+import { PendingCookies } from './cookies.js'
 import { PowNotSignedInError } from './errors.js'
 import type { Pow } from './pow.js'
 import type { PowMetadata, PowUser, PutConditions, SessionInfo, SessionMetadata, SessionRecord } from './types.js'
@@ -11,6 +12,7 @@ export const kAdopt = Symbol('fastify-pow.adopt')
 export const kForget = Symbol('fastify-pow.forget')
 export const kRenewed = Symbol('fastify-pow.renewed')
 export const kReload = Symbol('fastify-pow.reload')
+export const kCookies = Symbol('fastify-pow.cookies')
 
 export interface CreateOptions {
   /** Also create a remember-me token for this browser. */
@@ -28,15 +30,18 @@ export class PowSession {
   [kRenewed] = false
   /** The signed-in user, or null. */
   user: PowUser | null = null
+  /** @internal the cookies this request's helpers set, written when a helper call succeeds */
+  readonly [kCookies]: PendingCookies
   #pow: Pow
   #request: FastifyRequest
-  #reply: FastifyReply
+  #cookies: PendingCookies
   #record: SessionRecord | undefined = undefined
 
   constructor (pow: Pow, request: FastifyRequest, reply: FastifyReply) {
     this.#pow = pow
     this.#request = request
-    this.#reply = reply
+    this.#cookies = new PendingCookies(reply)
+    this[kCookies] = this.#cookies
   }
 
   /** `fingerprint`, `insertedAt`, `signedInAt` and the custom metadata of the session, or null. */
@@ -50,6 +55,10 @@ export class PowSession {
    * creates a remember-me token; without, it deletes this browser's old one.
    */
   async create (user: PowUser, options: CreateOptions = {}): Promise<void> {
+    await this.#cookies.run(async () => await this.#create(user, options))
+  }
+
+  async #create (user: PowUser, options: CreateOptions): Promise<void> {
     const pow = this.#pow
     const userKey = pow.config.userKey(user)
     const persistent = this.#request.powPersistentSession
@@ -72,10 +81,14 @@ export class PowSession {
 
   /** Signs out: ends this browser's sessions and remember-me token server-side and clears both cookies. */
   async delete (): Promise<void> {
+    await this.#cookies.run(async () => await this.#delete())
+  }
+
+  async #delete (): Promise<void> {
     await this.#revokeCurrent()
     await this.#request.powPersistentSession?.delete()
     const { name, options } = this.#pow.config.session
-    this.#reply.clearCookie(name, options)
+    this.#cookies.clear(name, options)
   }
 
   /** Stores new credentials for the signed-in user; all the user's sessions see them. */
@@ -153,7 +166,7 @@ export class PowSession {
         pow.notify('session:renewed', this.#event(user))
       }
     } else if (unsigned.renew) {
-      this.#reply.setCookie(config.name, pow.sign(unsigned.token), config.options)
+      this.#cookies.set(config.name, pow.sign(unsigned.token), config.options)
     }
   }
 
@@ -169,7 +182,7 @@ export class PowSession {
     this.user = null
     this.#record = undefined
     const { name, options } = this.#pow.config.session
-    this.#reply.clearCookie(name, options)
+    this.#cookies.clear(name, options)
   }
 
   /** @internal signs in for this request only (a used remember-me token inside its grace) */
@@ -199,7 +212,7 @@ export class PowSession {
     const token = randomToken(userBucket(record.userKey))
     const sidHash = hashToken(token)
     if (!await pow.store.putSession(sidHash, record, user, ttl, config.rotationGrace, conditions)) return null
-    this.#reply.setCookie(config.name, pow.sign(token), config.options)
+    this.#cookies.set(config.name, pow.sign(token), config.options)
     this.#record = record
     return sidHash
   }

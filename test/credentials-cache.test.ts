@@ -62,9 +62,12 @@ test('events: created, renewed, deleted', async (t) => {
 
 test('a throwing event listener is logged and does not break the request', async (t) => {
   const app = await buildApp(t)
+  const logged: unknown[] = []
+  app.pow.log.error = ((obj: unknown) => { logged.push(obj) }) as typeof app.pow.log.error
   app.pow.on('session:created', () => { throw new Error('listener bug') })
   const jar = await signIn(app, 1)
   t.equal((await me(jar)).status, 200)
+  t.match(logged, [{ err: { message: 'listener bug' }, event: 'session:created' }])
 })
 
 test('reloadUser refreshes the user on every request; null ends the session', async (t) => {
@@ -98,6 +101,18 @@ test('reloadUser applies to remember-me sign-ins too', async (t) => {
   t.equal((await me(jar)).status, 401, 'a deleted user is not remembered')
   exists = true
   t.equal((await me(jar)).status, 401, 'and the token was revoked')
+})
+
+test('reloadUser also applies to a used token inside its grace', async (t) => {
+  let exists = true
+  const app = await buildApp(t, { reloadUser: async (user) => (exists ? user : null) })
+  const jar = await signIn(app, 1, { persistent: true })
+  jar.delete('pow_session')
+  const usedToken = jar.header()
+  t.equal((await me(jar)).status, 200, 'the token is used')
+  exists = false
+  const inGrace = await app.inject({ url: '/me', headers: { cookie: usedToken } })
+  t.equal(inGrace.statusCode, 401, 'a deleted user is not signed in by the grace either')
 })
 
 test('a store shared by two apps: sessions of one are seen by the other', async (t) => {

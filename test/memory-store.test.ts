@@ -1,6 +1,7 @@
 import { install } from '@sinonjs/fake-timers'
 import { test } from 'tap'
 import { MemoryStore } from '../lib/index.js'
+import { hashToken, randomToken, userBucket } from '../lib/crypto.js'
 import { fakeClock } from './helpers/clock.js'
 import { storeContract } from './store-contract.js'
 
@@ -21,8 +22,8 @@ test('MemoryStore evicts expired entries on writes: memory follows live sessions
   const now = Date.now()
   for (let i = 0; i < 1000; i++) {
     const userKey = `u${i % 100}`
-    await store.putSession(`s${i}`, { userKey, fingerprint: `f${i}`, insertedAt: now, signedInAt: now, metadata: {} }, { id: userKey }, 60_000, 1000)
-    await store.putToken(`t${i}`, { userKey, fingerprint: `f${i}`, user: { id: userKey }, metadata: {} }, 120_000)
+    await store.putSession(hashToken(randomToken(userBucket(userKey))), { userKey, fingerprint: `f${i}`, insertedAt: now, signedInAt: now, metadata: {} }, { id: userKey }, 60_000, 1000)
+    await store.putToken(hashToken(randomToken(userBucket(userKey))), { userKey, fingerprint: `f${i}`, user: { id: userKey }, metadata: {} }, 120_000)
   }
   await store.lock('l', 1000)
   t.match(store.size, { sessions: 1000, tokens: 1000, users: 100, locks: 1 })
@@ -39,11 +40,12 @@ test('MemoryStore evicts expired entries on writes: memory follows live sessions
 test('MemoryStore: extending a token many times keeps the expiry heap small', async (t) => {
   const clock = fakeClock(t)
   const store = new MemoryStore()
-  await store.putToken('t', { userKey: 'u', fingerprint: 'f', user: { id: 'u' }, metadata: {} }, 10_000)
+  const t1 = hashToken(randomToken(userBucket('u')))
+  await store.putToken(t1, { userKey: 'u', fingerprint: 'f', user: { id: 'u' }, metadata: {} }, 10_000)
   for (let i = 0; i < 100; i++) {
     clock.tick(5_000)
-    await store.touchToken('t', 10_000)
+    await store.touchToken(t1, 10_000)
   }
-  t.equal((await store.claimToken('t', Date.now()))?.claimed, true, 'the token is still alive')
+  t.equal((await store.claimToken(t1, Date.now()))?.claimed, true, 'the token is still alive')
   t.ok(store.size.heap <= 2, `heap holds ${store.size.heap} node(s) for one token`)
 })

@@ -20,6 +20,8 @@ const cases: Array<[string, unknown, string]> = [
   ['rotationGrace >= ttl', { session: { ttl: 10_000, renewAfter: 5000, rotationGrace: 10_000 } }, 'session.rotationGrace'],
   ['negative absoluteTtl', { session: { absoluteTtl: -1 } }, 'session.absoluteTtl'],
   ['zero persistent ttl', { persistentSession: { ttl: 0 } }, 'persistentSession.ttl'],
+  ['persistent ttl under a second', { persistentSession: { ttl: 500 } }, 'persistentSession.ttl'],
+  ['persistent ttl over 400 days', { persistentSession: { ttl: 401 * 86_400_000 } }, 'persistentSession.ttl'],
   ['persistentSession not an object', { persistentSession: true }, 'persistentSession'],
   ['store without the interface', { store: { get: () => null } }, 'store'],
   ['store missing one method', { store: Object.assign(Object.create(MemoryStore.prototype), { lock: undefined }) }, 'store'],

@@ -2,7 +2,8 @@ import { once } from 'node:events'
 import fastifyRedis from '@fastify/redis'
 import type { Cluster, Redis } from 'ioredis'
 import { test, type Test } from 'tap'
-import { RedisStore } from '../lib/index.js'
+import Fastify from 'fastify'
+import pow, { RedisStore } from '../lib/index.js'
 import { buildApp, me, signIn } from './helpers/app.js'
 import { fakeClock } from './helpers/clock.js'
 import { CookieJar } from './helpers/jar.js'
@@ -106,4 +107,52 @@ test('no key without a TTL on a single Redis after every kind of write', async (
   await a.request({ method: 'DELETE', url: `/sessions/${encodeURIComponent((await me(b)).fingerprint as string)}` })
   await signIn(app, 2)
   await assertAllKeysExpire(t, client, 'ttl')
+})
+
+test('a client with a keyPrefix works: every key, the scripts\' own included, carries the prefix', async (t) => {
+  const server = await startRedis(t)
+  const admin = server.client()
+  await once(admin, 'ready')
+  const app = await buildApp(t, {}, async (instance) => {
+    await instance.register(fastifyRedis, { url: server.url, keyPrefix: 'myapp:' })
+  })
+  const jar = await signIn(app, 1, { persistent: true })
+  t.equal((await me(jar)).status, 200, 'the session is found again')
+  const other = await signIn(app, 1)
+  t.equal((await jar.request('/sessions')).json().sessions.length, 2)
+  t.same((await app.pow.credentials.users()).map((u) => (u as { id: number }).id), [1])
+  await jar.request({ method: 'DELETE', url: '/sessions' })
+  t.equal((await me(other)).status, 401)
+  const keys = await admin.keys('*')
+  t.ok(keys.length > 0)
+  t.same(keys.filter((k) => !k.startsWith('myapp:pow:')), [], 'no key outside the prefix')
+})
+
+test('@fastify/redis with namespaces needs an explicit store', async (t) => {
+  const server = await startRedis(t)
+  const app = Fastify()
+  t.teardown(() => app.close())
+  await app.register(fastifyRedis, { url: server.url, namespace: 'sessions' })
+  app.register(pow, { secret: 'x'.repeat(32) })
+  await t.rejects(async () => { await app.ready() }, { code: 'POW_ERR_OPTION', option: 'store' })
+})
+
+test('Redis holds no raw session id or token, only hashes', async (t) => {
+  const server = await startRedis(t)
+  const client = server.client()
+  await once(client, 'ready')
+  const app = await buildApp(t, { store: new RedisStore(client) })
+  const jar = await signIn(app, 1, { persistent: true })
+  const secrets = ['pow_session', 'pow_persistent_session'].map((name) => (jar.get(name) as string).split('.')[0])
+  let dump = ''
+  for (const key of await client.keys('*')) {
+    const type = await client.type(key)
+    const value = type === 'string' ? await client.get(key) : type === 'hash' ? await client.hgetall(key) : await client.zrange(key, '0', '-1')
+    dump += key + JSON.stringify(value)
+  }
+  t.ok(dump.length > 0)
+  for (const secret of secrets) {
+    t.notOk(dump.includes(secret), 'the raw value is nowhere')
+    t.notOk(dump.includes(secret.slice(4)), 'not even without its bucket')
+  }
 })

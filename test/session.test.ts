@@ -48,6 +48,12 @@ test('a __Host- cookie name gets Secure and works', async (t) => {
   t.equal((await me(jar)).status, 200)
 })
 
+test('a __Secure- cookie name gets Secure by default', async (t) => {
+  const app = await buildApp(t, { persistentSession: { cookieName: '__Secure-remember' } })
+  const login = await app.inject({ method: 'POST', url: '/login', payload: { id: 1, persistent: true } })
+  t.match(String(login.headers['set-cookie']), /__Secure-remember=[^;]+; Max-Age=\d+; Path=\/; HttpOnly; Secure; SameSite=Lax/)
+})
+
 test('the store holds only hashes of session ids and tokens', async (t) => {
   const store = new MemoryStore()
   const app = await buildApp(t, { store })

@@ -289,6 +289,14 @@ export function storeContract (t: Test, makeHarness: () => Promise<ContractHarne
     t.same((await store.getSession(d))?.user, { id: lonely, v: 'only' }, 'missing credentials are filled in')
   })
 
+  t.test("a hash must carry its user's bucket", async (t) => {
+    const { store } = await setup(t)
+    const [alice, bob] = [unique('u'), unique('u')]
+    await t.rejects(store.putSession(sid(bob), sessionRecord(alice, 'fp'), { id: alice }, TTL, GRACE), TypeError)
+    await t.rejects(store.putToken(sid(bob), tokenRecord(alice, 'fp', { id: alice }), TTL), TypeError)
+    t.same(await store.listSessions(alice), [], 'nothing stored')
+  })
+
   t.test('many concurrent puts for one user all land in the list', async (t) => {
     const { store } = await setup(t)
     const userKey = unique('u')

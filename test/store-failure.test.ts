@@ -87,3 +87,53 @@ test('an outage is logged once when it starts and once when it ends, not per req
   const store = lines.filter((l) => /session store/.test(l.msg))
   t.same(store.map((l) => l.level), [50, 30], 'one error, then one info when it is back')
 })
+
+/** A real MemoryStore whose named methods fail while armed: a store that breaks in the middle of a request. */
+function partlyFailingStore (): { store: PowStore, failing: Set<string> } {
+  const inner = new MemoryStore()
+  const failing = new Set<string>()
+  const store = {} as PowStore
+  for (const method of STORE_METHODS) {
+    (store as unknown as Record<string, unknown>)[method] = async (...args: unknown[]) => {
+      if (failing.has(method)) throw new Error(`${method} failed`)
+      return await (inner[method] as (...a: unknown[]) => Promise<unknown>).apply(inner, args)
+    }
+  }
+  return { store, failing }
+}
+
+test('a store failing midway through a remember-me sign-in is a 503 that sets no cookie', async (t) => {
+  const { store, failing } = partlyFailingStore()
+  const app = await buildApp(t, { store })
+  const jar = await signIn(app, 1, { persistent: true })
+  jar.delete('pow_session')
+  const before = jar.header()
+  failing.add('putToken')
+  const response = await jar.request('/me')
+  t.equal(response.statusCode, 503)
+  t.equal(response.headers['set-cookie'], undefined, 'not even the session cookie that was already stored')
+  t.equal(jar.header(), before)
+})
+
+test('a login whose remember-me token cannot be stored is a 503 that sets no cookie', async (t) => {
+  const { store, failing } = partlyFailingStore()
+  const app = await buildApp(t, { store })
+  failing.add('putToken')
+  const response = await app.inject({ method: 'POST', url: '/login', payload: { id: 1, persistent: true } })
+  t.equal(response.statusCode, 503)
+  t.equal(response.headers['set-cookie'], undefined)
+})
+
+test('a renewal whose remember-me token cannot be extended still succeeds', async (t) => {
+  const clock = fakeClock(t)
+  const { store, failing } = partlyFailingStore()
+  const app = await buildApp(t, { store })
+  const jar = await signIn(app, 1, { persistent: true })
+  clock.tick(16 * 60_000)
+  failing.add('touchToken')
+  const response = await jar.request('/me')
+  t.equal(response.statusCode, 200)
+  t.ok(response.cookies.some((c) => c.name === 'pow_session'), 'the renewed id is set')
+  failing.clear()
+  t.equal((await me(jar)).status, 200)
+})

@@ -1,3 +1,4 @@
+import { userBucket } from '../crypto.js'
 import type {
   ListedSession, PowStore, PutConditions, RevokeSelector, SessionRecord, StoredSession, TokenRecord
 } from '../types.js'
@@ -81,6 +82,13 @@ class ExpiryHeap {
   }
 }
 
+/** The store contract: a hash carries its user's bucket, as sharded stores need it to. */
+function checkBucket (hash: string, userKey: string): void {
+  if (!hash.startsWith(userBucket(userKey) + '.')) {
+    throw new TypeError('MemoryStore: a session or token hash must start with its user\'s bucket (userBucket(userKey))')
+  }
+}
+
 /**
  * The default store: everything in this process's memory, lost on restart and not shared
  * between instances. Expired entries are evicted on every write, so memory follows the number
@@ -97,6 +105,7 @@ export class MemoryStore implements PowStore {
   async putSession (
     sidHash: string, record: SessionRecord, user: unknown, ttl: number, grace: number, conditions: PutConditions = {}
   ): Promise<boolean> {
+    checkBucket(sidHash, record.userKey)
     const now = Date.now()
     this.#evict(now)
     if (!this.#holds(conditions)) return false
@@ -202,6 +211,7 @@ export class MemoryStore implements PowStore {
   }
 
   async putToken (tokenHash: string, record: TokenRecord, ttl: number, conditions: PutConditions = {}): Promise<boolean> {
+    checkBucket(tokenHash, record.userKey)
     const now = Date.now()
     this.#evict(now)
     if (!this.#holds(conditions)) return false

@@ -191,12 +191,12 @@ redis.call('PEXPIRE', KEYS[2], math.max(1, tonumber(last[2]) - tonumber(ARGV[10]
 return 1
 `)
 
-// KEYS: token. ARGV: now.
+// KEYS: token. ARGV: P, now.
 const CLAIM_TOKEN = writeScript(`
 local v = redis.call('HMGET', KEYS[1], 'r', 'user', 'used')
 if not v[1] then return false end
 if v[3] then return {v[1], v[2], v[3]} end
-redis.call('HSET', KEYS[1], 'used', ARGV[1])
+redis.call('HSET', KEYS[1], 'used', ARGV[2])
 return {v[1], v[2], ''}
 `)
 
@@ -231,9 +231,14 @@ export class RedisStore implements PowStore {
   #client: Client
   #ns: string
   #timeout: number
+  /** The client's own `keyPrefix`: ioredis adds it to KEYS, the scripts add it to the keys they build. */
+  #keyPrefix: string
   /** Server clock minus this process's clock, in ms; measured with TIME. */
   #clockOffset = 0
   #clockCheckedAt = -Infinity
+  /** Until the client is first ready, commands may wait for the initial connection. */
+  #connected = false
+  #lastError: Error | undefined
 
   constructor (client: Client, options: RedisStoreOptions = {}) {
     const { namespace = 'pow', commandTimeout = 2000 } = options
@@ -249,13 +254,20 @@ export class RedisStore implements PowStore {
     this.#client = client
     this.#ns = namespace
     this.#timeout = commandTimeout
+    this.#keyPrefix = (client as { options?: { keyPrefix?: string } }).options?.keyPrefix ?? ''
+    this.#connected = client.status === 'ready'
+    client.on('ready', () => { this.#connected = true })
+    // Connection errors surface as 503s, logged once per outage by fastify-pow; this listener
+    // keeps the latest for the error message, and keeps ioredis from printing every
+    // reconnection failure as an unhandled 'error' event.
+    client.on('error', (err: Error) => { this.#lastError = err })
   }
 
   async putSession (
     sidHash: string, record: SessionRecord, user: unknown, ttl: number, grace: number, conditions: PutConditions = {}
   ): Promise<boolean> {
     const now = Date.now()
-    const prefix = this.#userPrefix(record.userKey)
+    const prefix = this.#userPrefix(record.userKey, sidHash)
     const id = this.#id(sidHash)
     return await this.#eval(PUT_SESSION, [prefix + 's:' + id, prefix + 'u:' + record.userKey, prefix + 'us:' + record.userKey], [
       prefix, id, JSON.stringify(record), record.userKey, record.fingerprint,
@@ -294,20 +306,16 @@ export class RedisStore implements PowStore {
     const nodes: Redis[] = 'nodes' in client && typeof (client as Cluster).nodes === 'function' && (client as Cluster).isCluster
       ? (client as Cluster).nodes('master')
       : [client as Redis]
-    const pattern = `${this.#ns}:{${'?'.repeat(BUCKET_LENGTH)}}:u:*`
+    const pattern = `${this.#keyPrefix}${this.#ns}:{${'?'.repeat(BUCKET_LENGTH)}}:u:*`
     const users: unknown[] = []
     for (const node of nodes) {
       let cursor = '0'
       do {
         const [next, keys] = await this.#guard(() => node.scan(cursor, 'MATCH', pattern, 'COUNT', 1000))
         cursor = next
-        if (keys.length === 0) continue
-        const pipeline = node.pipeline()
-        for (const key of keys) pipeline.get(key)
-        const results = await this.#guard(() => pipeline.exec()) ?? []
-        for (const [err, value] of results) {
-          if (err === null && typeof value === 'string') users.push(JSON.parse(value))
-        }
+        // Read through the top-level client: it adds its keyPrefix and routes each key to its node.
+        const values = await Promise.all(keys.map(async (key) => await this.#guard(() => client.get(key.slice(this.#keyPrefix.length)))))
+        for (const value of values) if (typeof value === 'string') users.push(JSON.parse(value))
       } while (cursor !== '0')
     }
     return users
@@ -328,7 +336,7 @@ export class RedisStore implements PowStore {
 
   async putToken (tokenHash: string, record: TokenRecord, ttl: number, conditions: PutConditions = {}): Promise<boolean> {
     const now = Date.now()
-    const prefix = this.#userPrefix(record.userKey)
+    const prefix = this.#userPrefix(record.userKey, tokenHash)
     const id = this.#id(tokenHash)
     const { user, usedAt, ...rest } = record
     return await this.#eval(PUT_TOKEN, [prefix + 't:' + id, prefix + 'ut:' + record.userKey, prefix + 'u:' + record.userKey], [
@@ -340,7 +348,7 @@ export class RedisStore implements PowStore {
 
   async claimToken (tokenHash: string, now: number): Promise<{ record: TokenRecord, claimed: boolean } | null> {
     const prefix = this.#hashPrefix(tokenHash)
-    const found = await this.#eval(CLAIM_TOKEN, [prefix + 't:' + this.#id(tokenHash)], [now]) as [string, string, string] | null
+    const found = await this.#eval(CLAIM_TOKEN, [prefix + 't:' + this.#id(tokenHash)], [prefix, now]) as [string, string, string] | null
     if (found === null) return null
     const record: TokenRecord = { ...JSON.parse(found[0]), user: JSON.parse(found[1]) }
     if (found[2] === '') return { record, claimed: true }
@@ -375,8 +383,13 @@ export class RedisStore implements PowStore {
     return [id(conditions.session), id(conditions.token), conditions.keepStoredUser === true ? '1' : '0']
   }
 
-  #userPrefix (userKey: string): string {
-    return `${this.#ns}:{${userBucket(userKey)}}:`
+  /** The user's key prefix; with `hash`, that hash must carry the user's bucket. */
+  #userPrefix (userKey: string, hash?: string): string {
+    const bucket = userBucket(userKey)
+    if (hash !== undefined && !hash.startsWith(bucket + '.')) {
+      throw new TypeError('RedisStore: a session or token hash must start with its user\'s bucket (userBucket(userKey))')
+    }
+    return `${this.#ns}:{${bucket}}:`
   }
 
   /** Hashes are `<bucket>.<sha256>`; the bucket is the user's hash tag. */
@@ -388,8 +401,10 @@ export class RedisStore implements PowStore {
     return hash.slice(BUCKET_LENGTH + 1)
   }
 
+  /** ARGV[1] of every script is P, the prefix the script builds further keys from. */
   async #eval (s: Script, keys: string[], args: Array<string | number>): Promise<unknown> {
     const client = this.#client
+    args[0] = this.#keyPrefix + String(args[0])
     if (s.write) args.push(await this.#deadline())
     let result: unknown
     try {
@@ -411,7 +426,9 @@ export class RedisStore implements PowStore {
       this.#clockOffset = Number(seconds) * 1000 + Number(micros) / 1000 - (before + after) / 2
       this.#clockCheckedAt = after
     }
-    return Math.floor(realNow() + this.#clockOffset + this.#timeout)
+    // A margin, so that a script running just before the deadline still answers before the
+    // client gives up.
+    return Math.floor(realNow() + this.#clockOffset + this.#timeout - Math.min(100, this.#timeout / 4))
   }
 
   /**
@@ -420,7 +437,10 @@ export class RedisStore implements PowStore {
    */
   async #guard<T> (send: () => Promise<T>): Promise<T> {
     const status = this.#client.status
-    if (status !== 'ready' && status !== 'wait') throw new Error(`Redis connection is ${status}`)
+    if (status !== 'ready' && status !== 'wait' && (this.#connected || (status !== 'connecting' && status !== 'connect'))) {
+      const cause = this.#lastError === undefined ? '' : `: ${this.#lastError.message}`
+      throw new Error(`Redis connection is ${status}${cause}`)
+    }
     const command = send()
     let timer: NodeJS.Timeout | undefined
     const timeout = new Promise<never>((_resolve, reject) => {
