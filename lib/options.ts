@@ -7,7 +7,7 @@ const MINUTE = 60_000
 const DAY = 24 * 60 * MINUTE
 export const STORE_METHODS = [
   'putSession', 'getSession', 'deleteSession', 'listSessions', 'listUsers', 'updateUser', 'revoke',
-  'putToken', 'claimToken', 'touchToken', 'deleteToken', 'lock'
+  'putToken', 'getToken', 'rotateToken', 'touchToken', 'deleteToken', 'lock'
 ] as const
 
 export interface CookieConfig {

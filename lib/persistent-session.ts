@@ -2,8 +2,8 @@ import type { FastifyRequest } from 'fastify'
 import { hashToken, randomFingerprint, randomToken, userBucket } from './crypto.js'
 import type { Pow } from './pow.js'
 import type { PendingCookies } from './cookies.js'
-import { kAdopt, kAuthenticate, kCookies, kForget, kReload, kRenewed, kSignIn, type PowSession } from './session.js'
-import type { PowUser, PutConditions, SessionMetadata, SessionRecord, TokenRecord } from './types.js'
+import { kAdopt, kAttach, kAuthenticate, kCookies, kReload, kRenewed, type PowSession } from './session.js'
+import type { PowEvent, PowUser, SessionMetadata, SessionRecord, TokenRecord } from './types.js'
 
 /**
  * `request.powPersistentSession`: this browser's remember-me token (Pow's
@@ -87,14 +87,12 @@ export class PowPersistentSession {
     }
 
     const now = Date.now()
-    const claim = await pow.store.claimToken(tokenHash, now)
-    if (claim === null) {
+    const token = await pow.store.getToken(tokenHash)
+    if (token === null) {
       this.#request.log.debug('fastify-pow: remember-me cookie points at no token')
-      this.#tokenHash = null
-      this.#cookies.clear(config.name, config.options)
+      this.#forgetCookie()
       return
     }
-    const token = claim.record
     const record: SessionRecord = {
       userKey: token.userKey,
       fingerprint: token.fingerprint,
@@ -103,27 +101,31 @@ export class PowPersistentSession {
       metadata: token.metadata
     }
     const event = { request: this.#request, user: token.user, userKey: token.userKey, fingerprint: token.fingerprint }
+    if (token.usedAt !== undefined && now - token.usedAt > pow.config.session.rotationGrace) {
+      await this.#theft(token, event)
+      return
+    }
 
-    if (!claim.claimed) {
-      if (now - (token.usedAt as number) <= pow.config.session.rotationGrace) {
-        let user = token.user as PowUser
-        if (reloadUser) {
-          const reloaded = await session[kReload](user, record)
-          if (reloaded === null) return
-          user = reloaded
-        }
-        session[kAdopt](user, record)
-        return
-      }
-      const revoked = await pow.store.revoke(token.userKey, { fingerprint: token.fingerprint })
-      this.#tokenHash = null
-      this.#cookies.clear(config.name, config.options)
-      this.#request.log.warn(
-        { userKey: token.userKey, fingerprint: token.fingerprint },
-        'fastify-pow: a used remember-me token came back after its grace; its fingerprint was revoked'
-      )
-      pow.notify('persistent:reuse', event)
-      for (const fingerprint of revoked) pow.notify('session:deleted', { ...event, fingerprint })
+    // One atomic step marks the token used and stores the new session and the new token, so a
+    // failure leaves the token unused and the browser's cookies working.
+    let outcome: 'rotated' | 'used' | 'missing' = 'used'
+    const bucket = userBucket(token.userKey)
+    const sessionId = randomToken(bucket)
+    const newToken = randomToken(bucket)
+    if (token.usedAt === undefined) {
+      const { ttl, absoluteTtl, rotationGrace } = pow.config.session
+      outcome = await pow.store.rotateToken(tokenHash, now, {
+        sidHash: hashToken(sessionId),
+        session: record,
+        sessionTtl: absoluteTtl === undefined ? ttl : Math.min(ttl, absoluteTtl),
+        grace: rotationGrace,
+        tokenHash: hashToken(newToken),
+        tokenTtl: config.ttl
+      })
+    }
+    if (outcome === 'missing') {
+      this.#request.log.debug('fastify-pow: the remember-me token was revoked while it was being used')
+      this.#forgetCookie()
       return
     }
 
@@ -133,32 +135,46 @@ export class PowPersistentSession {
       if (reloaded === null) return
       user = reloaded
     }
-    // Both writes hold only while the browser is not revoked meanwhile, and neither undoes an
-    // update of the user made since the token was written.
-    const sidHash = await session[kSignIn](user, record, { token: tokenHash, keepStoredUser: true })
-    const issued = sidHash !== null &&
-      await this.#issue({ userKey: token.userKey, fingerprint: token.fingerprint, user, metadata: token.metadata }, { session: sidHash, keepStoredUser: true })
-    if (!issued) {
-      this.#request.log.debug('fastify-pow: the remember-me token was revoked while it was being used')
-      session[kForget]()
-      this.#tokenHash = null
-      this.#cookies.clear(config.name, config.options)
+    if (outcome === 'used') {
+      // Used a moment ago by a parallel request of this browser: signed in for this request only.
+      session[kAdopt](user, record)
       return
     }
+    session[kAttach](user, record, sessionId)
+    this.#cookies.set(config.name, pow.sign(newToken), config.options)
+    this.#tokenHash = hashToken(newToken)
     pow.notify('persistent:used', { ...event, user })
     pow.notify('session:created', { ...event, user })
   }
 
-  async #issue (record: TokenRecord, conditions?: PutConditions): Promise<boolean> {
+  /** A used token came back after its grace: whoever holds it, the fingerprint is revoked. */
+  async #theft (token: TokenRecord, event: PowEvent): Promise<void> {
+    const pow = this.#pow
+    const revoked = await pow.store.revoke(token.userKey, { fingerprint: token.fingerprint })
+    this.#forgetCookie()
+    this.#request.log.warn(
+      { userKey: token.userKey, fingerprint: token.fingerprint },
+      'fastify-pow: a used remember-me token came back after its grace; its fingerprint was revoked'
+    )
+    pow.notify('persistent:reuse', event)
+    for (const fingerprint of revoked) pow.notify('session:deleted', { ...event, fingerprint })
+  }
+
+  #forgetCookie (): void {
+    const config = this.#pow.config.persistent as NonNullable<Pow['config']['persistent']>
+    this.#tokenHash = null
+    this.#cookies.clear(config.name, config.options)
+  }
+
+  async #issue (record: TokenRecord): Promise<void> {
     const pow = this.#pow
     const config = pow.config.persistent as NonNullable<Pow['config']['persistent']>
     const token = randomToken(userBucket(record.userKey))
     const tokenHash = hashToken(token)
-    if (!await pow.store.putToken(tokenHash, record, config.ttl, conditions)) return false
+    await pow.store.putToken(tokenHash, record, config.ttl)
     this.#cookies.set(config.name, pow.sign(token), config.options)
     this.#tokenHash = tokenHash
     this.#hasCookie = true
-    return true
   }
 
   async #deleteStored (): Promise<void> {

@@ -7,9 +7,8 @@ import type { Pow } from './pow.js'
 import type { PowMetadata, PowUser, PutConditions, SessionInfo, SessionMetadata, SessionRecord } from './types.js'
 
 export const kAuthenticate = Symbol('fastify-pow.authenticate')
-export const kSignIn = Symbol('fastify-pow.signIn')
+export const kAttach = Symbol('fastify-pow.attach')
 export const kAdopt = Symbol('fastify-pow.adopt')
-export const kForget = Symbol('fastify-pow.forget')
 export const kRenewed = Symbol('fastify-pow.renewed')
 export const kReload = Symbol('fastify-pow.reload')
 export const kCookies = Symbol('fastify-pow.cookies')
@@ -67,13 +66,14 @@ export class PowSession {
     }
     await this.#revokeCurrent()
     const now = Date.now()
-    await this[kSignIn](user, {
+    await this.#issue({
       userKey,
       fingerprint: randomFingerprint(),
       insertedAt: now,
       signedInAt: now,
       metadata: options.metadata ?? {}
-    })
+    }, user)
+    this.user = user
     if (options.persistent === true) await persistent?.create(user)
     else await persistent?.delete()
     pow.notify('session:created', this.#event(user))
@@ -157,7 +157,7 @@ export class PowSession {
     if (now - record.insertedAt >= config.renewAfter) {
       if (await pow.store.lock(`renew:${sidHash}`, config.rotationGrace)) {
         // Only while the old session exists: a revocation that landed since the read wins.
-        if (await this.#issue({ ...record, insertedAt: now }, undefined, { session: sidHash }) === null) {
+        if (!await this.#issue({ ...record, insertedAt: now }, undefined, { session: sidHash })) {
           this.user = null
           this.#record = undefined
           return
@@ -170,19 +170,12 @@ export class PowSession {
     }
   }
 
-  /** @internal stores a new session for `record` and sets the cookie; its hash, or null when a condition failed */
-  async [kSignIn] (user: PowUser, record: SessionRecord, conditions?: PutConditions): Promise<string | null> {
-    const sidHash = await this.#issue(record, user, conditions)
-    if (sidHash !== null) this.user = user
-    return sidHash
-  }
-
-  /** @internal forgets a session this request signed in with but that is gone */
-  [kForget] (): void {
-    this.user = null
-    this.#record = undefined
+  /** @internal signs in with a session the store already holds under `sessionId` */
+  [kAttach] (user: PowUser, record: SessionRecord, sessionId: string): void {
     const { name, options } = this.#pow.config.session
-    this.#cookies.clear(name, options)
+    this.#cookies.set(name, this.#pow.sign(sessionId), options)
+    this.user = user
+    this.#record = record
   }
 
   /** @internal signs in for this request only (a used remember-me token inside its grace) */
@@ -202,7 +195,8 @@ export class PowSession {
     return null
   }
 
-  async #issue (record: SessionRecord, user: PowUser | undefined, conditions?: PutConditions): Promise<string | null> {
+  /** Stores a new session for `record` and sets the cookie; false, with nothing stored, when a condition failed. */
+  async #issue (record: SessionRecord, user: PowUser | undefined, conditions?: PutConditions): Promise<boolean> {
     const pow = this.#pow
     const config = pow.config.session
     const now = Date.now()
@@ -211,10 +205,10 @@ export class PowSession {
       : Math.min(config.ttl, record.signedInAt + config.absoluteTtl - now)
     const token = randomToken(userBucket(record.userKey))
     const sidHash = hashToken(token)
-    if (!await pow.store.putSession(sidHash, record, user, ttl, config.rotationGrace, conditions)) return null
+    if (!await pow.store.putSession(sidHash, record, user, ttl, config.rotationGrace, conditions)) return false
     this.#cookies.set(config.name, pow.sign(token), config.options)
     this.#record = record
-    return sidHash
+    return true
   }
 
   async #revokeCurrent (): Promise<void> {

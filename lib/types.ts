@@ -54,24 +54,30 @@ export interface TokenRecord {
   user: unknown
   /** Metadata of the session the token was created from; carried into the sessions it creates. */
   metadata: PowMetadata
-  /** Set by `claimToken`: when the token was used. */
+  /** Set by `rotateToken`: when the token was used. */
   usedAt?: number
 }
 
 /**
- * Conditions on a write, checked atomically with it: a renewal or remember-me sign-in that
- * races a revocation or an update on another request or instance must not undo it.
+ * A condition on a write, checked atomically with it: a renewal that races a revocation on
+ * another request or instance must not bring the session back.
  */
 export interface PutConditions {
   /** Write only while this session (hash) still exists. */
   session?: string
-  /** Write only while this token (hash) still exists. */
-  token?: string
-  /**
-   * Keep the user's stored credentials when there are any: the given user (possibly an older
-   * copy, from a token) only fills in missing credentials, and a token takes the stored ones.
-   */
-  keepStoredUser?: boolean
+}
+
+/** What a remember-me sign-in stores in the same atomic step as it uses the token. */
+export interface TokenRotation {
+  /** The new session: `record.userKey` and `record.fingerprint` are the token's. */
+  sidHash: string
+  session: SessionRecord
+  sessionTtl: number
+  /** Other sessions of the fingerprint are retired for this long, as with `putSession`. */
+  grace: number
+  /** The new token: same user, fingerprint and metadata. */
+  tokenHash: string
+  tokenTtl: number
 }
 
 /** Which of a user's fingerprints `PowStore.revoke` removes. */
@@ -108,17 +114,18 @@ export interface PowStore {
    * is selected. Returns the distinct fingerprints that had a session or token deleted.
    */
   revoke (userKey: string, selector: RevokeSelector): Promise<string[]>
+  /** Stores a remember-me token for `ttl` ms and indexes it under its user. */
+  putToken (tokenHash: string, record: TokenRecord, ttl: number): Promise<void>
+  /** The token, with `usedAt` once used, or null when missing or expired. */
+  getToken (tokenHash: string): Promise<TokenRecord | null>
   /**
-   * Stores a remember-me token for `ttl` ms and indexes it under its user. Returns false, having
-   * written nothing, when a condition does not hold.
+   * Uses an unused token, in one atomic step: marks it used at `now` (it stays readable, used,
+   * until it expires), stores the new session as `putSession` would, and the new token. The user
+   * of both is the user's stored credentials when there are any (a newer update wins), else the
+   * token's. 'used' when the token was used already and 'missing' when it is gone: nothing is
+   * written then. Of concurrent rotations of one token exactly one is 'rotated'.
    */
-  putToken (tokenHash: string, record: TokenRecord, ttl: number, conditions?: PutConditions): Promise<boolean>
-  /**
-   * Marks an unused token used at `now` and returns `{ claimed: true }` with the record; a
-   * token already used comes back with `claimed: false` and its `usedAt`. Null when missing.
-   * Atomic: of concurrent claims exactly one gets `claimed: true`.
-   */
-  claimToken (tokenHash: string, now: number): Promise<{ record: TokenRecord, claimed: boolean } | null>
+  rotateToken (tokenHash: string, now: number, rotation: TokenRotation): Promise<'rotated' | 'used' | 'missing'>
   /** Extends an unused token's lifetime to `ttl` ms from now. */
   touchToken (tokenHash: string, ttl: number): Promise<void>
   deleteToken (tokenHash: string): Promise<void>

@@ -46,6 +46,6 @@ test('MemoryStore: extending a token many times keeps the expiry heap small', as
     clock.tick(5_000)
     await store.touchToken(t1, 10_000)
   }
-  t.equal((await store.claimToken(t1, Date.now()))?.claimed, true, 'the token is still alive')
+  t.ok(await store.getToken(t1), 'the token is still alive')
   t.ok(store.size.heap <= 2, `heap holds ${store.size.heap} node(s) for one token`)
 })

@@ -65,7 +65,7 @@ function tokenOnly (app: FastifyInstance, jar: CookieJar): CookieJar {
  * instance that is slow on the network, so another instance can act in between. `entered`
  * resolves once the call is being held.
  */
-function holdNext (store: RedisStore, method: 'lock' | 'claimToken' | 'putSession'): { store: PowStore, entered: Promise<void>, release: () => void, arm: () => void } {
+function holdNext (store: RedisStore, method: 'lock' | 'getToken' | 'rotateToken' | 'putSession'): { store: PowStore, entered: Promise<void>, release: () => void, arm: () => void } {
   const wrapped = recordingStore(store)
   const original = wrapped[method] as (...args: unknown[]) => Promise<unknown>
   let armed = false
@@ -341,14 +341,14 @@ test('a browser revoked on B while its renewal is in flight on A stays signed ou
 
 test('a browser revoked on B while its remember-me sign-in is in flight on A stays signed out', async (t) => {
   let held!: ReturnType<typeof holdNext>
-  const { a, b } = await twoInstances(t, {}, (store) => { held = holdNext(store, 'claimToken'); return held.store })
+  const { a, b } = await twoInstances(t, {}, (store) => { held = holdNext(store, 'getToken'); return held.store })
   const laptop = await signIn(a, 1, { persistent: true })
   const laptopFingerprint = (await me(laptop)).fingerprint as string
   const phone = await signIn(b, 1)
   laptop.delete(SESSION) // the browser was closed: only its remember-me token is left
 
   held.arm()
-  const inFlight = laptop.request('/me') // on A: about to claim the token
+  const inFlight = laptop.request('/me') // on A: about to read the token
   await held.entered
   const revoke = await phone.request({ method: 'DELETE', url: `/sessions/${laptopFingerprint}` })
   t.equal(revoke.statusCode, 204, 'B revokes the laptop')
@@ -361,16 +361,16 @@ test('a browser revoked on B while its remember-me sign-in is in flight on A sta
   t.notOk(sessions.some((s) => s.fingerprint === laptopFingerprint), 'B no longer lists the laptop')
 })
 
-test('a browser revoked on B between the claim of its remember-me token on A and the new session stays signed out', async (t) => {
+test('a browser revoked on B between the read of its remember-me token on A and its use stays signed out', async (t) => {
   let held!: ReturnType<typeof holdNext>
-  const { a, b } = await twoInstances(t, {}, (store) => { held = holdNext(store, 'putSession'); return held.store })
+  const { a, b } = await twoInstances(t, {}, (store) => { held = holdNext(store, 'rotateToken'); return held.store })
   const laptop = await signIn(a, 1, { persistent: true })
   const laptopFingerprint = (await me(laptop)).fingerprint as string
   const phone = await signIn(b, 1)
   laptop.delete(SESSION) // the browser was closed: only its remember-me token is left
 
   held.arm()
-  const inFlight = laptop.request('/me') // on A: has claimed the token, about to store the new session
+  const inFlight = laptop.request('/me') // on A: has read the token, about to use it
   await held.entered
   const revoke = await phone.request({ method: 'DELETE', url: `/sessions/${laptopFingerprint}` })
   t.equal(revoke.statusCode, 204, 'B revokes the laptop')
@@ -385,13 +385,13 @@ test('a browser revoked on B between the claim of its remember-me token on A and
 
 test('an update on B while a remember-me sign-in is in flight on A is not lost', async (t) => {
   let held!: ReturnType<typeof holdNext>
-  const { a, b } = await twoInstances(t, {}, (store) => { held = holdNext(store, 'putSession'); return held.store })
+  const { a, b } = await twoInstances(t, {}, (store) => { held = holdNext(store, 'rotateToken'); return held.store })
   const laptop = await signIn(a, 1, { persistent: true })
   const phone = await signIn(b, 1)
   laptop.delete(SESSION)
 
   held.arm()
-  const inFlight = laptop.request('/me') // on A: has claimed the token (with the user as it was), about to store the session
+  const inFlight = laptop.request('/me') // on A: has read the token (with the user as it was), about to use it
   await held.entered
   const patched = await phone.request({ method: 'PATCH', url: '/me', payload: { name: 'Alice' } })
   t.equal(patched.statusCode, 200, 'B renames the user')

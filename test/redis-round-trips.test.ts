@@ -81,7 +81,7 @@ test('round trips per operation on RedisStore are small constants, whatever the 
     loginRemembered: 2, // putSession, putToken
     authenticated: 1, // one EVALSHA reads the session and the user; the remember-me cookie is renewed without the store
     sessions: 2, // getSession, listSessions
-    rememberMeSignIn: 3, // claimToken, putSession, putToken
+    rememberMeSignIn: 2, // getToken, rotateToken (one atomic step)
     revokeOne: 2, // getSession, revoke
     renewal: 4, // getSession, lock, putSession, touchToken
     deleteOthers: 2, // getSession, revoke

@@ -149,7 +149,7 @@ export function storeContract (t: Test, makeHarness: () => Promise<ContractHarne
     await store.putToken(token, tokenRecord(userKey, 'fp', { id: userKey, name: 'old' }), TTL)
     await store.updateUser(userKey, { id: userKey, name: 'new' })
     t.same((await store.getSession(h))?.user, { id: userKey, name: 'new' })
-    t.same((await store.claimToken(token, Date.now()))?.record.user, { id: userKey, name: 'new' })
+    t.same((await store.getToken(token))?.user, { id: userKey, name: 'new' })
     await store.updateUser(unique('nobody'), { id: 'x' })
     t.pass('updating a user with nothing stored is a no-op')
   })
@@ -171,11 +171,11 @@ export function storeContract (t: Test, makeHarness: () => Promise<ContractHarne
     t.same(await store.revoke(userKey, { fingerprint: 'fp' }), ['fp'])
     t.equal(await store.getSession(old), null, 'the retired session is gone too')
     t.equal(await store.getSession(current), null)
-    t.equal(await store.claimToken(token, Date.now()), null, 'the token of the fingerprint is gone')
+    t.equal(await store.getToken(token), null, 'the token of the fingerprint is gone')
     t.ok(await store.getSession(keep), 'another fingerprint stays')
     t.ok(await store.getSession(foreign), "another user's session with the same fingerprint stays")
-    t.equal((await store.claimToken(foreignToken, Date.now()))?.claimed, true)
-    t.equal((await store.claimToken(keepToken, Date.now()))?.claimed, true)
+    t.ok(await store.getToken(foreignToken))
+    t.ok(await store.getToken(keepToken))
     t.same(await store.revoke(userKey, { fingerprint: 'nope' }), [], 'an unknown fingerprint revokes nothing')
     t.same(await store.revoke(unique('nobody'), { fingerprint: 'fp' }), [])
   })
@@ -195,34 +195,89 @@ export function storeContract (t: Test, makeHarness: () => Promise<ContractHarne
     t.ok(await store.getSession(a))
     t.equal(await store.getSession(b), null)
     t.equal(await store.getSession(c), null)
-    t.equal(await store.claimToken(tOnly, Date.now()), null)
-    t.equal((await store.claimToken(ta, Date.now()))?.claimed, true)
+    t.equal(await store.getToken(tOnly), null)
+    t.ok(await store.getToken(ta))
     t.same((await store.listSessions(userKey)).map((s) => s.record.fingerprint), ['fpA'])
   })
 
-  t.test('claimToken: the first claim wins, later ones see when it was used', async (t) => {
+  function rotation (userKey: string, fingerprint: string, metadata: Record<string, unknown> = { ip: '127.0.0.1' }) {
+    const now = Date.now()
+    return {
+      sidHash: sid(userKey),
+      session: { userKey, fingerprint, insertedAt: now, signedInAt: now, metadata },
+      sessionTtl: TTL,
+      grace: GRACE,
+      tokenHash: sid(userKey),
+      tokenTtl: TTL
+    }
+  }
+
+  t.test('getToken reads a token; rotateToken uses it once and stores the new session and token', async (t) => {
     const { store } = await setup(t)
     const userKey = unique('u')
     const token = sid(userKey)
     const record = tokenRecord(userKey, 'fp', { id: userKey, name: 'A' })
     await store.putToken(token, record, TTL)
+    t.same(await store.getToken(token), record)
+    t.equal(await store.getToken(sid(userKey)), null, 'an unknown token is null')
+
+    const old = sid(userKey)
+    await store.putSession(old, sessionRecord(userKey, 'fp'), { id: userKey, name: 'A' }, TTL, GRACE)
+    const next = rotation(userKey, 'fp')
     const usedAt = Date.now()
-    t.same(await store.claimToken(token, usedAt), { record, claimed: true })
-    const again = await store.claimToken(token, usedAt + 5)
-    t.equal(again?.claimed, false)
-    t.equal(again?.record.usedAt, usedAt, 'the first use is remembered')
-    t.same(again?.record.user, record.user)
-    t.equal(await store.claimToken(sid(userKey), usedAt), null, 'an unknown token is null')
+    t.equal(await store.rotateToken(token, usedAt, next), 'rotated')
+    t.equal((await store.getToken(token))?.usedAt, usedAt, 'the old token stays, marked used')
+    t.same(await store.getSession(next.sidHash), { record: next.session, user: { id: userKey, name: 'A' }, retired: false })
+    t.equal((await store.getSession(old))?.retired, true, 'an older session of the fingerprint is retired')
+    t.same(await store.getToken(next.tokenHash), { userKey, fingerprint: 'fp', user: { id: userKey, name: 'A' }, metadata: { ip: '127.0.0.1' } })
+    t.same((await store.listSessions(userKey)).map((s) => s.sidHash), [next.sidHash])
+
+    const again = rotation(userKey, 'fp')
+    t.equal(await store.rotateToken(token, usedAt + 5, again), 'used', 'a used token does not rotate again')
+    t.equal(await store.getSession(again.sidHash), null, 'and writes nothing')
+    t.equal(await store.getToken(again.tokenHash), null)
+    t.equal(await store.rotateToken(sid(userKey), usedAt, rotation(userKey, 'fp')), 'missing')
   })
 
-  t.test('of concurrent claims exactly one wins', async (t) => {
+  t.test('rotateToken keeps newer stored credentials and fills in missing ones', async (t) => {
+    const { store } = await setup(t)
+    const userKey = unique('u')
+    const [token, other] = [sid(userKey), sid(userKey)]
+    await store.putToken(token, tokenRecord(userKey, 'fpA', { id: userKey, v: 'token' }), TTL)
+    const first = rotation(userKey, 'fpA')
+    t.equal(await store.rotateToken(token, Date.now(), first), 'rotated')
+    t.same((await store.getSession(first.sidHash))?.user, { id: userKey, v: 'token' }, 'no credentials stored: the token\'s user')
+
+    await store.updateUser(userKey, { id: userKey, v: 'newer' })
+    await store.putToken(other, tokenRecord(userKey, 'fpB', { id: userKey, v: 'older' }), TTL)
+    const second = rotation(userKey, 'fpB')
+    t.equal(await store.rotateToken(other, Date.now(), second), 'rotated')
+    t.same((await store.getSession(second.sidHash))?.user, { id: userKey, v: 'newer' }, 'a newer update wins')
+    t.same((await store.getToken(second.tokenHash))?.user, { id: userKey, v: 'newer' }, 'in the new token too')
+  })
+
+  t.test('of concurrent rotations of one token exactly one rotates', async (t) => {
     const { store } = await setup(t)
     const userKey = unique('u')
     const token = sid(userKey)
     await store.putToken(token, tokenRecord(userKey, 'fp', { id: userKey }), TTL)
-    const claims = await Promise.all(Array.from({ length: 20 }, () => store.claimToken(token, Date.now())))
-    t.equal(claims.filter((c) => c?.claimed === true).length, 1)
-    t.equal(claims.filter((c) => c?.claimed === false).length, 19)
+    const rotations = Array.from({ length: 20 }, () => rotation(userKey, 'fp'))
+    const outcomes = await Promise.all(rotations.map((r) => store.rotateToken(token, Date.now(), r)))
+    t.equal(outcomes.filter((o) => o === 'rotated').length, 1)
+    t.equal(outcomes.filter((o) => o === 'used').length, 19)
+    t.equal((await store.listSessions(userKey)).length, 1, 'one session')
+  })
+
+  t.test('a revoked token does not rotate', async (t) => {
+    const { store } = await setup(t)
+    const userKey = unique('u')
+    const token = sid(userKey)
+    await store.putToken(token, tokenRecord(userKey, 'fp', { id: userKey }), TTL)
+    await store.revoke(userKey, { fingerprint: 'fp' })
+    const next = rotation(userKey, 'fp')
+    t.equal(await store.rotateToken(token, Date.now(), next), 'missing')
+    t.equal(await store.getSession(next.sidHash), null)
+    t.same(await store.listSessions(userKey), [])
   })
 
   t.test('tokens expire; touchToken extends an unused token only; deleteToken deletes', async (t) => {
@@ -230,17 +285,17 @@ export function storeContract (t: Test, makeHarness: () => Promise<ContractHarne
     const userKey = unique('u')
     const [plain, touched, used, deleted] = [sid(userKey), sid(userKey), sid(userKey), sid(userKey)]
     for (const h of [plain, touched, used, deleted]) await store.putToken(h, tokenRecord(userKey, 'fp', { id: userKey }), TTL)
-    await store.claimToken(used, Date.now())
+    await store.rotateToken(used, Date.now(), rotation(userKey, 'fp2'))
     await store.deleteToken(deleted)
-    t.equal(await store.claimToken(deleted, Date.now()), null)
+    t.equal(await store.getToken(deleted), null)
     await advance(TTL / 2)
     await store.touchToken(touched, TTL)
     await store.touchToken(used, TTL)
     await store.touchToken(sid(userKey), TTL)
     await advance(TTL / 2 + 100)
-    t.equal(await store.claimToken(plain, Date.now()), null, 'an untouched token expired')
-    t.equal(await store.claimToken(used, Date.now()), null, 'a used token is not extended')
-    t.equal((await store.claimToken(touched, Date.now()))?.claimed, true, 'the touched token lives on')
+    t.equal(await store.getToken(plain), null, 'an untouched token expired')
+    t.equal(await store.getToken(used), null, 'a used token is not extended')
+    t.ok(await store.getToken(touched), 'the touched token lives on')
   })
 
   t.test('lock: one of concurrent callers gets it, and it frees itself after its ttl', async (t) => {
@@ -253,40 +308,16 @@ export function storeContract (t: Test, makeHarness: () => Promise<ContractHarne
     t.equal(await store.lock(key, GRACE), true, 'free again after the ttl')
   })
 
-  t.test('putSession with conditions writes only while the named session or token exists', async (t) => {
+  t.test('putSession with a condition writes only while the named session exists', async (t) => {
     const { store } = await setup(t)
     const userKey = unique('u')
-    const [old, gone, renewed, blocked, token, missingToken] = [sid(userKey), sid(userKey), sid(userKey), sid(userKey), sid(userKey), sid(userKey)]
+    const [old, gone, renewed, blocked] = [sid(userKey), sid(userKey), sid(userKey), sid(userKey)]
     await store.putSession(old, sessionRecord(userKey, 'fp'), { id: userKey }, TTL, GRACE)
-    await store.putToken(token, tokenRecord(userKey, 'fp2', { id: userKey }), TTL)
     t.equal(await store.putSession(renewed, sessionRecord(userKey, 'fp'), undefined, TTL, GRACE, { session: old }), true)
     t.equal((await store.getSession(old))?.retired, true, 'the condition session was retired as usual')
     t.equal(await store.putSession(blocked, sessionRecord(userKey, 'fp'), undefined, TTL, GRACE, { session: gone }), false)
     t.equal(await store.getSession(blocked), null, 'nothing written when the session is missing')
     t.equal((await store.getSession(renewed))?.retired, false, 'and nothing retired')
-    t.equal(await store.putSession(blocked, sessionRecord(userKey, 'fp3'), undefined, TTL, GRACE, { token: missingToken }), false)
-    t.equal(await store.getSession(blocked), null)
-    t.equal(await store.putSession(blocked, sessionRecord(userKey, 'fp2'), undefined, TTL, GRACE, { token }), true)
-    t.same((await store.listSessions(userKey)).map((s) => s.record.fingerprint).sort(), ['fp', 'fp2'])
-  })
-
-  t.test('keepStoredUser: a write with an older user copy does not undo an update', async (t) => {
-    const { store } = await setup(t)
-    const userKey = unique('u')
-    const [a, b] = [sid(userKey), sid(userKey)]
-    const [token, otherToken] = [sid(userKey), sid(userKey)]
-    await store.putSession(a, sessionRecord(userKey, 'fpA'), { id: userKey, v: 'new' }, TTL, GRACE)
-    await store.putSession(b, sessionRecord(userKey, 'fpB'), { id: userKey, v: 'old' }, TTL, GRACE, { keepStoredUser: true })
-    t.same((await store.getSession(a))?.user, { id: userKey, v: 'new' }, 'the stored user stays')
-    t.equal(await store.putToken(token, tokenRecord(userKey, 'fpB', { id: userKey, v: 'old' }), TTL, { keepStoredUser: true }), true)
-    t.same((await store.claimToken(token, Date.now()))?.record.user, { id: userKey, v: 'new' }, 'the token takes the stored user')
-    t.equal(await store.putToken(otherToken, tokenRecord(userKey, 'fpC', { id: userKey }), TTL, { session: sid(userKey) }), false)
-    t.equal(await store.claimToken(otherToken, Date.now()), null, 'no token without its session')
-
-    const lonely = unique('u')
-    const d = sid(lonely)
-    await store.putSession(d, sessionRecord(lonely, 'fp'), { id: lonely, v: 'only' }, TTL, GRACE, { keepStoredUser: true })
-    t.same((await store.getSession(d))?.user, { id: lonely, v: 'only' }, 'missing credentials are filled in')
   })
 
   t.test("a hash must carry its user's bucket", async (t) => {
@@ -294,6 +325,9 @@ export function storeContract (t: Test, makeHarness: () => Promise<ContractHarne
     const [alice, bob] = [unique('u'), unique('u')]
     await t.rejects(store.putSession(sid(bob), sessionRecord(alice, 'fp'), { id: alice }, TTL, GRACE), TypeError)
     await t.rejects(store.putToken(sid(bob), tokenRecord(alice, 'fp', { id: alice }), TTL), TypeError)
+    const token = sid(alice)
+    await store.putToken(token, tokenRecord(alice, 'fp', { id: alice }), TTL)
+    await t.rejects(store.rotateToken(token, Date.now(), { ...rotation(alice, 'fp'), sidHash: sid(bob) }), TypeError)
     t.same(await store.listSessions(alice), [], 'nothing stored')
   })
 

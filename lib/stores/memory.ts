@@ -1,6 +1,6 @@
 import { userBucket } from '../crypto.js'
 import type {
-  ListedSession, PowStore, PutConditions, RevokeSelector, SessionRecord, StoredSession, TokenRecord
+  ListedSession, PowStore, PutConditions, RevokeSelector, SessionRecord, StoredSession, TokenRecord, TokenRotation
 } from '../types.js'
 
 interface Entry {
@@ -108,27 +108,8 @@ export class MemoryStore implements PowStore {
     checkBucket(sidHash, record.userKey)
     const now = Date.now()
     this.#evict(now)
-    if (!this.#holds(conditions)) return false
-    this.#deleteSessionEntry(this.#sessions.get(sidHash))
-    const userEntry = this.#user(record.userKey)
-    for (const other of userEntry.sessions.values()) {
-      if (other.fingerprint === record.fingerprint) this.#retire(other, now + grace)
-    }
-    const entry: SessionEntry = {
-      key: sidHash,
-      expiresAt: now + ttl,
-      dead: false,
-      userKey: record.userKey,
-      fingerprint: record.fingerprint,
-      record: JSON.stringify(record),
-      retired: false
-    }
-    this.#sessions.set(sidHash, entry)
-    userEntry.sessions.set(sidHash, entry)
-    if (user !== undefined && (conditions.keepStoredUser !== true || userEntry.user === undefined)) {
-      userEntry.user = JSON.stringify(user)
-    }
-    this.#heap.push(entry, entry.expiresAt)
+    if (conditions.session !== undefined && this.#live(this.#sessions, conditions.session) === undefined) return false
+    this.#storeSession(sidHash, record, user === undefined ? undefined : JSON.stringify(user), false, ttl, grace, now)
     return true
   }
 
@@ -210,37 +191,40 @@ export class MemoryStore implements PowStore {
     return [...revoked]
   }
 
-  async putToken (tokenHash: string, record: TokenRecord, ttl: number, conditions: PutConditions = {}): Promise<boolean> {
+  async putToken (tokenHash: string, record: TokenRecord, ttl: number): Promise<void> {
     checkBucket(tokenHash, record.userKey)
     const now = Date.now()
     this.#evict(now)
-    if (!this.#holds(conditions)) return false
-    this.#deleteTokenEntry(this.#tokens.get(tokenHash))
-    const stored = this.#users.get(record.userKey)?.user
-    if (conditions.keepStoredUser === true && stored !== undefined) record = { ...record, user: JSON.parse(stored) }
-    const entry: TokenEntry = {
-      key: tokenHash,
-      expiresAt: now + ttl,
-      dead: false,
-      userKey: record.userKey,
-      fingerprint: record.fingerprint,
-      record: JSON.stringify(record),
-      usedAt: record.usedAt
-    }
-    this.#tokens.set(tokenHash, entry)
-    this.#user(record.userKey).tokens.set(tokenHash, entry)
-    this.#heap.push(entry, entry.expiresAt)
-    return true
+    this.#storeToken(tokenHash, record, ttl, now)
   }
 
-  async claimToken (tokenHash: string, now: number): Promise<{ record: TokenRecord, claimed: boolean } | null> {
-    this.#evict(Date.now())
+  async getToken (tokenHash: string): Promise<TokenRecord | null> {
     const entry = this.#live(this.#tokens, tokenHash)
     if (entry === undefined) return null
     const record: TokenRecord = JSON.parse(entry.record)
-    if (entry.usedAt !== undefined) return { record: { ...record, usedAt: entry.usedAt }, claimed: false }
+    if (entry.usedAt !== undefined) record.usedAt = entry.usedAt
+    return record
+  }
+
+  async rotateToken (tokenHash: string, now: number, rotation: TokenRotation): Promise<'rotated' | 'used' | 'missing'> {
+    const { session } = rotation
+    checkBucket(rotation.sidHash, session.userKey)
+    checkBucket(rotation.tokenHash, session.userKey)
+    this.#evict(Date.now())
+    const entry = this.#live(this.#tokens, tokenHash)
+    if (entry === undefined) return 'missing'
+    if (entry.usedAt !== undefined) return 'used'
     entry.usedAt = now
-    return { record, claimed: true }
+    const token: TokenRecord = JSON.parse(entry.record)
+    this.#storeSession(rotation.sidHash, session, JSON.stringify(token.user), true, rotation.sessionTtl, rotation.grace, now)
+    const stored = this.#users.get(token.userKey)?.user
+    this.#storeToken(rotation.tokenHash, {
+      userKey: token.userKey,
+      fingerprint: token.fingerprint,
+      user: stored === undefined ? token.user : JSON.parse(stored),
+      metadata: session.metadata
+    }, rotation.tokenTtl, now)
+    return 'rotated'
   }
 
   async touchToken (tokenHash: string, ttl: number): Promise<void> {
@@ -281,9 +265,45 @@ export class MemoryStore implements PowStore {
     return entry !== undefined && entry.expiresAt > Date.now() ? entry : undefined
   }
 
-  #holds (conditions: PutConditions): boolean {
-    return (conditions.session === undefined || this.#live(this.#sessions, conditions.session) !== undefined) &&
-      (conditions.token === undefined || this.#live(this.#tokens, conditions.token) !== undefined)
+  /** Stores a session; retires the user's other sessions of its fingerprint for `grace` ms. */
+  #storeSession (
+    sidHash: string, record: SessionRecord, user: string | undefined, keepStoredUser: boolean, ttl: number, grace: number, now: number
+  ): void {
+    this.#deleteSessionEntry(this.#sessions.get(sidHash))
+    const userEntry = this.#user(record.userKey)
+    for (const other of userEntry.sessions.values()) {
+      if (other.fingerprint === record.fingerprint) this.#retire(other, now + grace)
+    }
+    const entry: SessionEntry = {
+      key: sidHash,
+      expiresAt: now + ttl,
+      dead: false,
+      userKey: record.userKey,
+      fingerprint: record.fingerprint,
+      record: JSON.stringify(record),
+      retired: false
+    }
+    this.#sessions.set(sidHash, entry)
+    userEntry.sessions.set(sidHash, entry)
+    if (user !== undefined && !(keepStoredUser && userEntry.user !== undefined)) userEntry.user = user
+    this.#heap.push(entry, entry.expiresAt)
+  }
+
+  #storeToken (tokenHash: string, record: TokenRecord, ttl: number, now: number): void {
+    this.#deleteTokenEntry(this.#tokens.get(tokenHash))
+    const { usedAt, ...rest } = record
+    const entry: TokenEntry = {
+      key: tokenHash,
+      expiresAt: now + ttl,
+      dead: false,
+      userKey: record.userKey,
+      fingerprint: record.fingerprint,
+      record: JSON.stringify(rest),
+      usedAt
+    }
+    this.#tokens.set(tokenHash, entry)
+    this.#user(record.userKey).tokens.set(tokenHash, entry)
+    this.#heap.push(entry, entry.expiresAt)
   }
 
   #user (userKey: string): UserEntry {

@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto'
 import type { Cluster, Redis } from 'ioredis'
 import { BUCKET_LENGTH, userBucket } from '../crypto.js'
 import type {
-  ListedSession, PowStore, PutConditions, RevokeSelector, SessionRecord, StoredSession, TokenRecord
+  ListedSession, PowStore, PutConditions, RevokeSelector, SessionRecord, StoredSession, TokenRecord, TokenRotation
 } from '../types.js'
 
 export interface RedisStoreOptions {
@@ -62,49 +62,68 @@ if not user then return false end
 return {v[1], user, v[3] or ''}
 `)
 
-// Conditions (PutConditions), checked first: ARGV[c] a session id and ARGV[c + 1] a token id
-// that must still exist ('' for none), both under P.
-const CONDITIONS = `
-local function missing (c)
-  return (ARGV[c] ~= '' and redis.call('EXISTS', ARGV[1] .. 's:' .. ARGV[c]) == 0)
-    or (ARGV[c + 1] ~= '' and redis.call('EXISTS', ARGV[1] .. 't:' .. ARGV[c + 1]) == 0)
+// Shared by the scripts that store sessions and tokens. All keys are built from P, so they
+// carry the client's keyPrefix and stay in the user's slot.
+const PUT_FUNCTIONS = `
+local function keep_until (list, now)
+  local last = redis.call('ZRANGE', list, -1, -1, 'WITHSCORES')
+  return math.max(1, tonumber(last[2]) - now)
 end
-`
 
-// KEYS: session, credentials, session list. ARGV: P, sid, record, userKey, fingerprint,
-// has user ('1'/'0'), user, ttl, expiresAt, grace, retiredUntil, now, required session id,
-// required token id, keep stored user ('1'/'0').
-const PUT_SESSION = writeScript(CONDITIONS + `
-if missing(13) then return 0 end
-local now = tonumber(ARGV[12])
-local grace = tonumber(ARGV[10])
-redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[12])
-local members = redis.call('ZRANGE', KEYS[3], 0, -1)
-for i = 1, #members do
-  local m = members[i]
-  if m ~= ARGV[2] then
-    local k = ARGV[1] .. 's:' .. m
-    if redis.call('HGET', k, 'f') == ARGV[5] then
-      redis.call('HSET', k, 'x', '1')
-      local left = redis.call('PTTL', k)
-      if left < 0 or left > grace then
-        redis.call('PEXPIRE', k, ARGV[10])
-        redis.call('ZADD', KEYS[3], ARGV[11], m)
+-- A session: retires the user's other sessions of the same fingerprint for the grace, stores
+-- this one, and the user's credentials unless keepUser is set and some are stored.
+local function put_session (P, sid, record, userKey, fp, user, keepUser, ttl, expiresAt, grace, retiredUntil, now)
+  local skey = P .. 's:' .. sid
+  local ckey = P .. 'u:' .. userKey
+  local list = P .. 'us:' .. userKey
+  redis.call('ZREMRANGEBYSCORE', list, '-inf', now)
+  local members = redis.call('ZRANGE', list, 0, -1)
+  for i = 1, #members do
+    local m = members[i]
+    if m ~= sid then
+      local k = P .. 's:' .. m
+      if redis.call('HGET', k, 'f') == fp then
+        redis.call('HSET', k, 'x', '1')
+        local left = redis.call('PTTL', k)
+        if left < 0 or left > tonumber(grace) then
+          redis.call('PEXPIRE', k, grace)
+          redis.call('ZADD', list, retiredUntil, m)
+        end
       end
     end
   end
+  redis.call('DEL', skey)
+  redis.call('HSET', skey, 'r', record, 'u', userKey, 'f', fp)
+  redis.call('PEXPIRE', skey, ttl)
+  redis.call('ZADD', list, expiresAt, sid)
+  if user then
+    if keepUser then redis.call('SET', ckey, user, 'NX') else redis.call('SET', ckey, user) end
+  end
+  local keep = keep_until(list, tonumber(now))
+  redis.call('PEXPIRE', list, keep)
+  redis.call('PEXPIRE', ckey, keep)
 end
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 'r', ARGV[3], 'u', ARGV[4], 'f', ARGV[5])
-redis.call('PEXPIRE', KEYS[1], ARGV[8])
-redis.call('ZADD', KEYS[3], ARGV[9], ARGV[2])
-if ARGV[6] == '1' then
-  if ARGV[15] == '1' then redis.call('SET', KEYS[2], ARGV[7], 'NX') else redis.call('SET', KEYS[2], ARGV[7]) end
+
+-- A token, indexed under its user.
+local function put_token (P, tid, record, user, userKey, fp, ttl, expiresAt, now)
+  local tkey = P .. 't:' .. tid
+  local list = P .. 'ut:' .. userKey
+  redis.call('DEL', tkey)
+  redis.call('HSET', tkey, 'r', record, 'user', user, 'u', userKey, 'f', fp)
+  redis.call('PEXPIRE', tkey, ttl)
+  redis.call('ZREMRANGEBYSCORE', list, '-inf', now)
+  redis.call('ZADD', list, expiresAt, tid)
+  redis.call('PEXPIRE', list, keep_until(list, tonumber(now)))
 end
-local last = redis.call('ZRANGE', KEYS[3], -1, -1, 'WITHSCORES')
-local keep = math.max(1, tonumber(last[2]) - now)
-redis.call('PEXPIRE', KEYS[3], keep)
-redis.call('PEXPIRE', KEYS[2], keep)
+`
+
+// KEYS: session. ARGV: P, sid, record, userKey, fingerprint, user or '' (none), ttl, expiresAt,
+// grace, retiredUntil, now, id of a session that must still exist or ''.
+const PUT_SESSION = writeScript(PUT_FUNCTIONS + `
+if ARGV[12] ~= '' and redis.call('EXISTS', ARGV[1] .. 's:' .. ARGV[12]) == 0 then return 0 end
+local user = false
+if ARGV[6] ~= '' then user = ARGV[6] end
+put_session(ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], user, false, ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11])
 return 1
 `)
 
@@ -174,30 +193,31 @@ if redis.call('ZCARD', KEYS[2]) == 0 then redis.call('DEL', KEYS[2]) end
 return out
 `)
 
-// KEYS: token, token list, credentials. ARGV: P, tid, record, user, userKey, fingerprint,
-// usedAt or '', ttl, expiresAt, now, required session id, required token id, keep stored user.
-const PUT_TOKEN = writeScript(CONDITIONS + `
-if missing(11) then return 0 end
-local user = ARGV[4]
-if ARGV[13] == '1' then user = redis.call('GET', KEYS[3]) or user end
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 'r', ARGV[3], 'user', user, 'u', ARGV[5], 'f', ARGV[6])
-if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'used', ARGV[7]) end
-redis.call('PEXPIRE', KEYS[1], ARGV[8])
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[10])
-redis.call('ZADD', KEYS[2], ARGV[9], ARGV[2])
-local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
-redis.call('PEXPIRE', KEYS[2], math.max(1, tonumber(last[2]) - tonumber(ARGV[10])))
+// KEYS: token. ARGV: P, tid, record, user, userKey, fingerprint, ttl, expiresAt, now.
+const PUT_TOKEN = writeScript(PUT_FUNCTIONS + `
+put_token(ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9])
 return 1
 `)
 
-// KEYS: token. ARGV: P, now.
-const CLAIM_TOKEN = writeScript(`
+// KEYS: token. ARGV: P. Returns record, user, usedAt or ''.
+const GET_TOKEN = script(`
 local v = redis.call('HMGET', KEYS[1], 'r', 'user', 'used')
 if not v[1] then return false end
-if v[3] then return {v[1], v[2], v[3]} end
+return {v[1], v[2], v[3] or ''}
+`)
+
+// KEYS: token. ARGV: P, now, new sid, session record, session ttl, session expiresAt, grace,
+// retiredUntil, new tid, token record, token ttl, token expiresAt.
+// Uses an unused token once: marks it used, stores the new session and the new token.
+const ROTATE_TOKEN = writeScript(PUT_FUNCTIONS + `
+local v = redis.call('HMGET', KEYS[1], 'user', 'used', 'u', 'f')
+if not v[1] then return 'missing' end
+if v[2] then return 'used' end
 redis.call('HSET', KEYS[1], 'used', ARGV[2])
-return {v[1], v[2], ''}
+put_session(ARGV[1], ARGV[3], ARGV[4], v[3], v[4], v[1], true, ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[2])
+local user = redis.call('GET', ARGV[1] .. 'u:' .. v[3]) or v[1]
+put_token(ARGV[1], ARGV[9], ARGV[10], user, v[3], v[4], ARGV[11], ARGV[12], ARGV[2])
+return 'rotated'
 `)
 
 // KEYS: token. ARGV: P, tid, ttl, expiresAt.
@@ -268,12 +288,11 @@ export class RedisStore implements PowStore {
   ): Promise<boolean> {
     const now = Date.now()
     const prefix = this.#userPrefix(record.userKey, sidHash)
-    const id = this.#id(sidHash)
-    return await this.#eval(PUT_SESSION, [prefix + 's:' + id, prefix + 'u:' + record.userKey, prefix + 'us:' + record.userKey], [
-      prefix, id, JSON.stringify(record), record.userKey, record.fingerprint,
-      user === undefined ? '0' : '1', user === undefined ? '' : JSON.stringify(user),
-      Math.ceil(ttl), now + Math.ceil(ttl), Math.ceil(grace), now + Math.ceil(grace), now,
-      ...this.#conditions(record.userKey, conditions)
+    if (conditions.session !== undefined) this.#userPrefix(record.userKey, conditions.session)
+    return await this.#eval(PUT_SESSION, [prefix + 's:' + this.#id(sidHash)], [
+      prefix, this.#id(sidHash), JSON.stringify(record), record.userKey, record.fingerprint,
+      user === undefined ? '' : JSON.stringify(user), ...this.#times(ttl, now), ...this.#times(grace, now), now,
+      conditions.session === undefined ? '' : this.#id(conditions.session)
     ]) === 1
   }
 
@@ -334,26 +353,37 @@ export class RedisStore implements PowStore {
     ]) as string[]
   }
 
-  async putToken (tokenHash: string, record: TokenRecord, ttl: number, conditions: PutConditions = {}): Promise<boolean> {
+  async putToken (tokenHash: string, record: TokenRecord, ttl: number): Promise<void> {
     const now = Date.now()
     const prefix = this.#userPrefix(record.userKey, tokenHash)
-    const id = this.#id(tokenHash)
     const { user, usedAt, ...rest } = record
-    return await this.#eval(PUT_TOKEN, [prefix + 't:' + id, prefix + 'ut:' + record.userKey, prefix + 'u:' + record.userKey], [
-      prefix, id, JSON.stringify(rest), JSON.stringify(user), record.userKey, record.fingerprint,
-      usedAt === undefined ? '' : usedAt, Math.ceil(ttl), now + Math.ceil(ttl), now,
-      ...this.#conditions(record.userKey, conditions)
-    ]) === 1
+    await this.#eval(PUT_TOKEN, [prefix + 't:' + this.#id(tokenHash)], [
+      prefix, this.#id(tokenHash), JSON.stringify(rest), JSON.stringify(user), record.userKey, record.fingerprint,
+      ...this.#times(ttl, now), now
+    ])
   }
 
-  async claimToken (tokenHash: string, now: number): Promise<{ record: TokenRecord, claimed: boolean } | null> {
+  async getToken (tokenHash: string): Promise<TokenRecord | null> {
     const prefix = this.#hashPrefix(tokenHash)
-    const found = await this.#eval(CLAIM_TOKEN, [prefix + 't:' + this.#id(tokenHash)], [prefix, now]) as [string, string, string] | null
+    const found = await this.#eval(GET_TOKEN, [prefix + 't:' + this.#id(tokenHash)], [prefix]) as [string, string, string] | null
     if (found === null) return null
     const record: TokenRecord = { ...JSON.parse(found[0]), user: JSON.parse(found[1]) }
-    if (found[2] === '') return { record, claimed: true }
-    record.usedAt = Number(found[2])
-    return { record, claimed: false }
+    if (found[2] !== '') record.usedAt = Number(found[2])
+    return record
+  }
+
+  async rotateToken (tokenHash: string, now: number, rotation: TokenRotation): Promise<'rotated' | 'used' | 'missing'> {
+    const prefix = this.#hashPrefix(tokenHash)
+    const { session } = rotation
+    this.#userPrefix(session.userKey, tokenHash)
+    this.#userPrefix(session.userKey, rotation.sidHash)
+    this.#userPrefix(session.userKey, rotation.tokenHash)
+    const tokenRecord = { userKey: session.userKey, fingerprint: session.fingerprint, metadata: session.metadata }
+    return await this.#eval(ROTATE_TOKEN, [prefix + 't:' + this.#id(tokenHash)], [
+      prefix, now,
+      this.#id(rotation.sidHash), JSON.stringify(session), ...this.#times(rotation.sessionTtl, now), ...this.#times(rotation.grace, now),
+      this.#id(rotation.tokenHash), JSON.stringify(tokenRecord), ...this.#times(rotation.tokenTtl, now)
+    ]) as 'rotated' | 'used' | 'missing'
   }
 
   async touchToken (tokenHash: string, ttl: number): Promise<void> {
@@ -372,15 +402,9 @@ export class RedisStore implements PowStore {
     return await this.#guard(() => this.#client.set(`${this.#ns}:lock:${key}`, '1', 'PX', Math.ceil(ttl), 'NX')) === 'OK'
   }
 
-  /** The conditions as script arguments; the hashes they name are the same user's, so in the same slot. */
-  #conditions (userKey: string, conditions: PutConditions): string[] {
-    const bucket = userBucket(userKey)
-    const id = (hash: string | undefined): string => {
-      if (hash === undefined) return ''
-      if (!hash.startsWith(bucket)) throw new Error('RedisStore: a write condition names another user\'s session or token')
-      return this.#id(hash)
-    }
-    return [id(conditions.session), id(conditions.token), conditions.keepStoredUser === true ? '1' : '0']
+  /** A duration and the time it ends, as script arguments. */
+  #times (ms: number, now: number): [number, number] {
+    return [Math.ceil(ms), now + Math.ceil(ms)]
   }
 
   /** The user's key prefix; with `hash`, that hash must carry the user's bucket. */

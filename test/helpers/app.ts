@@ -11,7 +11,7 @@ export interface TestUser { id: number, name: string }
 /** A store that records which methods were called, over a real MemoryStore. */
 export function recordingStore (inner: PowStore = new MemoryStore()): PowStore & { calls: string[], writes: () => string[] } {
   const calls: string[] = []
-  const reads = new Set(['getSession', 'listSessions', 'listUsers'])
+  const reads = new Set(['getSession', 'listSessions', 'listUsers', 'getToken'])
   const store = {
     calls,
     writes: () => calls.filter((c) => !reads.has(c))
