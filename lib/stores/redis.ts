@@ -48,7 +48,7 @@ function writeScript (lua: string): Script {
 //   P s:<sid>          hash  r (record JSON), u (user key), f (fingerprint), x ('1' once retired)
 //   P u:<userKey>      string  the user's credentials (JSON); TTL = the user's last session expiry
 //   P us:<userKey>     zset  session ids scored by expiry (ms)
-//   P t:<tid>          hash  r (token JSON), user (JSON), u, f, used (ms, once claimed)
+//   P t:<tid>          hash  r (token JSON), user (JSON), u, f, used (ms, once used)
 //   P ut:<userKey>     zset  token ids scored by expiry (ms)
 //   <namespace>:lock:<key>   string, SET NX PX
 // Scripts reach keys they cannot know in advance (a session's user, other sessions in the list)
