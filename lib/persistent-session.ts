@@ -2,8 +2,8 @@ import type { FastifyRequest } from 'fastify'
 import { hashToken, randomFingerprint, randomToken, userBucket } from './crypto.js'
 import type { Pow } from './pow.js'
 import type { PendingCookies } from './cookies.js'
-import { kAdopt, kAttach, kAuthenticate, kCookies, kReload, kRenewed, type PowSession } from './session.js'
-import type { PowEvent, PowUser, SessionMetadata, SessionRecord, TokenRecord } from './types.js'
+import { kAdopt, kAttach, kAuthenticate, kCookies, kCreate, kReload, kRenewed, kSidHash, type PowSession } from './session.js'
+import type { PowEvent, PowUser, PutConditions, SessionMetadata, SessionRecord, TokenRecord } from './types.js'
 
 /**
  * `request.powPersistentSession`: this browser's remember-me token (Pow's
@@ -32,16 +32,19 @@ export class PowPersistentSession {
    * session's fingerprint (a fresh one without a session), and sets the cookie.
    */
   async create (user: PowUser): Promise<void> {
-    await this.#cookies.run(async () => await this.#create(user))
+    await this.#cookies.run(async () => { await this[kCreate](user) })
   }
 
-  async #create (user: PowUser): Promise<void> {
+  /** @internal false when the current session was revoked meanwhile: no token then */
+  async [kCreate] (user: PowUser): Promise<boolean> {
     const pow = this.#pow
     const userKey = pow.config.userKey(user)
     await this.#deleteStored()
     const current = this.#session.metadata
     const { fingerprint = randomFingerprint(), insertedAt, signedInAt, ...metadata } = current ?? {} as Partial<SessionMetadata>
-    await this.#issue({ userKey, fingerprint, user, metadata })
+    const sidHash = this.#session[kSidHash]
+    // Tied to the current session: a revocation of it that lands first leaves no token behind.
+    return await this.#issue({ userKey, fingerprint, user, metadata }, sidHash === undefined ? {} : { session: sidHash })
   }
 
   /** Deletes this browser's remember-me token server-side and expires the cookie. */
@@ -166,15 +169,16 @@ export class PowPersistentSession {
     this.#cookies.clear(config.name, config.options)
   }
 
-  async #issue (record: TokenRecord): Promise<void> {
+  async #issue (record: TokenRecord, conditions: PutConditions): Promise<boolean> {
     const pow = this.#pow
     const config = pow.config.persistent as NonNullable<Pow['config']['persistent']>
     const token = randomToken(userBucket(record.userKey))
     const tokenHash = hashToken(token)
-    await pow.store.putToken(tokenHash, record, config.ttl)
+    if (!await pow.store.putToken(tokenHash, record, config.ttl, conditions)) return false
     this.#cookies.set(config.name, pow.sign(token), config.options)
     this.#tokenHash = tokenHash
     this.#hasCookie = true
+    return true
   }
 
   async #deleteStored (): Promise<void> {

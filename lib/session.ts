@@ -3,6 +3,7 @@ import { toMetadata, toSessionInfos } from './credentials-cache.js'
 import { hashToken, randomFingerprint, randomToken, userBucket } from './crypto.js'
 import { PendingCookies } from './cookies.js'
 import { PowNotSignedInError } from './errors.js'
+import type { PowPersistentSession } from './persistent-session.js'
 import type { Pow } from './pow.js'
 import type { PowMetadata, PowUser, PutConditions, SessionInfo, SessionMetadata, SessionRecord } from './types.js'
 
@@ -12,6 +13,8 @@ export const kAdopt = Symbol('fastify-pow.adopt')
 export const kRenewed = Symbol('fastify-pow.renewed')
 export const kReload = Symbol('fastify-pow.reload')
 export const kCookies = Symbol('fastify-pow.cookies')
+export const kSidHash = Symbol('fastify-pow.sidHash')
+export const kCreate = Symbol('fastify-pow.create')
 
 export interface CreateOptions {
   /** Also create a remember-me token for this browser. */
@@ -35,12 +38,18 @@ export class PowSession {
   #request: FastifyRequest
   #cookies: PendingCookies
   #record: SessionRecord | undefined = undefined
+  #sidHash: string | undefined = undefined
 
   constructor (pow: Pow, request: FastifyRequest, reply: FastifyReply) {
     this.#pow = pow
     this.#request = request
     this.#cookies = new PendingCookies(reply)
     this[kCookies] = this.#cookies
+  }
+
+  /** @internal the hash of this request's session id, when it has one */
+  get [kSidHash] (): string | undefined {
+    return this.#sidHash
   }
 
   /** `fingerprint`, `insertedAt`, `signedInAt` and the custom metadata of the session, or null. */
@@ -74,8 +83,17 @@ export class PowSession {
       metadata: options.metadata ?? {}
     }, user)
     this.user = user
-    if (options.persistent === true) await persistent?.create(user)
-    else await persistent?.delete()
+    if (options.persistent === true) {
+      if (!await (persistent as PowPersistentSession)[kCreate](user)) {
+        // Revoked by another request while signing in: this sign-in is over too.
+        this.#request.log.debug('fastify-pow: the new session was revoked while it was created')
+        this.#set(null, undefined, undefined)
+        this.#cookies.clear(pow.config.session.name, pow.config.session.options)
+        return
+      }
+    } else {
+      await persistent?.delete()
+    }
     pow.notify('session:created', this.#event(user))
   }
 
@@ -151,15 +169,13 @@ export class PowSession {
       if (reloaded === null) return
       user = reloaded
     }
-    this.user = user
-    this.#record = record
+    this.#set(user, record, sidHash)
     if (retired) return
     if (now - record.insertedAt >= config.renewAfter) {
       if (await pow.store.lock(`renew:${sidHash}`, config.rotationGrace)) {
         // Only while the old session exists: a revocation that landed since the read wins.
         if (!await this.#issue({ ...record, insertedAt: now }, undefined, { session: sidHash })) {
-          this.user = null
-          this.#record = undefined
+          this.#set(null, undefined, undefined)
           return
         }
         this[kRenewed] = true
@@ -174,14 +190,12 @@ export class PowSession {
   [kAttach] (user: PowUser, record: SessionRecord, sessionId: string): void {
     const { name, options } = this.#pow.config.session
     this.#cookies.set(name, this.#pow.sign(sessionId), options)
-    this.user = user
-    this.#record = record
+    this.#set(user, record, hashToken(sessionId))
   }
 
   /** @internal signs in for this request only (a used remember-me token inside its grace) */
   [kAdopt] (user: PowUser, record: SessionRecord): void {
-    this.user = user
-    this.#record = record
+    this.#set(user, record, undefined)
   }
 
   /** @internal Pow's `reload`: null ends the browser's sessions and tokens */
@@ -189,8 +203,7 @@ export class PowSession {
     const reload = this.#pow.config.reloadUser as NonNullable<Pow['config']['reloadUser']>
     const reloaded = await reload(user, this.#request)
     if (reloaded !== null && reloaded !== undefined) return reloaded
-    this.user = user
-    this.#record = record
+    this.#set(user, record, undefined)
     await this.delete()
     return null
   }
@@ -208,7 +221,14 @@ export class PowSession {
     if (!await pow.store.putSession(sidHash, record, user, ttl, config.rotationGrace, conditions)) return false
     this.#cookies.set(config.name, pow.sign(token), config.options)
     this.#record = record
+    this.#sidHash = sidHash
     return true
+  }
+
+  #set (user: PowUser | null, record: SessionRecord | undefined, sidHash: string | undefined): void {
+    this.user = user
+    this.#record = record
+    this.#sidHash = sidHash
   }
 
   async #revokeCurrent (): Promise<void> {
@@ -217,8 +237,7 @@ export class PowSession {
       const revoked = await this.#pow.store.revoke(record.userKey, { fingerprint: record.fingerprint })
       this.#notifyDeleted(revoked)
     }
-    this.user = null
-    this.#record = undefined
+    this.#set(null, undefined, undefined)
   }
 
   #requireUser (method: string): SessionRecord {

@@ -59,8 +59,8 @@ export interface TokenRecord {
 }
 
 /**
- * A condition on a write, checked atomically with it: a renewal that races a revocation on
- * another request or instance must not bring the session back.
+ * A condition on a write, checked atomically with it: a renewal or a new remember-me token that
+ * races a revocation on another request or instance must not bring the browser back.
  */
 export interface PutConditions {
   /** Write only while this session (hash) still exists. */
@@ -114,8 +114,11 @@ export interface PowStore {
    * is selected. Returns the distinct fingerprints that had a session or token deleted.
    */
   revoke (userKey: string, selector: RevokeSelector): Promise<string[]>
-  /** Stores a remember-me token for `ttl` ms and indexes it under its user. */
-  putToken (tokenHash: string, record: TokenRecord, ttl: number): Promise<void>
+  /**
+   * Stores a remember-me token for `ttl` ms and indexes it under its user. Returns false, having
+   * written nothing, when the condition does not hold.
+   */
+  putToken (tokenHash: string, record: TokenRecord, ttl: number, conditions?: PutConditions): Promise<boolean>
   /** The token, with `usedAt` once used, or null when missing or expired. */
   getToken (tokenHash: string): Promise<TokenRecord | null>
   /**

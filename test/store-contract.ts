@@ -308,6 +308,17 @@ export function storeContract (t: Test, makeHarness: () => Promise<ContractHarne
     t.equal(await store.lock(key, GRACE), true, 'free again after the ttl')
   })
 
+  t.test('putToken with a condition writes only while the named session exists', async (t) => {
+    const { store } = await setup(t)
+    const userKey = unique('u')
+    const [session, gone, token, blocked] = [sid(userKey), sid(userKey), sid(userKey), sid(userKey)]
+    await store.putSession(session, sessionRecord(userKey, 'fp'), { id: userKey }, TTL, GRACE)
+    t.equal(await store.putToken(token, tokenRecord(userKey, 'fp', { id: userKey }), TTL, { session }), true)
+    t.ok(await store.getToken(token))
+    t.equal(await store.putToken(blocked, tokenRecord(userKey, 'fp', { id: userKey }), TTL, { session: gone }), false)
+    t.equal(await store.getToken(blocked), null, 'nothing written when the session is missing')
+  })
+
   t.test('putSession with a condition writes only while the named session exists', async (t) => {
     const { store } = await setup(t)
     const userKey = unique('u')

@@ -108,7 +108,7 @@ export class MemoryStore implements PowStore {
     checkBucket(sidHash, record.userKey)
     const now = Date.now()
     this.#evict(now)
-    if (conditions.session !== undefined && this.#live(this.#sessions, conditions.session) === undefined) return false
+    if (!this.#holds(conditions)) return false
     this.#storeSession(sidHash, record, user === undefined ? undefined : JSON.stringify(user), false, ttl, grace, now)
     return true
   }
@@ -191,11 +191,13 @@ export class MemoryStore implements PowStore {
     return [...revoked]
   }
 
-  async putToken (tokenHash: string, record: TokenRecord, ttl: number): Promise<void> {
+  async putToken (tokenHash: string, record: TokenRecord, ttl: number, conditions: PutConditions = {}): Promise<boolean> {
     checkBucket(tokenHash, record.userKey)
     const now = Date.now()
     this.#evict(now)
+    if (!this.#holds(conditions)) return false
     this.#storeToken(tokenHash, record, ttl, now)
+    return true
   }
 
   async getToken (tokenHash: string): Promise<TokenRecord | null> {
@@ -263,6 +265,10 @@ export class MemoryStore implements PowStore {
   #live<E extends Entry> (map: Map<string, E>, key: string): E | undefined {
     const entry = map.get(key)
     return entry !== undefined && entry.expiresAt > Date.now() ? entry : undefined
+  }
+
+  #holds (conditions: PutConditions): boolean {
+    return conditions.session === undefined || this.#live(this.#sessions, conditions.session) !== undefined
   }
 
   /** Stores a session; retires the user's other sessions of its fingerprint for `grace` ms. */

@@ -193,8 +193,10 @@ if redis.call('ZCARD', KEYS[2]) == 0 then redis.call('DEL', KEYS[2]) end
 return out
 `)
 
-// KEYS: token. ARGV: P, tid, record, user, userKey, fingerprint, ttl, expiresAt, now.
+// KEYS: token. ARGV: P, tid, record, user, userKey, fingerprint, ttl, expiresAt, now, id of a
+// session that must still exist or ''.
 const PUT_TOKEN = writeScript(PUT_FUNCTIONS + `
+if ARGV[10] ~= '' and redis.call('EXISTS', ARGV[1] .. 's:' .. ARGV[10]) == 0 then return 0 end
 put_token(ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9])
 return 1
 `)
@@ -288,11 +290,10 @@ export class RedisStore implements PowStore {
   ): Promise<boolean> {
     const now = Date.now()
     const prefix = this.#userPrefix(record.userKey, sidHash)
-    if (conditions.session !== undefined) this.#userPrefix(record.userKey, conditions.session)
     return await this.#eval(PUT_SESSION, [prefix + 's:' + this.#id(sidHash)], [
       prefix, this.#id(sidHash), JSON.stringify(record), record.userKey, record.fingerprint,
       user === undefined ? '' : JSON.stringify(user), ...this.#times(ttl, now), ...this.#times(grace, now), now,
-      conditions.session === undefined ? '' : this.#id(conditions.session)
+      this.#condition(record.userKey, conditions)
     ]) === 1
   }
 
@@ -353,14 +354,14 @@ export class RedisStore implements PowStore {
     ]) as string[]
   }
 
-  async putToken (tokenHash: string, record: TokenRecord, ttl: number): Promise<void> {
+  async putToken (tokenHash: string, record: TokenRecord, ttl: number, conditions: PutConditions = {}): Promise<boolean> {
     const now = Date.now()
     const prefix = this.#userPrefix(record.userKey, tokenHash)
     const { user, usedAt, ...rest } = record
-    await this.#eval(PUT_TOKEN, [prefix + 't:' + this.#id(tokenHash)], [
+    return await this.#eval(PUT_TOKEN, [prefix + 't:' + this.#id(tokenHash)], [
       prefix, this.#id(tokenHash), JSON.stringify(rest), JSON.stringify(user), record.userKey, record.fingerprint,
-      ...this.#times(ttl, now), now
-    ])
+      ...this.#times(ttl, now), now, this.#condition(record.userKey, conditions)
+    ]) === 1
   }
 
   async getToken (tokenHash: string): Promise<TokenRecord | null> {
@@ -400,6 +401,13 @@ export class RedisStore implements PowStore {
 
   async lock (key: string, ttl: number): Promise<boolean> {
     return await this.#guard(() => this.#client.set(`${this.#ns}:lock:${key}`, '1', 'PX', Math.ceil(ttl), 'NX')) === 'OK'
+  }
+
+  /** The id of the session a write requires, or ''; it is the same user's, so in the same slot. */
+  #condition (userKey: string, conditions: PutConditions): string {
+    if (conditions.session === undefined) return ''
+    this.#userPrefix(userKey, conditions.session)
+    return this.#id(conditions.session)
   }
 
   /** A duration and the time it ends, as script arguments. */
