@@ -30,7 +30,8 @@ const SYSTEMS: Array<[RegExp, string]> = [
 ]
 
 export function describeUserAgent (userAgent: string | null | undefined): Device {
-  const ua = userAgent ?? ''
+  // Real user agents are a few hundred characters; the cap keeps the patterns cheap on junk.
+  const ua = (userAgent ?? '').slice(0, 512)
   let browser = 'Unknown browser'
   for (const [pattern, name] of BROWSERS) {
     const match = pattern.exec(ua)
