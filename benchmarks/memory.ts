@@ -1,0 +1,114 @@
+/**
+ * Where a MemoryStore session's bytes go: fills a MemoryStore with BENCH_MEMORY_SESSIONS sessions
+ * (default 50k; BENCH_SESSIONS_PER_USER sessions per user, default 1) the way the growth servers
+ * do, takes a V8 heap snapshot before and after, and prints the growth per session by kind of
+ * heap object. Run with `npm run bench -- --memory` (it needs node --expose-gc, which the runner
+ * passes).
+ */
+import path from 'node:path'
+import { pathToFileURL } from 'node:url'
+import { readFileSync, rmSync } from 'node:fs'
+import os from 'node:os'
+import v8 from 'node:v8'
+import type * as Pow from '../lib/index.js'
+import { fill } from './servers/prefill.js'
+
+const dist = pathToFileURL(path.resolve(import.meta.dirname, '../dist/lib/index.js')).href
+const { MemoryStore, userBucket } = await import(dist) as typeof Pow
+
+const n = Number(process.env.BENCH_MEMORY_SESSIONS ?? 50_000)
+const perUser = Math.max(1, Number(process.env.BENCH_SESSIONS_PER_USER ?? 1))
+
+interface Snapshot {
+  snapshot: { meta: { node_fields: string[], node_types: [string[]] } }
+  nodes: number[]
+  strings: string[]
+}
+
+/** Self size and count per kind of heap object. */
+function census (): Map<string, { bytes: number, count: number }> {
+  const file = v8.writeHeapSnapshot(path.join(os.tmpdir(), `fastify-pow-memory-${process.pid}-${Date.now()}.heapsnapshot`))
+  const snap = JSON.parse(readFileSync(file, 'utf8')) as Snapshot
+  rmSync(file)
+  const fields = snap.snapshot.meta.node_fields
+  const types = snap.snapshot.meta.node_types[0]
+  const width = fields.length
+  const typeAt = fields.indexOf('type')
+  const nameAt = fields.indexOf('name')
+  const sizeAt = fields.indexOf('self_size')
+  const result = new Map<string, { bytes: number, count: number }>()
+  for (let i = 0; i < snap.nodes.length; i += width) {
+    const type = types[snap.nodes[i + typeAt]]
+    let kind: string
+    if (type === 'string') kind = 'string (flat)'
+    else if (type === 'concatenated string') kind = 'string (cons: a concatenation not flattened)'
+    else if (type === 'sliced string') kind = 'string (sliced)'
+    else if (type === 'number') kind = 'heap number (a double outside Smi range)'
+    else if (type === 'object') kind = `object ${snap.strings[snap.nodes[i + nameAt]]}`
+    else if (type === 'array') kind = 'array (backing stores: Map tables, arrays, properties)'
+    else kind = type
+    const entry = result.get(kind) ?? { bytes: 0, count: 0 }
+    entry.bytes += snap.nodes[i + sizeAt]
+    entry.count++
+    result.set(kind, entry)
+  }
+  return result
+}
+
+function heapAfterGc (): number {
+  const gc = (globalThis as { gc?: () => void }).gc
+  if (gc === undefined) throw new Error('run with node --expose-gc')
+  gc()
+  gc()
+  return process.memoryUsage().heapUsed
+}
+
+async function main (): Promise<string> {
+  const store = new MemoryStore()
+  const before = census()
+  const heapBefore = heapAfterGc()
+  // fill() writes session i for user i; with several sessions per user, a thin wrapper moves
+  // session i to user i / perUser (same id, with that user's bucket).
+  const wrapper = {
+    putSession: async (sidHash: string, record: Pow.SessionRecord, user: unknown, ttl: number, grace: number) => {
+      if (perUser === 1) return await store.putSession(sidHash, record, user, ttl, grace)
+      const u = user as { id: number, email: string, name: string }
+      const shared = Math.floor((u.id - 1000) / perUser)
+      const sharedUser = { id: 1000 + shared, email: `user${shared}@example.com`, name: `User ${shared}` }
+      const userKey = String(sharedUser.id)
+      const hash = userBucket(userKey) + sidHash.slice(4)
+      return await store.putSession(hash, { ...record, userKey }, sharedUser, ttl, grace)
+    }
+  } as unknown as Pow.PowStore
+  await fill(wrapper, n, 1, userBucket)
+  const heapAfter = heapAfterGc()
+  const after = census()
+  ;(globalThis as { keep?: unknown }).keep = store
+
+  const lines: string[] = []
+  lines.push(`MemoryStore, ${n} sessions, ${perUser} per user: heap +${((heapAfter - heapBefore) / n).toFixed(0)} B per session (heapUsed after gc)`)
+  lines.push('growth per session by kind of heap object (V8 heap snapshots before and after):')
+  const rows = [...after.entries()].map(([kind, a]) => {
+    const b = before.get(kind) ?? { bytes: 0, count: 0 }
+    return { kind, bytes: (a.bytes - b.bytes) / n, count: (a.count - b.count) / n }
+  }).filter((r) => Math.abs(r.bytes) >= 1).sort((x, y) => y.bytes - x.bytes)
+  let total = 0
+  for (const r of rows) {
+    total += r.bytes
+    lines.push(`  ${r.bytes.toFixed(1).padStart(8)} B  ${r.count.toFixed(2).padStart(6)} objects   ${r.kind}`)
+  }
+  lines.push(`  ${total.toFixed(1).padStart(8)} B  in all`)
+  return lines.join('\n')
+}
+
+main().then(
+  (text) => {
+    if (typeof process.send === 'function') process.send({ type: 'result', result: text })
+    else console.log(text)
+  },
+  (err: Error) => {
+    process.send?.({ type: 'error', error: err.stack ?? String(err) })
+    console.error(err)
+    process.exitCode = 1
+  }
+)

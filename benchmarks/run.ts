@@ -1,0 +1,615 @@
+/**
+ * `npm run bench`: the cost of an authenticated request with fastify-pow beside the alternatives,
+ * and how it grows (issue 5). See benchmarks/README.md.
+ *
+ * One run: builds dist/ when stale, starts private redis-servers, starts every server variant in
+ * its own process, checks that each one really authenticates, then loads GET /me with
+ * autocannon in interleaved rounds (every variant once per round, in rotating order). Then the
+ * in-process operation timings, then (when a throughput target is missed, or with --profile) a
+ * CPU profile of the fastify-pow servers under load. Prints the tables and the targets, and
+ * writes benchmarks/results/latest.json.
+ */
+import { spawnSync } from 'node:child_process'
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs'
+import { isDeepStrictEqual } from 'node:util'
+import os from 'node:os'
+import path from 'node:path'
+import autocannon, { type Result as AutocannonResult } from 'autocannon'
+import type { RedisFill } from './fill-redis.js'
+import type { OpsResult, OpTiming } from './ops.js'
+import { analyzeProfile, type ProfileSummary } from './profile.js'
+import {
+  cookieHeader, cpuSeconds, ROOT, request, runChild, startRedis, startServer, type RedisServer, type ServerProcess
+} from './helpers.js'
+import { USER } from './servers/common.js'
+
+const wallStart = performance.now()
+const argv = new Set(process.argv.slice(2))
+if (argv.has('--help') || argv.has('-h')) {
+  console.log(readFileSync(path.join(ROOT, 'benchmarks', 'README.md'), 'utf8'))
+  process.exit(0)
+}
+const quick = argv.has('--quick')
+if (argv.has('--memory')) {
+  // Only the MemoryStore heap breakdown (benchmarks/memory.ts), then exit.
+  const text = await runChild<string>('memory.ts', {}, ['--expose-gc', '--max-old-space-size=4096'])
+  console.log(text)
+  process.exit(0)
+}
+
+function num (name: string, fallback: number): number {
+  const raw = process.env[name]
+  if (raw === undefined || raw === '') return fallback
+  const value = Number(raw.replace(/_/g, '').replace(/k$/i, '000').replace(/m$/i, '000000'))
+  if (!Number.isFinite(value) || value < 0) throw new Error(`${name} must be a non-negative number, not ${raw}`)
+  return value
+}
+
+const config = {
+  duration: num('BENCH_DURATION', quick ? 2 : 5),
+  warmup: num('BENCH_WARMUP', 1),
+  rounds: Math.max(1, Math.round(num('BENCH_ROUNDS', quick ? 1 : 3))),
+  connections: num('BENCH_CONNECTIONS', 50),
+  growth: !argv.has('--no-growth') && process.env.BENCH_GROWTH !== '0',
+  growthSmall: num('BENCH_GROWTH_SMALL', 1000),
+  growthLarge: num('BENCH_GROWTH_LARGE', quick ? 100_000 : 1_000_000),
+  ops: !argv.has('--no-ops') && process.env.BENCH_OPS !== '0',
+  profile: argv.has('--profile') ? 'always' : argv.has('--no-profile') || process.env.BENCH_PROFILE === '0' ? 'never' : process.env.BENCH_PROFILE === '1' ? 'always' : 'when a target is missed'
+}
+
+const count = (n: number): string => n >= 1e6 && n % 1e6 === 0 ? `${n / 1e6}M` : n >= 1e3 && n % 1e3 === 0 ? `${n / 1e3}k` : String(n)
+const int = (n: number): string => Math.round(n).toLocaleString('en-US')
+const fixed = (n: number, d = 2): string => Number.isFinite(n) ? n.toFixed(d) : '-'
+const pad = (s: string, n: number): string => s.length >= n ? s : s + ' '.repeat(n - s.length)
+const lpad = (s: string, n: number): string => s.length >= n ? s : ' '.repeat(n - s.length) + s
+function median (values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b)
+  const mid = sorted.length >> 1
+  return sorted.length % 2 === 1 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2
+}
+function log (line: string): void { process.stderr.write(line + '\n') }
+
+// ------------------------------------------------------------------------------------------
+// Build dist/ when it is missing or older than lib/: the servers import the build.
+
+function newest (dir: string, ext: string, pick: (a: number, b: number) => number, start: number): number {
+  let result = start
+  for (const entry of readdirSync(dir, { withFileTypes: true })) {
+    const full = path.join(dir, entry.name)
+    if (entry.isDirectory()) result = newest(full, ext, pick, result)
+    else if (entry.name.endsWith(ext) && !entry.name.endsWith('.d.ts')) result = pick(result, statSync(full).mtimeMs)
+  }
+  return result
+}
+
+function ensureBuild (): string {
+  const distIndex = path.join(ROOT, 'dist', 'lib', 'index.js')
+  const libNewest = newest(path.join(ROOT, 'lib'), '.ts', Math.max, 0)
+  const distOldest = existsSync(distIndex) ? newest(path.join(ROOT, 'dist', 'lib'), '.js', Math.min, Infinity) : 0
+  if (process.env.BENCH_BUILD !== 'always' && distOldest >= libNewest) return 'dist/ up to date'
+  log('building dist/ (tsc -p tsconfig.build.json) ...')
+  const tsc = path.join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc')
+  const out = spawnSync(process.execPath, [tsc, '-p', 'tsconfig.build.json'], { cwd: ROOT, stdio: 'inherit' })
+  if (out.status !== 0) throw new Error('npm run build failed: the benchmark needs dist/lib from the current lib/')
+  return 'dist/ rebuilt from lib/'
+}
+
+// ------------------------------------------------------------------------------------------
+// Variants
+
+interface Variant {
+  id: string
+  label: string
+  file: string
+  env: Record<string, string>
+  nodeArgs?: string[]
+  startTimeoutMs?: number
+  /** The Redis this variant talks to, whose CPU time per request is measured too. */
+  redis?: RedisServer
+  /** Sessions to write into this Redis (namespace 'growth') before the server starts. */
+  redisFill?: { port: number, sessions: number }
+}
+
+function variants (redisMain: RedisServer, redisLarge: RedisServer | undefined): { main: Variant[], growth: Variant[] } {
+  const redisEnv = { BENCH_REDIS_PORT: String(redisMain.port) }
+  const main: Variant[] = [
+    { id: 'bare', label: 'bare Fastify (no session)', file: 'bare.ts', env: {} },
+    { id: 'raw-redis', label: 'Fastify + one ioredis GET', file: 'raw-redis.ts', env: redisEnv, redis: redisMain },
+    { id: 'fastify-session', label: '@fastify/session + connect-redis', file: 'fastify-session.ts', env: redisEnv, redis: redisMain },
+    { id: 'fastify-session-fixed', label: '  the same with rolling: false', file: 'fastify-session.ts', env: { ...redisEnv, BENCH_ROLLING: '0' }, redis: redisMain },
+    { id: 'secure-session', label: '@fastify/secure-session (cookie)', file: 'secure-session.ts', env: {} },
+    { id: 'pow-memory', label: 'fastify-pow, MemoryStore', file: 'pow.ts', env: { BENCH_STORE: 'memory' } },
+    { id: 'pow-redis', label: 'fastify-pow, RedisStore (ioredis)', file: 'pow.ts', env: { BENCH_STORE: 'redis', ...redisEnv }, redis: redisMain }
+  ]
+  const growth: Variant[] = []
+  if (redisLarge !== undefined) {
+    const small = config.growthSmall
+    const large = config.growthLarge
+    // A generous heap for the large MemoryStore, so that the GC does not work at the limit.
+    const heapMb = Math.max(4096, Math.ceil(large * 4000 / 1e6))
+    const fillTimeout = 120_000 + large * 0.3
+    growth.push(
+      { id: 'pow-memory-small', label: `fastify-pow, MemoryStore, ${count(small)} stored`, file: 'pow.ts', env: { BENCH_STORE: 'memory', BENCH_PREFILL: String(small) } },
+      {
+        id: 'pow-memory-large',
+        label: `fastify-pow, MemoryStore, ${count(large)} stored`,
+        file: 'pow.ts',
+        env: { BENCH_STORE: 'memory', BENCH_PREFILL: String(large), BENCH_HEAP: '1' },
+        nodeArgs: ['--expose-gc', `--max-old-space-size=${heapMb}`],
+        startTimeoutMs: fillTimeout
+      },
+      // The Redis ones are filled by fill-redis.ts before they start (redisFill).
+      {
+        id: 'pow-redis-small',
+        label: `fastify-pow, RedisStore, ${count(small)} stored`,
+        file: 'pow.ts',
+        env: { BENCH_STORE: 'redis', BENCH_NAMESPACE: 'growth', ...redisEnv },
+        redis: redisMain,
+        redisFill: { port: redisMain.port, sessions: small }
+      },
+      {
+        id: 'pow-redis-large',
+        label: `fastify-pow, RedisStore, ${count(large)} stored`,
+        file: 'pow.ts',
+        env: { BENCH_STORE: 'redis', BENCH_NAMESPACE: 'growth', BENCH_REDIS_PORT: String(redisLarge.port) },
+        redis: redisLarge,
+        redisFill: { port: redisLarge.port, sessions: large }
+      }
+    )
+  }
+  return { main, growth }
+}
+
+// ------------------------------------------------------------------------------------------
+// Checking and loading
+
+function expect (condition: boolean, message: string): void {
+  if (!condition) throw new Error(message)
+}
+
+/** Logs in, and checks that the cookie authenticates and that no cookie or a forged one does not. */
+async function verify (variant: Variant, server: ServerProcess): Promise<string> {
+  const login = await request(server.port, 'POST', '/login')
+  expect(login.status === 200, `${variant.id}: POST /login answered ${login.status}`)
+  const cookie = cookieHeader(login)
+  expect(cookie !== '', `${variant.id}: POST /login set no cookie`)
+  const me = await request(server.port, 'GET', '/me', { cookie })
+  expect(me.status === 200 && isDeepStrictEqual(JSON.parse(me.body), USER),
+    `${variant.id}: GET /me with the login cookie answered ${me.status} ${me.body}`)
+  const anonymous = await request(server.port, 'GET', '/me')
+  expect(anonymous.status === 401, `${variant.id}: GET /me without a cookie answered ${anonymous.status}, not 401`)
+  // The first cookie's value with its last character changed.
+  const first = cookie.split('; ')[0]
+  const forged = first.slice(0, -1) + (first.endsWith('A') ? 'B' : 'A')
+  const bad = await request(server.port, 'GET', '/me', { cookie: forged })
+  expect(bad.status === 401, `${variant.id}: GET /me with a forged cookie answered ${bad.status}, not 401`)
+  return cookie
+}
+
+interface Run {
+  round: number
+  reqPerSec: number
+  latencyP50: number
+  latencyP99: number
+  latencyAvg: number
+  requests: number
+  /** CPU µs the server process (all its threads) used per answered request. */
+  serverCpuUs?: number
+  /** CPU µs redis-server used per answered request. */
+  redisCpuUs?: number
+}
+
+async function load (port: number, cookie: string, duration: number): Promise<AutocannonResult> {
+  return await autocannon({
+    url: `http://127.0.0.1:${port}/me`,
+    connections: config.connections,
+    duration,
+    headers: { cookie }
+  })
+}
+
+async function measure (variant: Variant, server: ServerProcess, cookie: string, round: number): Promise<Run> {
+  if (config.warmup > 0) await load(server.port, cookie, config.warmup)
+  const serverCpu = cpuSeconds(server.pid)
+  const redisCpu = variant.redis === undefined ? undefined : cpuSeconds(variant.redis.pid)
+  const result = await load(server.port, cookie, config.duration)
+  const serverCpuAfter = cpuSeconds(server.pid)
+  const redisCpuAfter = variant.redis === undefined ? undefined : cpuSeconds(variant.redis.pid)
+  const perRequest = (before?: number, after?: number): number | undefined =>
+    before === undefined || after === undefined ? undefined : (after - before) * 1e6 / result['2xx']
+  expect(result.errors === 0 && result.timeouts === 0 && result.non2xx === 0 && result['2xx'] > 0,
+    `${variant.id}: ${result.non2xx} non-2xx answers, ${result.errors} errors, ${result.timeouts} timeouts under load`)
+  // Still signed in after the load (no renewal or expiry changed what the cookie means).
+  const me = await request(server.port, 'GET', '/me', { cookie })
+  expect(me.status === 200, `${variant.id}: GET /me answered ${me.status} after the load`)
+  return {
+    round,
+    reqPerSec: result.requests.average,
+    latencyP50: result.latency.p50,
+    latencyP99: result.latency.p99,
+    latencyAvg: result.latency.average,
+    requests: result.requests.total,
+    serverCpuUs: perRequest(serverCpu, serverCpuAfter),
+    redisCpuUs: perRequest(redisCpu, redisCpuAfter)
+  }
+}
+
+interface Summary {
+  id: string
+  label: string
+  reqPerSec: number
+  latencyP50: number
+  latencyP99: number
+  latencyAvg: number
+  serverCpuUs?: number
+  redisCpuUs?: number
+  vsBare?: number
+  vsRawRedis?: number
+  runs: Run[]
+}
+
+function summarize (variant: Variant, runs: Run[]): Summary {
+  return {
+    id: variant.id,
+    label: variant.label,
+    reqPerSec: median(runs.map((r) => r.reqPerSec)),
+    latencyP50: median(runs.map((r) => r.latencyP50)),
+    latencyP99: median(runs.map((r) => r.latencyP99)),
+    latencyAvg: median(runs.map((r) => r.latencyAvg)),
+    serverCpuUs: runs.every((r) => r.serverCpuUs !== undefined) ? median(runs.map((r) => r.serverCpuUs as number)) : undefined,
+    redisCpuUs: runs.every((r) => r.redisCpuUs !== undefined) ? median(runs.map((r) => r.redisCpuUs as number)) : undefined,
+    runs
+  }
+}
+
+// ------------------------------------------------------------------------------------------
+// Profile
+
+/** CPU-profiles a running server (V8's sampling profiler, 1 ms, as node --cpu-prof) under one measured load. */
+async function profileVariant (variant: Variant, server: ServerProcess, cookie: string, dir: string): Promise<ProfileSummary & { cpuUsPerRequest?: number, reqPerSec: number }> {
+  const file = path.join(dir, `${variant.id}.cpuprofile`)
+  await load(server.port, cookie, Math.max(1, config.warmup))
+  await server.ask({ type: 'profile-start' }, 'profile-started')
+  const before = cpuSeconds(server.pid)
+  const result = await load(server.port, cookie, config.duration)
+  const after = cpuSeconds(server.pid)
+  await server.ask({ type: 'profile-stop', file }, 'profile-written')
+  return {
+    ...analyzeProfile(file),
+    reqPerSec: result.requests.average,
+    cpuUsPerRequest: before === undefined || after === undefined ? undefined : (after - before) * 1e6 / result['2xx']
+  }
+}
+
+// ------------------------------------------------------------------------------------------
+
+function packageVersion (name: string): string {
+  try {
+    return JSON.parse(readFileSync(path.join(ROOT, 'node_modules', name, 'package.json'), 'utf8')).version
+  } catch {
+    return 'unknown'
+  }
+}
+
+function gitState (): { commit: string, libChanged: boolean } {
+  const head = spawnSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: ROOT, encoding: 'utf8' })
+  const status = spawnSync('git', ['status', '--porcelain', '--', 'lib'], { cwd: ROOT, encoding: 'utf8' })
+  return { commit: head.stdout?.trim() ?? 'unknown', libChanged: (status.stdout ?? '').trim() !== '' }
+}
+
+interface Target {
+  name: string
+  met: boolean
+  value: string
+  detail: string
+}
+
+async function main (): Promise<void> {
+  const build = ensureBuild()
+  const cpus = os.cpus()
+  const redisMain = await startRedis()
+  const redisLarge = config.growth ? await startRedis() : undefined
+  const machine = {
+    cpu: cpus[0]?.model ?? 'unknown',
+    cpus: cpus.length,
+    os: `${os.type()} ${os.release()} ${os.arch()}`,
+    memoryGb: Math.round(os.totalmem() / 2 ** 30),
+    node: process.version,
+    redis: redisMain.version,
+    autocannon: packageVersion('autocannon'),
+    fastify: packageVersion('fastify'),
+    '@fastify/session': packageVersion('@fastify/session'),
+    'connect-redis': packageVersion('connect-redis'),
+    redisClient: packageVersion('redis'),
+    '@fastify/secure-session': packageVersion('@fastify/secure-session'),
+    ioredis: packageVersion('ioredis'),
+    loadAverageAtStart: os.loadavg().map((l) => Math.round(l * 100) / 100)
+  }
+  log(`fastify-pow benchmark: ${machine.cpus} × ${machine.cpu}, ${machine.os}, Node ${machine.node}, Redis ${machine.redis}`)
+  log(`${build}; redis-server on 127.0.0.1:${redisMain.port}${redisLarge === undefined ? '' : ` and :${redisLarge.port} (large growth case)`}`)
+  log(`config: ${JSON.stringify(config)}`)
+  if (os.loadavg()[0] > cpus.length * 0.25) {
+    log(`warning: load average ${os.loadavg()[0].toFixed(2)} on ${cpus.length} CPUs: something else is running, the figures will be noisy`)
+  }
+
+  const { main: mainVariants, growth: growthVariants } = variants(redisMain, redisLarge)
+  const all = [...mainVariants, ...growthVariants]
+  const servers = new Map<string, ServerProcess>()
+  const cookies = new Map<string, string>()
+  const startInfo: Record<string, Record<string, unknown>> = {}
+  try {
+    log(`starting ${all.length} servers${redisLarge === undefined ? '' : ` (filling ${count(config.growthLarge)} sessions takes a while)`} ...`)
+    const startedAt = performance.now()
+    await Promise.all(all.map(async (variant) => {
+      let filled: RedisFill | undefined
+      if (variant.redisFill !== undefined) {
+        const { port, sessions } = variant.redisFill
+        const timeoutMs = 120_000 + sessions * 0.5
+        filled = await runChild<RedisFill>('fill-redis.ts', { BENCH_REDIS_PORT: String(port), BENCH_PREFILL: String(sessions), BENCH_NAMESPACE: 'growth' }, [], timeoutMs)
+      }
+      const server = await startServer(variant.file, variant.env, { nodeArgs: variant.nodeArgs, timeoutMs: variant.startTimeoutMs })
+      if (filled !== undefined) {
+        server.info.fillMs = filled.fillMs
+        server.info.redisMemory = filled
+      }
+      servers.set(variant.id, server)
+      startInfo[variant.id] = server.info
+    }))
+    log(`servers ready in ${fixed((performance.now() - startedAt) / 1000, 1)} s`)
+    for (const variant of all) {
+      cookies.set(variant.id, await verify(variant, servers.get(variant.id) as ServerProcess))
+    }
+    log('every variant answers 200 with the user to its login cookie, 401 without a cookie and 401 to a forged one')
+
+    // Interleaved rounds: every server once per round, the order rotated from round to round.
+    const runs = new Map<string, Run[]>(all.map((v) => [v.id, []]))
+    const shift = Math.max(1, Math.ceil(all.length / config.rounds))
+    for (let round = 0; round < config.rounds; round++) {
+      const offset = (round * shift) % all.length
+      const order = [...all.slice(offset), ...all.slice(0, offset)]
+      for (const variant of order) {
+        const run = await measure(variant, servers.get(variant.id) as ServerProcess, cookies.get(variant.id) as string, round + 1)
+        ;(runs.get(variant.id) as Run[]).push(run)
+        log(`round ${round + 1}/${config.rounds}  ${pad(variant.label, 44)} ${lpad(int(run.reqPerSec), 8)} req/s  p50 ${run.latencyP50} ms  p99 ${run.latencyP99} ms`)
+      }
+    }
+    const summaries = new Map<string, Summary>(all.map((v) => [v.id, summarize(v, runs.get(v.id) as Run[])]))
+    const bare = summaries.get('bare') as Summary
+    const raw = summaries.get('raw-redis') as Summary
+    for (const s of summaries.values()) {
+      s.vsBare = s.reqPerSec / bare.reqPerSec
+      s.vsRawRedis = s.reqPerSec / raw.reqPerSec
+    }
+
+    let ops: OpsResult | undefined
+    if (config.ops) {
+      log('timing login, renewal, sessions() and deleteOtherSessions() in-process ...')
+      const opsStarted = performance.now()
+      ops = await runChild<OpsResult>('ops.ts', { BENCH_REDIS_PORT: String(redisMain.port) })
+      log(`operation timings done in ${fixed((performance.now() - opsStarted) / 1000, 1)} s`)
+    }
+
+    // ---- targets
+    const s = (id: string): Summary | undefined => summaries.get(id)
+    const powRedis = s('pow-redis') as Summary
+    const powMemory = s('pow-memory') as Summary
+    const fsess = s('fastify-session') as Summary
+    const cpu = (x: Summary, withRedis: boolean): string => x.serverCpuUs === undefined
+      ? '-'
+      : withRedis ? `${fixed(x.serverCpuUs + (x.redisCpuUs ?? 0), 1)} (${fixed(x.serverCpuUs, 1)} + redis ${fixed(x.redisCpuUs ?? NaN, 1)})` : fixed(x.serverCpuUs, 1)
+    // The same ratio round by round (both measured within the same round): the spread shows how
+    // much the machine moved during the run.
+    const rounds = (a: Summary, b: Summary): string => {
+      const byRound = new Map(b.runs.map((x) => [x.round, x.reqPerSec]))
+      return 'rounds ' + a.runs.map((x) => fixed(x.reqPerSec / (byRound.get(x.round) as number))).join('/')
+    }
+    const targets: Target[] = []
+    targets.push({
+      name: 'RedisStore >= 0.85 x raw-redis',
+      met: powRedis.reqPerSec >= 0.85 * raw.reqPerSec,
+      value: fixed(powRedis.reqPerSec / raw.reqPerSec),
+      detail: `${int(powRedis.reqPerSec)} vs ${int(raw.reqPerSec)} req/s (${rounds(powRedis, raw)}); CPU µs/req ${cpu(powRedis, true)} vs ${cpu(raw, true)}`
+    })
+    targets.push({
+      name: 'RedisStore >= 1.6 x @fastify/session + connect-redis',
+      met: powRedis.reqPerSec >= 1.6 * fsess.reqPerSec,
+      value: fixed(powRedis.reqPerSec / fsess.reqPerSec),
+      detail: `${int(powRedis.reqPerSec)} vs ${int(fsess.reqPerSec)} req/s (${rounds(powRedis, fsess)}); CPU µs/req ${cpu(powRedis, true)} vs ${cpu(fsess, true)}`
+    })
+    targets.push({
+      name: 'MemoryStore >= 0.85 x bare',
+      met: powMemory.reqPerSec >= 0.85 * bare.reqPerSec,
+      value: fixed(powMemory.reqPerSec / bare.reqPerSec),
+      detail: `${int(powMemory.reqPerSec)} vs ${int(bare.reqPerSec)} req/s (${rounds(powMemory, bare)}); CPU µs/req ${cpu(powMemory, false)} vs ${cpu(bare, false)}`
+    })
+    const growthRows: Array<{ store: string, small: Summary, large: Summary, ratio: number, fillSeconds: number }> = []
+    if (growthVariants.length > 0) {
+      for (const store of ['memory', 'redis']) {
+        const small = s(`pow-${store}-small`) as Summary
+        const large = s(`pow-${store}-large`) as Summary
+        const ratio = large.reqPerSec / small.reqPerSec
+        growthRows.push({ store, small, large, ratio, fillSeconds: Number(startInfo[`pow-${store}-large`].fillMs) / 1000 })
+        targets.push({
+          name: `${store === 'memory' ? 'MemoryStore' : 'RedisStore'} req/s within 10% from ${count(config.growthSmall)} to ${count(config.growthLarge)} sessions`,
+          met: Math.abs(ratio - 1) <= 0.10,
+          value: `${ratio >= 1 ? '+' : ''}${fixed((ratio - 1) * 100, 1)}%`,
+          detail: `${int(large.reqPerSec)} vs ${int(small.reqPerSec)} req/s (${rounds(large, small)}); CPU µs/req ${cpu(large, store === 'redis')} vs ${cpu(small, store === 'redis')}`
+        })
+      }
+    }
+    const heap = startInfo['pow-memory-large']?.heap as
+      { sessions: number, deltaBytes: number, bytesPerSession: number, userJsonBytes: number, bytesPerSessionBeyondUser: number } | undefined
+    const redisMemory = startInfo['pow-redis-large']?.redisMemory as
+      { sessions: number, usedMemoryDelta: number, bytesPerSession: number, keysAdded: number } | undefined
+    if (heap !== undefined) {
+      targets.push({
+        name: `MemoryStore <= 512 bytes per session beyond the user object (at ${count(heap.sessions)})`,
+        met: heap.bytesPerSessionBeyondUser <= 512,
+        value: `${int(heap.bytesPerSessionBeyondUser)} B`,
+        detail: `${int(heap.bytesPerSession)} B per session in all - ${int(heap.userJsonBytes)} B for the user's stored JSON`
+      })
+    }
+
+    // ---- profile, on the servers that were just measured
+    let profiles: Record<string, ProfileSummary & { cpuUsPerRequest?: number, reqPerSec: number }> | undefined
+    const missed = (word: string): boolean => targets.some((t) => !t.met && t.name.includes(word))
+    const always = config.profile === 'always'
+    if (always || (config.profile !== 'never' && targets.some((t) => !t.met && !t.name.includes('bytes')))) {
+      const dir = process.env.BENCH_PROFILE_DIR ?? mkdtempSync(path.join(os.tmpdir(), 'fastify-pow-bench-profiles-'))
+      mkdirSync(dir, { recursive: true })
+      // bare Fastify too: what is left once the session layer is gone.
+      const ids = ['bare', 'pow-memory', 'raw-redis', 'pow-redis']
+      if (always || missed('MemoryStore req/s within')) ids.push('pow-memory-large')
+      if (always || missed('RedisStore req/s within')) ids.push('pow-redis-large')
+      log(`${always ? '--profile' : 'a throughput target is missed'}: CPU-profiling ${ids.join(', ')} under load into ${dir} ...`)
+      profiles = {}
+      for (const id of ids.filter((x) => servers.has(x))) {
+        const variant = all.find((v) => v.id === id) as Variant
+        profiles[id] = await profileVariant(variant, servers.get(id) as ServerProcess, cookies.get(id) as string, dir)
+      }
+    }
+    await Promise.all([...servers.values()].map((srv) => srv.stop()))
+    servers.clear()
+
+    const wallSeconds = (performance.now() - wallStart) / 1000
+    ;(machine as Record<string, unknown>).loadAverageAtEnd = os.loadavg().map((l) => Math.round(l * 100) / 100)
+    const report = print({ machine, summaries: [...summaries.values()], mainIds: mainVariants.map((v) => v.id), growthRows, heap, redisMemory, ops, targets, profiles, wallSeconds })
+    const git = gitState()
+    const resultsDir = path.join(ROOT, 'benchmarks', 'results')
+    mkdirSync(resultsDir, { recursive: true })
+    writeFileSync(path.join(resultsDir, 'latest.json'), JSON.stringify({
+      date: new Date().toISOString(),
+      command: 'npm run bench',
+      git,
+      machine,
+      config,
+      route: 'GET /me with the login cookie, answering the user {id, email, name} as JSON',
+      variants: [...summaries.values()],
+      growth: growthRows.map((g) => ({ store: g.store, small: config.growthSmall, large: config.growthLarge, smallReqPerSec: g.small.reqPerSec, largeReqPerSec: g.large.reqPerSec, ratio: g.ratio, fillSeconds: g.fillSeconds })),
+      memoryStoreHeap: heap,
+      redisMemory,
+      operations: ops,
+      targets,
+      profiles,
+      wallSeconds,
+      printed: report
+    }, null, 2) + '\n')
+    log(`results written to benchmarks/results/latest.json; wall time ${fixed(wallSeconds, 0)} s`)
+  } finally {
+    await Promise.all([...servers.values()].map((srv) => srv.stop()))
+    await redisMain.stop()
+    await redisLarge?.stop()
+  }
+}
+
+function print (r: {
+  machine: Record<string, unknown>
+  summaries: Summary[]
+  mainIds: string[]
+  growthRows: Array<{ store: string, small: Summary, large: Summary, ratio: number, fillSeconds: number }>
+  heap?: { sessions: number, deltaBytes: number, bytesPerSession: number, userJsonBytes: number, bytesPerSessionBeyondUser: number }
+  redisMemory?: { sessions: number, usedMemoryDelta: number, bytesPerSession: number, keysAdded: number }
+  ops?: OpsResult
+  targets: Target[]
+  profiles?: Record<string, ProfileSummary & { cpuUsPerRequest?: number, reqPerSec: number }>
+  wallSeconds: number
+}): string {
+  const out: string[] = []
+  const m = r.machine
+  out.push('')
+  out.push(`fastify-pow benchmark (npm run bench): ${m.cpus} x ${m.cpu}, ${m.memoryGb} GB, ${m.os}, Node ${m.node}, Redis ${m.redis}`)
+  out.push(`load average at start ${(m.loadAverageAtStart as number[]).join(' ')}, at end ${(m.loadAverageAtEnd as number[] | undefined)?.join(' ') ?? '-'}`)
+  out.push(`GET /me with a login cookie -> the user as JSON; autocannon ${m.autocannon}, ${config.connections} connections, ` +
+    `${config.rounds} interleaved round${config.rounds === 1 ? '' : 's'} x ${config.duration} s (+${config.warmup} s warm-up); median of rounds`)
+  out.push('CPU µs/req: CPU time of the server process (all threads) per answered request, redis µs/req the same for redis-server;')
+  out.push('they move less than req/s when the machine is shared (req/s also depends on the CPU left to autocannon and Redis)')
+  out.push('')
+  const header = `${pad('variant', 40)}${lpad('req/s', 8)}${lpad('p50 ms', 7)}${lpad('p99 ms', 7)}${lpad('vs bare', 8)}${lpad('vs raw-redis', 13)}` +
+    `${lpad('CPU µs/req', 11)}${lpad('redis µs/req', 13)}   req/s per round`
+  out.push(header)
+  out.push('-'.repeat(header.length + 14))
+  const row = (s: Summary): string => `${pad(s.label, 40)}${lpad(int(s.reqPerSec), 8)}${lpad(String(s.latencyP50), 7)}${lpad(String(s.latencyP99), 7)}` +
+    `${lpad(fixed(s.vsBare ?? NaN), 8)}${lpad(fixed(s.vsRawRedis ?? NaN), 13)}` +
+    `${lpad(s.serverCpuUs === undefined ? '-' : fixed(s.serverCpuUs, 1), 11)}${lpad(s.redisCpuUs === undefined ? '-' : fixed(s.redisCpuUs, 1), 13)}` +
+    `   ${s.runs.map((x) => int(x.reqPerSec)).join(' / ')}`
+  for (const s of r.summaries.filter((x) => r.mainIds.includes(x.id))) out.push(row(s))
+  if (r.growthRows.length > 0) {
+    out.push('')
+    out.push(`Growth: the same request with ${count(config.growthSmall)} and ${count(config.growthLarge)} sessions stored (distinct users, one session each), same rounds`)
+    out.push('-'.repeat(header.length + 14))
+    for (const s of r.summaries.filter((x) => !r.mainIds.includes(x.id))) out.push(row(s))
+    for (const g of r.growthRows) {
+      out.push(`  ${g.store === 'memory' ? 'MemoryStore' : 'RedisStore '}: ${count(config.growthLarge)} / ${count(config.growthSmall)} = ${fixed(g.ratio, 3)}` +
+        ` (filling ${count(config.growthLarge)} sessions took ${fixed(g.fillSeconds, 1)} s)`)
+    }
+  }
+  if (r.heap !== undefined || r.redisMemory !== undefined) {
+    out.push('')
+    out.push('Memory per stored session')
+    if (r.heap !== undefined) {
+      const h = r.heap
+      out.push(`  MemoryStore, ${count(h.sessions)} sessions: heap +${fixed(h.deltaBytes / 2 ** 20, 0)} MiB = ${int(h.bytesPerSession)} B per session` +
+        ` (after global.gc()); the user's stored JSON is ${int(h.userJsonBytes)} B, so ${int(h.bytesPerSessionBeyondUser)} B beyond the user`)
+    }
+    if (r.redisMemory !== undefined) {
+      const x = r.redisMemory
+      out.push(`  Redis, ${count(x.sessions)} sessions: used_memory +${fixed(x.usedMemoryDelta / 2 ** 20, 0)} MiB = ${int(x.bytesPerSession)} B per session` +
+        ` (${fixed(x.keysAdded / x.sessions, 1)} keys per session, user JSON included)`)
+    }
+  }
+  if (r.ops !== undefined) {
+    const counts = Object.keys(r.ops.memory)
+    const stores = Object.entries(r.ops).filter(([, v]) => Object.keys(v).length > 0)
+    out.push('')
+    out.push('Operations for one user with N sessions, in-process: median µs per operation (and 1e6 / median ops/s); mean and p99 in the JSON')
+    let h = pad('operation', 34)
+    for (const [store] of stores) for (const c of counts) h += lpad(`${store === 'memory' ? 'memory' : 'redis'} N=${c}`, 19)
+    out.push(h)
+    out.push('-'.repeat(h.length))
+    const names: Array<[string, string]> = [
+      ['authenticate', 'authenticated request (hooks)'], ['login', 'login: create()'], ['renewal', 'renewal (hooks, id due)'],
+      ['sessions', 'sessions()'], ['deleteOtherSessions', 'deleteOtherSessions()']
+    ]
+    for (const [key, label] of names) {
+      let line = pad(label, 34)
+      for (const [, byCount] of stores) {
+        for (const c of counts) {
+          const t = byCount[c]?.[key] as OpTiming | undefined
+          line += lpad(t === undefined ? '-' : `${fixed(t.medianUs, 1)} (${int(1e6 / t.medianUs)}/s)`, 19)
+        }
+      }
+      out.push(line)
+    }
+  }
+  out.push('')
+  out.push('Targets (issue 5)')
+  for (const t of r.targets) out.push(`  ${t.met ? 'MET   ' : 'MISSED'}  ${pad(t.name, 66)} ${lpad(t.value, 7)}   ${t.detail}`)
+  if (r.profiles !== undefined) {
+    out.push('')
+    out.push('CPU profiles under load (V8 sampling profiler as node --cpu-prof, on the running servers; % of the main thread\'s busy samples,')
+    out.push('µs/req = that share of the CPU µs per request measured during the profiled load, all threads: an approximation)')
+    for (const [id, p] of Object.entries(r.profiles)) {
+      const us = (percent: number): string => p.cpuUsPerRequest === undefined ? '' : `${lpad(fixed(percent * p.cpuUsPerRequest / 100, 2), 6)} µs/req`
+      out.push('')
+      out.push(`${id}: ${int(p.reqPerSec)} req/s while profiled, ${p.cpuUsPerRequest === undefined ? '-' : fixed(p.cpuUsPerRequest, 1)} CPU µs/req, ` +
+        `${p.samples} samples, main thread ${p.busyPercent}% busy; ${p.file}`)
+      out.push(`  by area: ${p.byArea.slice(0, 8).map((a) => `${a.area} ${a.percent}%`).join(', ')}`)
+      out.push('  top self time:')
+      for (const f of p.topSelf.slice(0, 10)) out.push(`    ${lpad(fixed(f.percent, 1), 5)}% ${us(f.percent)}  ${f.name}  ${f.where}`)
+      if (p.libInclusive.length > 0) {
+        out.push('  fastify-pow functions, inclusive (self + callees; nested ones are counted in their callers too):')
+        for (const f of p.libInclusive.slice(0, 10)) out.push(`    ${lpad(fixed(f.percent, 1), 5)}% ${us(f.percent)}  ${f.name}  ${f.where}`)
+      }
+    }
+  }
+  out.push('')
+  out.push(`wall time ${fixed(r.wallSeconds, 0)} s`)
+  const text = out.join('\n')
+  console.log(text)
+  return text
+}
+
+main().catch((err) => {
+  console.error(err)
+  process.exitCode = 1
+})
