@@ -9,43 +9,12 @@
 import { Writable } from 'node:stream'
 import { setTimeout as sleep } from 'node:timers/promises'
 import Fastify, { type FastifyInstance, type LightMyRequestResponse } from 'fastify'
-import type { Redis, RedisOptions } from 'ioredis'
+import type { Redis } from 'ioredis'
 import { test, type Test } from 'tap'
 import pow, { RedisStore } from '../lib/index.js'
 import { buildApp, me, signIn } from './helpers/app.js'
 import type { CookieJar } from './helpers/jar.js'
-import { startRedis, type RedisServer } from './helpers/redis.js'
-
-const READY_TIMEOUT_MS = 10_000
-
-/**
- * An ioredis client of `server` that is 'ready'. It reconnects every 50 ms (ioredis backs off up
- * to 2 s by default), so that it is back quickly after `server.start()`; otherwise defaults.
- */
-async function readyClient (server: RedisServer, options: RedisOptions = {}): Promise<Redis> {
-  const client = server.client({ retryStrategy: () => 50, ...options })
-  await waitForReady(client)
-  return client
-}
-
-/**
- * Resolves once `client` is 'ready'. Not `events.once(client, 'ready')`: that would reject on the
- * first 'error' event, and a reconnecting client emits one per refused attempt.
- */
-async function waitForReady (client: Redis, timeoutMs = READY_TIMEOUT_MS): Promise<void> {
-  if (client.status === 'ready') return
-  await new Promise<void>((resolve, reject) => {
-    const onReady = (): void => {
-      clearTimeout(timer)
-      resolve()
-    }
-    const timer = setTimeout(() => {
-      client.off('ready', onReady)
-      reject(new Error(`ioredis client not ready within ${timeoutMs} ms (status ${client.status})`))
-    }, timeoutMs)
-    client.once('ready', onReady)
-  })
-}
+import { readyClient, startRedis, waitForReady } from './helpers/redis.js'
 
 /** Sends a request through `jar` and measures how long the answer took. */
 async function timed (jar: CookieJar, options: Parameters<CookieJar['request']>[0]): Promise<{ response: LightMyRequestResponse, ms: number }> {

@@ -542,3 +542,32 @@ export async function startCluster (t: Test): Promise<RedisClusterHandle> {
     }
   }
 }
+
+/**
+ * Resolves once `client` is 'ready'. Not `events.once(client, 'ready')`: that would reject on the
+ * first 'error' event, and a reconnecting client emits one per refused attempt.
+ */
+export async function waitForReady (client: Redis, timeoutMs = 10_000): Promise<void> {
+  if (client.status === 'ready') return
+  await new Promise<void>((resolve, reject) => {
+    const onReady = (): void => {
+      clearTimeout(timer)
+      resolve()
+    }
+    const timer = setTimeout(() => {
+      client.off('ready', onReady)
+      reject(new Error(`ioredis client not ready within ${timeoutMs} ms (status ${client.status})`))
+    }, timeoutMs)
+    client.once('ready', onReady)
+  })
+}
+
+/**
+ * An ioredis client of `server` that is 'ready'. It reconnects every 50 ms (ioredis backs off up
+ * to 2 s by default), so that it is back quickly after `server.start()`; otherwise defaults.
+ */
+export async function readyClient (server: RedisServer, options: RedisOptions = {}): Promise<Redis> {
+  const client = server.client({ retryStrategy: () => 50, ...options })
+  await waitForReady(client)
+  return client
+}

@@ -46,7 +46,7 @@ import { test, type Test } from 'tap'
 import { RedisStore } from '../../lib/index.js'
 import { buildApp } from '../helpers/app.js'
 import { CookieJar } from '../helpers/jar.js'
-import { startRedis, type RedisServer } from '../helpers/redis.js'
+import { readyClient, startRedis, waitForReady, type RedisServer } from '../helpers/redis.js'
 
 const COMMAND_TIMEOUT = 500
 /** On top of commandTimeout: the other commands of the request, the answer's way back. */
@@ -56,7 +56,6 @@ const FAULT_SLACK = 400
 const SESSION = { ttl: 30_000, renewAfter: 700, rotationGrace: 1000 }
 const PERSISTENT = { ttl: 60_000 }
 const USERS = 10
-const READY_TIMEOUT_MS = 10_000
 
 // ---------------------------------------------------------------------------------------------
 // Small tools.
@@ -85,28 +84,6 @@ class Mutex {
   }
 }
 
-/** Resolves once `client` is 'ready' (not events.once: a reconnecting client emits 'error's). */
-async function waitForReady (client: Redis, timeoutMs = READY_TIMEOUT_MS): Promise<void> {
-  if (client.status === 'ready') return
-  await new Promise<void>((resolve, reject) => {
-    const onReady = (): void => {
-      clearTimeout(timer)
-      resolve()
-    }
-    const timer = setTimeout(() => {
-      client.off('ready', onReady)
-      reject(new Error(`ioredis client not ready within ${timeoutMs} ms (status ${client.status})`))
-    }, timeoutMs)
-    client.once('ready', onReady)
-  })
-}
-
-/** A client that reconnects every 50 ms (ioredis backs off up to 2 s by default); otherwise defaults. */
-async function readyClient (server: RedisServer): Promise<Redis> {
-  const client = server.client({ retryStrategy: () => 50 })
-  await waitForReady(client)
-  return client
-}
 
 /** The pid of the test's own redis-server, from INFO. */
 async function redisPid (admin: Redis): Promise<number> {
