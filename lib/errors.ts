@@ -22,6 +22,17 @@ export const PowNotSignedInError = createError<[string]>(
   401
 )
 
+/**
+ * `request.powSession.create()` lost a race: another request (say "sign out everywhere else" on
+ * another device) revoked the new session before its remember-me token was stored. Nothing is
+ * signed in and no cookie is changed; answered 401.
+ */
+export const PowSignInRevokedError = createError(
+  'POW_ERR_SIGN_IN_REVOKED',
+  'The new session was revoked while it was being created',
+  401
+)
+
 export function optionError (option: string, problem: string): Error & { option: string } {
   const err = new PowOptionError(option, problem) as unknown as Error & { option: string }
   err.option = option

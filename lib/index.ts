@@ -71,7 +71,7 @@ export default fastifyPow
 export { MemoryStore } from './stores/memory.js'
 export { RedisStore, type RedisStoreOptions } from './stores/redis.js'
 export { userBucket } from './crypto.js'
-export { PowOptionError, PowStoreError, PowNotSignedInError } from './errors.js'
+export { PowOptionError, PowStoreError, PowNotSignedInError, PowSignInRevokedError } from './errors.js'
 export { Pow } from './pow.js'
 export { CredentialsCache } from './credentials-cache.js'
 export { PowSession, type CreateOptions } from './session.js'

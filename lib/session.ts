@@ -2,7 +2,7 @@ import type { FastifyReply, FastifyRequest } from 'fastify'
 import { toMetadata, toSessionInfos } from './credentials-cache.js'
 import { hashToken, randomFingerprint, randomToken, userBucket } from './crypto.js'
 import { PendingCookies } from './cookies.js'
-import { PowNotSignedInError } from './errors.js'
+import { PowNotSignedInError, PowSignInRevokedError } from './errors.js'
 import type { PowPersistentSession } from './persistent-session.js'
 import type { Pow } from './pow.js'
 import type { PowMetadata, PowUser, PutConditions, SessionInfo, SessionMetadata, SessionRecord } from './types.js'
@@ -83,18 +83,17 @@ export class PowSession {
       metadata: options.metadata ?? {}
     }, user)
     this.user = user
+    // The session is stored: listeners hear of it even if a racing revocation ends it below.
+    pow.notify('session:created', this.#event(user))
     if (options.persistent === true) {
       if (!await (persistent as PowPersistentSession)[kCreate](user)) {
-        // Revoked by another request while signing in: this sign-in is over too.
-        this.#request.log.debug('fastify-pow: the new session was revoked while it was created')
+        // Revoked by another request while signing in: this sign-in is over too, and says so.
         this.#set(null, undefined, undefined)
-        this.#cookies.clear(pow.config.session.name, pow.config.session.options)
-        return
+        throw new PowSignInRevokedError()
       }
     } else {
       await persistent?.delete()
     }
-    pow.notify('session:created', this.#event(user))
   }
 
   /** Signs out: ends this browser's sessions and remember-me token server-side and clears both cookies. */
