@@ -104,7 +104,11 @@ export class PowPersistentSession {
       metadata: token.metadata
     }
     const event = { request: this.#request, user: token.user, userKey: token.userKey, fingerprint: token.fingerprint }
-    if (token.usedAt !== undefined && now - token.usedAt > pow.config.session.rotationGrace) {
+    // Past the grace, a used token is theft, unless nobody has used the session and token its
+    // rotation stored: then the answer that carried them never reached the browser (a 503 after
+    // the store ran the rotation), and the token rotates again; the unused ones are superseded.
+    const pastGrace = token.usedAt !== undefined && now - token.usedAt > pow.config.session.rotationGrace
+    if (token.superseded === true || (pastGrace && token.unclaimed !== true)) {
       await this.#theft(token, event)
       return
     }
@@ -115,7 +119,7 @@ export class PowPersistentSession {
     const bucket = userBucket(token.userKey)
     const sessionId = randomToken(bucket)
     const newToken = randomToken(bucket)
-    if (token.usedAt === undefined) {
+    if (token.usedAt === undefined || pastGrace) {
       const { ttl, absoluteTtl, rotationGrace } = pow.config.session
       outcome = await pow.store.rotateToken(tokenHash, now, {
         sidHash: hashToken(sessionId),
@@ -123,7 +127,8 @@ export class PowPersistentSession {
         sessionTtl: absoluteTtl === undefined ? ttl : Math.min(ttl, absoluteTtl),
         grace: rotationGrace,
         tokenHash: hashToken(newToken),
-        tokenTtl: config.ttl
+        tokenTtl: config.ttl,
+        again: pastGrace
       })
     }
     if (outcome === 'missing') {

@@ -161,6 +161,10 @@ export class PowSession {
     const { record, retired } = found
     const now = Date.now()
     const config = pow.config.session
+    if (found.superseded === true) {
+      await this.#reuse(record)
+      return
+    }
     if (config.absoluteTtl !== undefined && now - record.signedInAt >= config.absoluteTtl) return
     let user = found.user as PowUser
     if (reloadUser) {
@@ -169,8 +173,12 @@ export class PowSession {
       user = reloaded
     }
     this.#set(user, record, sidHash)
-    if (retired) return
-    if (now - record.insertedAt >= config.renewAfter) {
+    // A retired id works for the grace. Past it, an id whose replacement was never used means the
+    // answer that carried the replacement never reached the browser (a 503 after the store ran
+    // the renewal): renew again. The unused replacement is superseded.
+    const lost = retired && found.unclaimedSince !== undefined && now - found.unclaimedSince > config.rotationGrace
+    if (retired && !lost) return
+    if (lost || now - record.insertedAt >= config.renewAfter) {
       if (await pow.store.lock(`renew:${sidHash}`, config.rotationGrace)) {
         // Only while the old session exists: a revocation that landed since the read wins.
         if (!await this.#issue({ ...record, insertedAt: now }, undefined, { session: sidHash })) {
@@ -205,6 +213,25 @@ export class PowSession {
     this.#set(user, record, undefined)
     await this.delete()
     return null
+  }
+
+  /**
+   * A superseded session id came back: a renewal was done again for whoever presented the old id
+   * once its grace was over, so two parties hold cookies of one session. Like a reused
+   * remember-me token, that is theft: the fingerprint is revoked.
+   */
+  async #reuse (record: SessionRecord): Promise<void> {
+    const pow = this.#pow
+    const revoked = await pow.store.revoke(record.userKey, { fingerprint: record.fingerprint })
+    const { name, options } = pow.config.session
+    this.#cookies.clear(name, options)
+    this.#request.log.warn(
+      { userKey: record.userKey, fingerprint: record.fingerprint },
+      'fastify-pow: a replaced session id came back after its replacement was reissued; its fingerprint was revoked'
+    )
+    const event = { request: this.#request, user: null, userKey: record.userKey, fingerprint: record.fingerprint }
+    pow.notify('session:reuse', event)
+    for (const fingerprint of revoked) pow.notify('session:deleted', { ...event, fingerprint })
   }
 
   /** Stores a new session for `record` and sets the cookie; false, with nothing stored, when a condition failed. */

@@ -35,8 +35,19 @@ export interface StoredSession {
   record: SessionRecord
   /** The user's current credentials. */
   user: unknown
-  /** True once a later `putSession` with the same fingerprint replaced it: it lives out its grace, then expires. */
+  /** True once a later `putSession` (or `rotateToken`) with the same fingerprint replaced it. */
   retired: boolean
+  /**
+   * When it was retired, while the session that replaced it was never read: its browser may not
+   * have received that one (a 503 after the store ran the write). It keeps its TTL until the
+   * replacement is first read; from then on it lives out the grace.
+   */
+  unclaimedSince?: number
+  /**
+   * Replaced before it was ever read. Whoever presents it got the cookie of a renewal or
+   * rotation that was done again for someone else: theft.
+   */
+  superseded?: boolean
 }
 
 /** A live, non-retired session in a user's list. */
@@ -56,6 +67,13 @@ export interface TokenRecord {
   metadata: PowMetadata
   /** Set by `rotateToken`: when the token was used. */
   usedAt?: number
+  /**
+   * Used, but neither the session nor the token its rotation stored has been used yet (the
+   * browser may never have received them): it may rotate again.
+   */
+  unclaimed?: boolean
+  /** The token of a rotation that was done again (`TokenRotation.again`): presenting it is theft. */
+  superseded?: boolean
 }
 
 /**
@@ -73,11 +91,16 @@ export interface TokenRotation {
   sidHash: string
   session: SessionRecord
   sessionTtl: number
-  /** Other sessions of the fingerprint are retired for this long, as with `putSession`. */
+  /** Other sessions of the fingerprint are retired as with `putSession`, for this long once the new one is read. */
   grace: number
   /** The new token: same user, fingerprint and metadata. */
   tokenHash: string
   tokenTtl: number
+  /**
+   * Rotate a used token again, to these new ids, when its rotation is unclaimed and it was used
+   * longer than `grace` ago; the earlier new session and token become superseded.
+   */
+  again?: boolean
 }
 
 /** Which of a user's fingerprints `PowStore.revoke` removes. */
@@ -93,13 +116,19 @@ export interface PowStore {
   /**
    * Stores a session for `ttl` ms, adds it to its user's session list (pruning expired entries)
    * and, when `user` is not `undefined`, replaces the user's credentials. Other sessions of the
-   * same user with the same fingerprint are retired: they stay readable for at most `grace` ms.
+   * same user with the same fingerprint are retired and unclaimed: they keep their TTL until
+   * this session is first read by `getSession`, then stay readable for at most `grace` ms. Those
+   * that were never read are superseded instead.
    * Returns false, having written nothing, when a condition does not hold.
    */
   putSession (
     sidHash: string, record: SessionRecord, user: unknown, ttl: number, grace: number, conditions?: PutConditions
   ): Promise<boolean>
-  /** The session and its user's credentials, or null when either is missing or expired. */
+  /**
+   * The session and its user's credentials, or null when either is missing or expired. The first
+   * read of a session claims it: the sessions it retired then live out their grace, and the token
+   * whose rotation stored it is no longer unclaimed.
+   */
   getSession (sidHash: string): Promise<StoredSession | null>
   /** Deletes one session; deleting a user's last session also deletes the user's credentials. */
   deleteSession (sidHash: string): Promise<boolean>
@@ -126,7 +155,10 @@ export interface PowStore {
    * until it expires), stores the new session as `putSession` would, and the new token. The user
    * of both is the user's stored credentials when there are any (a newer update wins), else the
    * token's. 'used' when the token was used already and 'missing' when it is gone: nothing is
-   * written then. Of concurrent rotations of one token exactly one is 'rotated'.
+   * written then. Of concurrent rotations of one token with different new ids exactly one is
+   * 'rotated'. The same rotation again (the same new session id, a command sent twice) writes
+   * the same again and is 'rotated'; so is `again` (see `TokenRotation`). Rotating a token
+   * that an earlier rotation stored claims that earlier rotation. A superseded token is 'used'.
    */
   rotateToken (tokenHash: string, now: number, rotation: TokenRotation): Promise<'rotated' | 'used' | 'missing'>
   /** Extends an unused token's lifetime to `ttl` ms from now. */
@@ -208,4 +240,5 @@ export interface PowEvents {
   'persistent:used': [PowEvent]
   /** A used remember-me token came back after the grace: the fingerprint was revoked. */
   'persistent:reuse': [PowEvent]
+  'session:reuse': [PowEvent]
 }

@@ -1,4 +1,4 @@
-import { createHash } from 'node:crypto'
+import { createHash, randomBytes } from 'node:crypto'
 import type { Cluster, Redis } from 'ioredis'
 import { BUCKET_LENGTH, userBucket } from '../crypto.js'
 import type {
@@ -45,21 +45,66 @@ function writeScript (lua: string): Script {
 }
 
 // Key layout, with P = `<namespace>:{<bucket>}:` (the hash tag keeps one user's keys in one slot):
-//   P s:<sid>          hash  r (record JSON), u (user key), f (fingerprint), x ('1' once retired)
-//   P u:<userKey>      string  the user's credentials (JSON); TTL = the user's last session expiry
-//   P us:<userKey>     zset  session ids scored by expiry (ms)
-//   P t:<tid>          hash  r (token JSON), user (JSON), u, f, used (ms, once used)
-//   P ut:<userKey>     zset  token ids scored by expiry (ms)
+//   P s:<sid>     hash  r (record JSON), u (user key), f (fingerprint), x ('1' once retired),
+//                       n (when it was retired, ms, while the session that replaced it was never
+//                       read), sup ('1': replaced before it was ever read), p ('1' until first
+//                       read), c (the grace, when its first read cuts retired sessions to it),
+//                       pt (the token whose rotation stored it, until first read)
+//   P u:<userKey> string  the user's credentials (JSON); TTL = the user's last session expiry
+//   P us:<userKey> zset  session ids scored by expiry (ms)
+//   P t:<tid>     hash  r (token JSON), user (JSON), u, f, used (ms, once used), n and nt (the
+//                       session and token its rotation stored, until either is first used),
+//                       pt (the token whose rotation stored it), sup (rotated again past it)
+//   P ut:<userKey> zset  token ids scored by expiry (ms)
+//   P rv:<nonce>  string  a revocation's answer, kept a minute for a command sent again
 //   <namespace>:lock:<key>   string, SET NX PX
+//
+// Replacements are claimed on first use. A renewal or a remember-me rotation retires the older
+// sessions of the fingerprint but leaves them their TTL, "unclaimed", until the new session is
+// first read: the answer that carried it may never have reached the browser (a 503 after Redis
+// ran the write, a dropped connection), and the browser still holding the old cookie must not
+// be signed out. The first read cuts them to the grace. A session that is replaced before it was
+// ever read is "superseded": whoever presents it later had a copy of a cookie someone else
+// moved on from, and fastify-pow treats that as theft. Tokens likewise: a used token stays
+// unclaimed until its new session or token is used, and may rotate again meanwhile, superseding
+// the earlier new token.
 // Scripts reach keys they cannot know in advance (a session's user, other sessions in the list)
 // only under the same P, so every script stays inside one cluster slot.
 
+// KEYS: session. ARGV: P, now. Returns record, user, '1' if retired, the time it was retired if
+// unclaimed or '', '1' if superseded.
 const GET_SESSION = script(`
-local v = redis.call('HMGET', KEYS[1], 'r', 'u', 'x')
+local v = redis.call('HMGET', KEYS[1], 'r', 'u', 'x', 'n', 'p', 'c', 'pt', 'f', 'sup')
 if not v[1] then return false end
 local user = redis.call('GET', ARGV[1] .. 'u:' .. v[2])
 if not user then return false end
-return {v[1], user, v[3] or ''}
+if v[9] then return {v[1], user, '1', '', '1'} end
+if v[5] then
+  -- The first read: the sessions this one retired live out the grace from now on, and the
+  -- rotation that stored it is claimed.
+  redis.call('HDEL', KEYS[1], 'p', 'c', 'pt')
+  if v[6] then
+    local grace = tonumber(v[6])
+    local list = ARGV[1] .. 'us:' .. v[2]
+    local members = redis.call('ZRANGE', list, 0, -1)
+    for i = 1, #members do
+      local k = ARGV[1] .. 's:' .. members[i]
+      if k ~= KEYS[1] then
+        local o = redis.call('HMGET', k, 'f', 'n')
+        if o[1] == v[8] and o[2] then
+          redis.call('HDEL', k, 'n')
+          local left = redis.call('PTTL', k)
+          if left < 0 or left > grace then
+            redis.call('PEXPIRE', k, grace)
+            redis.call('ZADD', list, tonumber(ARGV[2]) + grace, members[i])
+          end
+        end
+      end
+    end
+  end
+  if v[7] then redis.call('HDEL', ARGV[1] .. 't:' .. v[7], 'n', 'nt') end
+end
+return {v[1], user, v[3] or '', v[4] or '', ''}
 `)
 
 // Shared by the scripts that store sessions and tokens. All keys are built from P, so they
@@ -70,30 +115,39 @@ local function keep_until (list, now)
   return math.max(1, tonumber(last[2]) - now)
 end
 
--- A session: retires the user's other sessions of the same fingerprint for the grace, stores
--- this one, and the user's credentials unless keepUser is set and some are stored.
-local function put_session (P, sid, record, userKey, fp, user, keepUser, ttl, expiresAt, grace, retiredUntil, now)
+-- A session: retires the user's other live sessions of the same fingerprint (they keep their
+-- TTL, unclaimed, until this one is first read) and supersedes those never read; stores this
+-- one, and the user's credentials unless keepUser is set and some are stored.
+-- prevToken: the token whose rotation stores it.
+local function put_session (P, sid, record, userKey, fp, user, keepUser, ttl, expiresAt, grace, now, prevToken)
   local skey = P .. 's:' .. sid
   local ckey = P .. 'u:' .. userKey
   local list = P .. 'us:' .. userKey
   redis.call('ZREMRANGEBYSCORE', list, '-inf', now)
   local members = redis.call('ZRANGE', list, 0, -1)
+  local claims = false
   for i = 1, #members do
     local m = members[i]
     if m ~= sid then
       local k = P .. 's:' .. m
-      if redis.call('HGET', k, 'f') == fp then
-        redis.call('HSET', k, 'x', '1')
-        local left = redis.call('PTTL', k)
-        if left < 0 or left > tonumber(grace) then
-          redis.call('PEXPIRE', k, grace)
-          redis.call('ZADD', list, retiredUntil, m)
+      local o = redis.call('HMGET', k, 'f', 'x', 'p', 'n')
+      if o[1] == fp then
+        if o[3] then
+          redis.call('HDEL', k, 'p', 'c', 'pt', 'n')
+          redis.call('HSET', k, 'x', '1', 'sup', '1')
+        elseif not o[2] then
+          redis.call('HSET', k, 'x', '1', 'n', now)
+          claims = true
+        elseif o[4] then
+          claims = true
         end
       end
     end
   end
   redis.call('DEL', skey)
-  redis.call('HSET', skey, 'r', record, 'u', userKey, 'f', fp)
+  redis.call('HSET', skey, 'r', record, 'u', userKey, 'f', fp, 'p', '1')
+  if claims then redis.call('HSET', skey, 'c', grace) end
+  if prevToken then redis.call('HSET', skey, 'pt', prevToken) end
   redis.call('PEXPIRE', skey, ttl)
   redis.call('ZADD', list, expiresAt, sid)
   if user then
@@ -104,12 +158,13 @@ local function put_session (P, sid, record, userKey, fp, user, keepUser, ttl, ex
   redis.call('PEXPIRE', ckey, keep)
 end
 
--- A token, indexed under its user.
-local function put_token (P, tid, record, user, userKey, fp, ttl, expiresAt, now)
+-- A token, indexed under its user. prevToken: the token whose rotation stores it.
+local function put_token (P, tid, record, user, userKey, fp, ttl, expiresAt, now, prevToken)
   local tkey = P .. 't:' .. tid
   local list = P .. 'ut:' .. userKey
   redis.call('DEL', tkey)
   redis.call('HSET', tkey, 'r', record, 'user', user, 'u', userKey, 'f', fp)
+  if prevToken then redis.call('HSET', tkey, 'pt', prevToken) end
   redis.call('PEXPIRE', tkey, ttl)
   redis.call('ZREMRANGEBYSCORE', list, '-inf', now)
   redis.call('ZADD', list, expiresAt, tid)
@@ -118,12 +173,12 @@ end
 `
 
 // KEYS: session. ARGV: P, sid, record, userKey, fingerprint, user or '' (none), ttl, expiresAt,
-// grace, retiredUntil, now, id of a session that must still exist or ''.
+// grace, now, id of a session that must still exist or ''.
 const PUT_SESSION = writeScript(PUT_FUNCTIONS + `
-if ARGV[12] ~= '' and redis.call('EXISTS', ARGV[1] .. 's:' .. ARGV[12]) == 0 then return 0 end
+if ARGV[11] ~= '' and redis.call('EXISTS', ARGV[1] .. 's:' .. ARGV[11]) == 0 then return 0 end
 local user = false
 if ARGV[6] ~= '' then user = ARGV[6] end
-put_session(ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], user, false, ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11])
+put_session(ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], user, false, ARGV[7], ARGV[8], ARGV[9], ARGV[10], false)
 return 1
 `)
 
@@ -165,8 +220,13 @@ end
 return 1
 `)
 
-// KEYS: session list, token list, credentials. ARGV: P, 'only' | 'except', fingerprint.
-const REVOKE = writeScript(`
+// KEYS: session list, token list, credentials, answer. ARGV: P, 'only' | 'except', fingerprint.
+// The answer is kept under a nonce of the call for a minute: ioredis sends a command again
+// after a dropped connection, and a second run must answer what the first did, not "nothing".
+const REVOKE = script(`
+local done = redis.call('GET', KEYS[4])
+if done then return cjson.decode(done) end
+` + FENCE + `
 local out = {}
 local seen = {}
 local function sweep (list, kind)
@@ -190,8 +250,9 @@ sweep(KEYS[1], 's:')
 sweep(KEYS[2], 't:')
 if redis.call('ZCARD', KEYS[1]) == 0 then redis.call('DEL', KEYS[1], KEYS[3]) end
 if redis.call('ZCARD', KEYS[2]) == 0 then redis.call('DEL', KEYS[2]) end
+if #out > 0 then redis.call('SET', KEYS[4], cjson.encode(out), 'PX', 60000) end
 return out
-`)
+`, true)
 
 // KEYS: token. ARGV: P, tid, record, user, userKey, fingerprint, ttl, expiresAt, now, id of a
 // session that must still exist or ''.
@@ -201,24 +262,47 @@ put_token(ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 return 1
 `)
 
-// KEYS: token. ARGV: P. Returns record, user, usedAt or ''.
+// KEYS: token. ARGV: P. Returns record, user, usedAt or '', '1' if unclaimed, '1' if superseded.
 const GET_TOKEN = script(`
-local v = redis.call('HMGET', KEYS[1], 'r', 'user', 'used')
+local v = redis.call('HMGET', KEYS[1], 'r', 'user', 'used', 'n', 'sup')
 if not v[1] then return false end
-return {v[1], v[2], v[3] or ''}
+local unclaimed = ''
+if v[3] and v[4] then unclaimed = '1' end
+local sup = ''
+if v[5] then sup = '1' end
+return {v[1], v[2], v[3] or '', unclaimed, sup}
 `)
 
 // KEYS: token. ARGV: P, now, new sid, session record, session ttl, session expiresAt, grace,
-// retiredUntil, new tid, token record, token ttl, token expiresAt.
-// Uses an unused token once: marks it used, stores the new session and the new token.
+// new tid, token record, token ttl, token expiresAt, this token's id, '1' to rotate again.
+// Uses an unused token once: marks it used, stores the new session and the new token. The same
+// rotation sent again (same new ids) writes the same again. With "again", a used token whose
+// rotation was never claimed, used longer ago than the grace, rotates to new ids; the earlier
+// new session and token are superseded.
 const ROTATE_TOKEN = writeScript(PUT_FUNCTIONS + `
-local v = redis.call('HMGET', KEYS[1], 'user', 'used', 'u', 'f')
+local v = redis.call('HMGET', KEYS[1], 'user', 'used', 'u', 'f', 'n', 'pt', 'sup', 'nt')
 if not v[1] then return 'missing' end
-if v[2] then return 'used' end
-redis.call('HSET', KEYS[1], 'used', ARGV[2])
-put_session(ARGV[1], ARGV[3], ARGV[4], v[3], v[4], v[1], true, ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[2])
+if v[7] then return 'used' end
+local used = ARGV[2]
+if v[2] then
+  if v[5] == ARGV[3] then
+    used = v[2]
+  elseif not (v[5] and ARGV[13] == '1' and tonumber(ARGV[2]) - tonumber(v[2]) > tonumber(ARGV[7])) then
+    return 'used'
+  elseif v[8] then
+    local k = ARGV[1] .. 't:' .. v[8]
+    if redis.call('EXISTS', k) == 1 then redis.call('HSET', k, 'sup', '1') end
+  end
+end
+redis.call('HSET', KEYS[1], 'used', used, 'n', ARGV[3], 'nt', ARGV[8])
+-- This token was the new token of an earlier rotation: that rotation is claimed.
+if v[6] then
+  redis.call('HDEL', ARGV[1] .. 't:' .. v[6], 'n', 'nt')
+  redis.call('HDEL', KEYS[1], 'pt')
+end
+put_session(ARGV[1], ARGV[3], ARGV[4], v[3], v[4], v[1], true, ARGV[5], ARGV[6], ARGV[7], ARGV[2], ARGV[12])
 local user = redis.call('GET', ARGV[1] .. 'u:' .. v[3]) or v[1]
-put_token(ARGV[1], ARGV[9], ARGV[10], user, v[3], v[4], ARGV[11], ARGV[12], ARGV[2])
+put_token(ARGV[1], ARGV[8], ARGV[9], user, v[3], v[4], ARGV[10], ARGV[11], ARGV[2], ARGV[12])
 return 'rotated'
 `)
 
@@ -292,16 +376,19 @@ export class RedisStore implements PowStore {
     const prefix = this.#userPrefix(record.userKey, sidHash)
     return await this.#eval(PUT_SESSION, [prefix + 's:' + this.#id(sidHash)], [
       prefix, this.#id(sidHash), JSON.stringify(record), record.userKey, record.fingerprint,
-      user === undefined ? '' : JSON.stringify(user), ...this.#times(ttl, now), ...this.#times(grace, now), now,
+      user === undefined ? '' : JSON.stringify(user), ...this.#times(ttl, now), Math.ceil(grace), now,
       this.#condition(record.userKey, conditions)
     ]) === 1
   }
 
   async getSession (sidHash: string): Promise<StoredSession | null> {
     const prefix = this.#hashPrefix(sidHash)
-    const found = await this.#eval(GET_SESSION, [prefix + 's:' + this.#id(sidHash)], [prefix]) as [string, string, string] | null
+    const found = await this.#eval(GET_SESSION, [prefix + 's:' + this.#id(sidHash)], [prefix, Date.now()]) as [string, string, string, string, string] | null
     if (found === null) return null
-    return { record: JSON.parse(found[0]), user: JSON.parse(found[1]), retired: found[2] === '1' }
+    const stored: StoredSession = { record: JSON.parse(found[0]), user: JSON.parse(found[1]), retired: found[2] === '1' }
+    if (found[3] !== '') stored.unclaimedSince = Number(found[3])
+    if (found[4] === '1') stored.superseded = true
+    return stored
   }
 
   async deleteSession (sidHash: string): Promise<boolean> {
@@ -349,7 +436,8 @@ export class RedisStore implements PowStore {
   async revoke (userKey: string, selector: RevokeSelector): Promise<string[]> {
     const prefix = this.#userPrefix(userKey)
     const [mode, fingerprint] = 'fingerprint' in selector ? ['only', selector.fingerprint] : ['except', selector.except ?? '']
-    return await this.#eval(REVOKE, [prefix + 'us:' + userKey, prefix + 'ut:' + userKey, prefix + 'u:' + userKey], [
+    const nonce = prefix + 'rv:' + randomBytes(12).toString('base64url')
+    return await this.#eval(REVOKE, [prefix + 'us:' + userKey, prefix + 'ut:' + userKey, prefix + 'u:' + userKey, nonce], [
       prefix, mode, fingerprint
     ]) as string[]
   }
@@ -366,10 +454,12 @@ export class RedisStore implements PowStore {
 
   async getToken (tokenHash: string): Promise<TokenRecord | null> {
     const prefix = this.#hashPrefix(tokenHash)
-    const found = await this.#eval(GET_TOKEN, [prefix + 't:' + this.#id(tokenHash)], [prefix]) as [string, string, string] | null
+    const found = await this.#eval(GET_TOKEN, [prefix + 't:' + this.#id(tokenHash)], [prefix]) as [string, string, string, string, string] | null
     if (found === null) return null
     const record: TokenRecord = { ...JSON.parse(found[0]), user: JSON.parse(found[1]) }
     if (found[2] !== '') record.usedAt = Number(found[2])
+    if (found[3] === '1') record.unclaimed = true
+    if (found[4] === '1') record.superseded = true
     return record
   }
 
@@ -382,8 +472,9 @@ export class RedisStore implements PowStore {
     const tokenRecord = { userKey: session.userKey, fingerprint: session.fingerprint, metadata: session.metadata }
     return await this.#eval(ROTATE_TOKEN, [prefix + 't:' + this.#id(tokenHash)], [
       prefix, now,
-      this.#id(rotation.sidHash), JSON.stringify(session), ...this.#times(rotation.sessionTtl, now), ...this.#times(rotation.grace, now),
-      this.#id(rotation.tokenHash), JSON.stringify(tokenRecord), ...this.#times(rotation.tokenTtl, now)
+      this.#id(rotation.sidHash), JSON.stringify(session), ...this.#times(rotation.sessionTtl, now), Math.ceil(rotation.grace),
+      this.#id(rotation.tokenHash), JSON.stringify(tokenRecord), ...this.#times(rotation.tokenTtl, now), this.#id(tokenHash),
+      rotation.again === true ? '1' : ''
     ]) as 'rotated' | 'used' | 'missing'
   }
 
