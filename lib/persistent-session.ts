@@ -70,12 +70,12 @@ export class PowPersistentSession {
     const pow = this.#pow
     const config = pow.config.persistent as NonNullable<Pow['config']['persistent']>
     this.#hasCookie = true
-    const unsigned = pow.unsign(signed)
+    const unsigned = pow.verify(signed)
     if (unsigned === null) {
       this.#request.log.debug('fastify-pow: remember-me cookie failed verification')
       return
     }
-    const tokenHash = hashToken(unsigned.token)
+    const tokenHash = unsigned.hash
     this.#tokenHash = tokenHash
     const session = this.#session
     if (session.user !== null) {

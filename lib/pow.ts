@@ -2,7 +2,7 @@ import { EventEmitter } from 'node:events'
 import { Signer } from '@fastify/cookie'
 import type { FastifyBaseLogger } from 'fastify'
 import { CredentialsCache } from './credentials-cache.js'
-import { isToken } from './crypto.js'
+import { hashToken, isToken } from './crypto.js'
 import { PowStoreError, storeError } from './errors.js'
 import { type Config, STORE_METHODS } from './options.js'
 import type { PowEvents, PowStore } from './types.js'
@@ -10,6 +10,16 @@ import type { PowEvents, PowStore } from './types.js'
 // A signed token is `<47 chars>.<43 chars of base64 HMAC-SHA256>`; anything else is rejected before any HMAC.
 const TOKEN_LENGTH = 47
 const SIGNED_LENGTH = 91
+// Cookies verified lately, so that a browser's every request does not cost an HMAC and a SHA-256.
+const VERIFIED_CACHE_SIZE = 4096
+
+/** A cookie value that passed verification: the token, its hash in the store, and whether it must be re-signed. */
+export interface Verified {
+  readonly token: string
+  readonly hash: string
+  /** Signed with an older secret: re-issue it signed with the current one. */
+  readonly renew: boolean
+}
 
 /**
  * Every store call goes through this: whatever the store throws becomes a 503
@@ -60,6 +70,8 @@ export class Pow extends EventEmitter<PowEvents> {
   /** @internal */
   readonly log: FastifyBaseLogger
   #signer: Signer
+  /** Signed cookie value -> what it verified to; only values with a valid signature get in. */
+  #verified = new Map<string, Verified>()
 
   constructor (config: Config, store: PowStore, log: FastifyBaseLogger) {
     super()
@@ -76,12 +88,22 @@ export class Pow extends EventEmitter<PowEvents> {
     return this.#signer.sign(token)
   }
 
-  /** @internal the token in a signed cookie value, or null when it is malformed or forged */
-  unsign (signed: string): { token: string, renew: boolean } | null {
+  /**
+   * @internal The token in a signed cookie value and its store hash, or null when the value is
+   * malformed or forged. Recent results are cached by the exact signed value (a forged value
+   * never is, so it cannot push out anything but the oldest entries).
+   */
+  verify (signed: string): Verified | null {
+    const cached = this.#verified.get(signed)
+    if (cached !== undefined) return cached
     if (signed.length !== SIGNED_LENGTH || signed.charCodeAt(TOKEN_LENGTH) !== 46 || !isToken(signed.slice(0, TOKEN_LENGTH))) return null
     const result = this.#signer.unsign(signed)
     if (!result.valid || result.value === null) return null
-    return { token: result.value, renew: result.renew }
+    const verified: Verified = { token: result.value, hash: hashToken(result.value), renew: result.renew }
+    const cache = this.#verified
+    if (cache.size >= VERIFIED_CACHE_SIZE) cache.delete(cache.keys().next().value as string)
+    cache.set(signed, verified)
+    return verified
   }
 
   /** @internal listeners must not break a request */

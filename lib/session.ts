@@ -147,12 +147,12 @@ export class PowSession {
   /** @internal verifies the session cookie, loads the session, renews it when due */
   async [kAuthenticate] (signed: string, reloadUser: boolean): Promise<void> {
     const pow = this.#pow
-    const unsigned = pow.unsign(signed)
+    const unsigned = pow.verify(signed)
     if (unsigned === null) {
       this.#request.log.debug('fastify-pow: session cookie failed verification')
       return
     }
-    const sidHash = hashToken(unsigned.token)
+    const sidHash = unsigned.hash
     const found = await pow.store.getSession(sidHash)
     if (found === null) {
       this.#request.log.debug('fastify-pow: session cookie points at no session')

@@ -35,6 +35,28 @@ test('malformed and forged cookies are anonymous: never a 5xx, never a store wri
   t.same(store.calls, [], 'an unverifiable cookie is not even looked up')
 })
 
+test('verification is cached by the exact cookie value: a cached cookie does not make its forgeries pass', async (t) => {
+  const app = await buildApp(t)
+  const jar = await signIn(app, 1)
+  const valid = jar.get('pow_session') as string
+  t.equal((await me(jar)).status, 200, 'verified once (and cached)')
+  t.equal((await me(jar)).status, 200, 'and again from the cache')
+  const [sid, sig] = valid.split('.')
+  const flip = (c: string): string => (c === 'A' ? 'B' : 'A')
+  for (const forged of [`${sid}.${sig.slice(0, -1)}${flip(sig.slice(-1))}`, `${sid.slice(0, -1)}${flip(sid.slice(-1))}.${sig}`, `${sid}.${sig}x`, `${valid}.`]) {
+    const response = await app.inject({ url: '/me', headers: { cookie: `pow_session=${forged}` } })
+    t.equal(response.statusCode, 401, `${forged.slice(-8)} is anonymous`)
+  }
+  const signer = new Signer(SECRET)
+  const verified = app.pow.verify(valid)
+  t.same(verified, { token: sid, hash: verified?.hash, renew: false })
+  let others = 0
+  for (let i = 0; i < 5000; i++) if (app.pow.verify(signer.sign(randomToken('AAAA'))) !== null) others++
+  t.equal(others, 5000, '5000 other valid cookies verify')
+  t.same(app.pow.verify(valid), verified, 'pushed out of the cache by 5000 others, it verifies again')
+  t.equal(app.pow.verify(`${sid}.${sig.slice(0, -1)}${flip(sig.slice(-1))}`), null)
+})
+
 test('a validly signed id that points at nothing is anonymous after one read', async (t) => {
   const store = recordingStore()
   const app = await buildApp(t, { store })
