@@ -3,90 +3,73 @@ import type {
   ListedSession, PowStore, PutConditions, RevokeSelector, SessionRecord, StoredSession, TokenRecord, TokenRotation
 } from '../types.js'
 
-interface Entry {
-  key: string
-  expiresAt: number
-  dead: boolean
-}
-
-interface SessionEntry extends Entry {
-  userKey: string
-  fingerprint: string
-  record: string
-  retired: boolean
-}
-
-interface TokenEntry extends Entry {
-  userKey: string
-  fingerprint: string
-  record: string
-  usedAt: number | undefined
-}
-
-interface UserEntry {
-  /** JSON of the credentials; undefined once the user's last session is gone. */
-  user: string | undefined
-  sessions: Map<string, SessionEntry>
-  tokens: Map<string, TokenEntry>
-}
-
-interface HeapNode {
-  at: number
-  entry: Entry
-}
-
-/**
- * A min-heap of expiry times. Each entry is pushed when created and again only when its expiry
- * moves earlier; a node whose entry lives longer than the node says is pushed back at the
- * entry's real expiry, so extending a TTL costs nothing and the heap holds at most two nodes
- * per entry.
+/*
+ * Layout. A store with a million sessions must stay small and cheap for the garbage collector,
+ * so there is no object per session: sessions, tokens and locks are *slots*, small integers
+ * indexing parallel arrays (struct of arrays), and users are slots in a second set of arrays.
+ * What is left on the heap per session is its hash (the Map key), its record's JSON and the
+ * Map entry; per user, the user key, the user's JSON and a Map entry. Everything else is in
+ * typed arrays, which the collector never looks into.
+ *
+ * - `#sessions`, `#tokens`, `#locks`: hash (or lock name) -> slot; `#users`: user key -> user slot.
+ * - Each user slot heads two doubly linked lists through `#prev`/`#next`: its sessions and its
+ *   tokens, in insertion order. A user slot is freed with the last entry on its lists.
+ * - The record JSON of a session or token starts with `{"userKey":<json>,"fingerprint":<json>`
+ *   (the store writes it in that order), so "has this fingerprint" is a `startsWith` on the
+ *   stored string and no fingerprint string is kept besides it. A JSON string literal ends at
+ *   its first unescaped quote, so no literal is a prefix of another and the test is exact.
+ * - Expiry: a binary min-heap of slots keyed by `#expires`, each slot knowing its position, so
+ *   a changed expiry moves its slot in place and a deleted entry leaves at once: the heap holds
+ *   exactly the live entries.
+ * - Freed slots go on a free list and are reused. When fewer than a quarter of the slots in
+ *   use are live (after evictions), the arrays are compacted, so memory follows live sessions.
  */
-class ExpiryHeap {
-  #nodes: HeapNode[] = []
 
-  get size (): number { return this.#nodes.length }
+const NONE = -1
+const MIN_CAPACITY = 64
 
-  push (entry: Entry, at: number): void {
-    const nodes = this.#nodes
-    nodes.push({ at, entry })
-    let i = nodes.length - 1
-    while (i > 0) {
-      const parent = (i - 1) >> 1
-      if (nodes[parent].at <= nodes[i].at) break
-      ;[nodes[parent], nodes[i]] = [nodes[i], nodes[parent]]
-      i = parent
-    }
-  }
-
-  /** Removes and returns the earliest node if it is due at `now`. */
-  popDue (now: number): HeapNode | undefined {
-    const nodes = this.#nodes
-    if (nodes.length === 0 || nodes[0].at > now) return undefined
-    const top = nodes[0]
-    const last = nodes.pop() as HeapNode
-    if (nodes.length > 0) {
-      nodes[0] = last
-      let i = 0
-      for (;;) {
-        const l = 2 * i + 1
-        const r = l + 1
-        let smallest = i
-        if (l < nodes.length && nodes[l].at < nodes[smallest].at) smallest = l
-        if (r < nodes.length && nodes[r].at < nodes[smallest].at) smallest = r
-        if (smallest === i) break
-        ;[nodes[smallest], nodes[i]] = [nodes[i], nodes[smallest]]
-        i = smallest
-      }
-    }
-    return top
-  }
-}
+const KIND = 3
+const SESSION = 1
+const TOKEN = 2
+const LOCK = 3
+/** A session replaced by a newer one of its fingerprint: it lives out the grace, unlisted. */
+const RETIRED = 4
+/** A used remember-me token (its JSON holds `usedAt`). */
+const USED = 8
 
 /** The store contract: a hash carries its user's bucket, as sharded stores need it to. */
 function checkBucket (hash: string, userKey: string): void {
   if (!hash.startsWith(userBucket(userKey) + '.')) {
     throw new TypeError('MemoryStore: a session or token hash must start with its user\'s bucket (userBucket(userKey))')
   }
+}
+
+/** How every stored record's JSON begins: `{"userKey":...,"fingerprint":...`. */
+function recordPrefix (userKey: string, fingerprint: string): string {
+  return '{"userKey":' + JSON.stringify(userKey) + ',"fingerprint":' + JSON.stringify(fingerprint)
+}
+
+/** The record as JSON with userKey and fingerprint first (see recordPrefix). */
+function recordJson<T extends { userKey: string, fingerprint: string }> (record: T): string {
+  const { userKey, fingerprint } = record
+  return JSON.stringify(Object.assign({ userKey, fingerprint }, record))
+}
+
+/**
+ * A flat copy of a string built by concatenation (as `hashToken` builds hashes), for keeping:
+ * V8 keeps a concatenation as a tree of strings (about 150 bytes for a hash instead of 64), and
+ * flattening it in place still leaves the tree's head when the string was allocated in old
+ * space. A string made by JSON.parse is always flat.
+ */
+function flatten (value: string): string {
+  return JSON.parse(JSON.stringify(value))
+}
+
+/** A copy of a typed array with a larger capacity. */
+function grown<T extends Int32Array | Float64Array | Uint8Array> (array: T, capacity: number): T {
+  const next = new (array.constructor as new (n: number) => T)(capacity)
+  next.set(array)
+  return next
 }
 
 /**
@@ -96,11 +79,43 @@ function checkBucket (hash: string, userKey: string): void {
  * copies, exactly as from Redis.
  */
 export class MemoryStore implements PowStore {
-  #sessions = new Map<string, SessionEntry>()
-  #tokens = new Map<string, TokenEntry>()
-  #users = new Map<string, UserEntry>()
-  #locks = new Map<string, Entry>()
-  #heap = new ExpiryHeap()
+  #sessions = new Map<string, number>()
+  #tokens = new Map<string, number>()
+  #locks = new Map<string, number>()
+  #users = new Map<string, number>()
+
+  // ---- entry slots (sessions, tokens, locks)
+  /** Slots handed out so far: every slot below is live or on the free list. */
+  #top = 0
+  #live = 0
+  #free = NONE
+  /** The hash (or lock name) of each slot. */
+  #key: Array<string | undefined> = []
+  /** The record JSON of a session or token. */
+  #data: Array<string | undefined> = []
+  #expires = new Float64Array(MIN_CAPACITY)
+  /** User slot of a session or token. */
+  #owner = new Int32Array(MIN_CAPACITY)
+  #prev = new Int32Array(MIN_CAPACITY)
+  /** Next in the user's list; for a free slot, the next free slot. */
+  #next = new Int32Array(MIN_CAPACITY)
+  #heapAt = new Int32Array(MIN_CAPACITY)
+  #flags = new Uint8Array(MIN_CAPACITY)
+  #heap = new Int32Array(MIN_CAPACITY)
+  #heapSize = 0
+
+  // ---- user slots
+  #userTop = 0
+  #userLive = 0
+  #userFree = NONE
+  #userKey: Array<string | undefined> = []
+  /** JSON of the credentials; undefined once the user's last session is gone. */
+  #userJson: Array<string | undefined> = []
+  /** First session; for a free user slot, the next free user slot. */
+  #firstSession = new Int32Array(MIN_CAPACITY)
+  #lastSession = new Int32Array(MIN_CAPACITY)
+  #firstToken = new Int32Array(MIN_CAPACITY)
+  #lastToken = new Int32Array(MIN_CAPACITY)
 
   async putSession (
     sidHash: string, record: SessionRecord, user: unknown, ttl: number, grace: number, conditions: PutConditions = {}
@@ -114,27 +129,29 @@ export class MemoryStore implements PowStore {
   }
 
   async getSession (sidHash: string): Promise<StoredSession | null> {
-    const entry = this.#live(this.#sessions, sidHash)
-    if (entry === undefined) return null
-    const user = this.#users.get(entry.userKey)?.user
+    const slot = this.#sessions.get(sidHash)
+    if (slot === undefined || this.#expires[slot] <= Date.now()) return null
+    const user = this.#userJson[this.#owner[slot]]
     if (user === undefined) return null
-    return { record: JSON.parse(entry.record), user: JSON.parse(user), retired: entry.retired }
+    return { record: JSON.parse(this.#data[slot] as string), user: JSON.parse(user), retired: (this.#flags[slot] & RETIRED) !== 0 }
   }
 
   async deleteSession (sidHash: string): Promise<boolean> {
     this.#evict(Date.now())
-    const entry = this.#sessions.get(sidHash)
-    if (entry === undefined) return false
-    this.#deleteSessionEntry(entry)
+    const slot = this.#sessions.get(sidHash)
+    if (slot === undefined) return false
+    this.#release(slot)
     return true
   }
 
   async listSessions (userKey: string): Promise<ListedSession[]> {
     const now = Date.now()
     const list: ListedSession[] = []
-    for (const entry of this.#users.get(userKey)?.sessions.values() ?? []) {
-      if (entry.expiresAt > now && !entry.retired) {
-        list.push({ sidHash: entry.key, record: JSON.parse(entry.record), expiresAt: entry.expiresAt })
+    const user = this.#users.get(userKey)
+    if (user === undefined) return list
+    for (let slot = this.#firstSession[user]; slot !== NONE; slot = this.#next[slot]) {
+      if (this.#expires[slot] > now && (this.#flags[slot] & RETIRED) === 0) {
+        list.push({ sidHash: this.#key[slot] as string, record: JSON.parse(this.#data[slot] as string), expiresAt: this.#expires[slot] })
       }
     }
     return list
@@ -143,11 +160,12 @@ export class MemoryStore implements PowStore {
   async listUsers (): Promise<unknown[]> {
     const now = Date.now()
     const users: unknown[] = []
-    for (const entry of this.#users.values()) {
-      if (entry.user === undefined) continue
-      for (const session of entry.sessions.values()) {
-        if (session.expiresAt > now) {
-          users.push(JSON.parse(entry.user))
+    for (const user of this.#users.values()) {
+      const json = this.#userJson[user]
+      if (json === undefined) continue
+      for (let slot = this.#firstSession[user]; slot !== NONE; slot = this.#next[slot]) {
+        if (this.#expires[slot] > now) {
+          users.push(JSON.parse(json))
           break
         }
       }
@@ -157,36 +175,35 @@ export class MemoryStore implements PowStore {
 
   async updateUser (userKey: string, user: unknown): Promise<void> {
     this.#evict(Date.now())
-    const entry = this.#users.get(userKey)
-    if (entry === undefined) return
-    const json = JSON.stringify(user)
-    if (entry.user !== undefined) entry.user = json
-    for (const token of entry.tokens.values()) {
-      const record: TokenRecord = JSON.parse(token.record)
+    const slot = this.#users.get(userKey)
+    if (slot === undefined) return
+    if (this.#userJson[slot] !== undefined) this.#userJson[slot] = JSON.stringify(user)
+    for (let token = this.#firstToken[slot]; token !== NONE; token = this.#next[token]) {
+      const record: TokenRecord = JSON.parse(this.#data[token] as string)
       record.user = user
-      token.record = JSON.stringify(record)
+      this.#data[token] = JSON.stringify(record)
     }
   }
 
   async revoke (userKey: string, selector: RevokeSelector): Promise<string[]> {
     this.#evict(Date.now())
-    const entry = this.#users.get(userKey)
-    if (entry === undefined) return []
-    const selected = 'fingerprint' in selector
-      ? (fingerprint: string) => fingerprint === selector.fingerprint
-      : (fingerprint: string) => fingerprint !== selector.except
-    const revoked = new Set<string>()
-    for (const session of [...entry.sessions.values()]) {
-      if (selected(session.fingerprint)) {
-        revoked.add(session.fingerprint)
-        this.#deleteSessionEntry(session)
-      }
+    const user = this.#users.get(userKey)
+    if (user === undefined) return []
+    // Fingerprints are compared as the start of the stored JSON (see recordPrefix).
+    const only = 'fingerprint' in selector ? recordPrefix(userKey, selector.fingerprint) : undefined
+    const except = 'except' in selector && selector.except !== undefined ? recordPrefix(userKey, selector.except) : undefined
+    const selected = (json: string): boolean => only !== undefined ? json.startsWith(only) : except === undefined || !json.startsWith(except)
+    const doomed: number[] = []
+    for (let slot = this.#firstSession[user]; slot !== NONE; slot = this.#next[slot]) {
+      if (selected(this.#data[slot] as string)) doomed.push(slot)
     }
-    for (const token of [...entry.tokens.values()]) {
-      if (selected(token.fingerprint)) {
-        revoked.add(token.fingerprint)
-        this.#deleteTokenEntry(token)
-      }
+    for (let slot = this.#firstToken[user]; slot !== NONE; slot = this.#next[slot]) {
+      if (selected(this.#data[slot] as string)) doomed.push(slot)
+    }
+    const revoked = new Set<string>()
+    for (const slot of doomed) {
+      revoked.add((JSON.parse(this.#data[slot] as string) as { fingerprint: string }).fingerprint)
+      this.#release(slot)
     }
     return [...revoked]
   }
@@ -201,11 +218,8 @@ export class MemoryStore implements PowStore {
   }
 
   async getToken (tokenHash: string): Promise<TokenRecord | null> {
-    const entry = this.#live(this.#tokens, tokenHash)
-    if (entry === undefined) return null
-    const record: TokenRecord = JSON.parse(entry.record)
-    if (entry.usedAt !== undefined) record.usedAt = entry.usedAt
-    return record
+    const slot = this.#liveSlot(this.#tokens, tokenHash)
+    return slot === undefined ? null : JSON.parse(this.#data[slot] as string)
   }
 
   async rotateToken (tokenHash: string, now: number, rotation: TokenRotation): Promise<'rotated' | 'used' | 'missing'> {
@@ -213,13 +227,15 @@ export class MemoryStore implements PowStore {
     checkBucket(rotation.sidHash, session.userKey)
     checkBucket(rotation.tokenHash, session.userKey)
     this.#evict(Date.now())
-    const entry = this.#live(this.#tokens, tokenHash)
-    if (entry === undefined) return 'missing'
-    if (entry.usedAt !== undefined) return 'used'
-    entry.usedAt = now
-    const token: TokenRecord = JSON.parse(entry.record)
+    const slot = this.#liveSlot(this.#tokens, tokenHash)
+    if (slot === undefined) return 'missing'
+    if ((this.#flags[slot] & USED) !== 0) return 'used'
+    const token: TokenRecord = JSON.parse(this.#data[slot] as string)
+    this.#flags[slot] |= USED
+    this.#data[slot] = JSON.stringify({ ...token, usedAt: now })
     this.#storeSession(rotation.sidHash, session, JSON.stringify(token.user), true, rotation.sessionTtl, rotation.grace, now)
-    const stored = this.#users.get(token.userKey)?.user
+    const user = this.#users.get(token.userKey)
+    const stored = user === undefined ? undefined : this.#userJson[user]
     this.#storeToken(rotation.tokenHash, {
       userKey: token.userKey,
       fingerprint: token.fingerprint,
@@ -232,142 +248,357 @@ export class MemoryStore implements PowStore {
   async touchToken (tokenHash: string, ttl: number): Promise<void> {
     const now = Date.now()
     this.#evict(now)
-    const entry = this.#live(this.#tokens, tokenHash)
-    if (entry !== undefined && entry.usedAt === undefined) entry.expiresAt = now + ttl
+    const slot = this.#liveSlot(this.#tokens, tokenHash)
+    if (slot !== undefined && (this.#flags[slot] & USED) === 0) this.#setExpiry(slot, now + ttl)
   }
 
   async deleteToken (tokenHash: string): Promise<void> {
     this.#evict(Date.now())
-    this.#deleteTokenEntry(this.#tokens.get(tokenHash))
+    const slot = this.#tokens.get(tokenHash)
+    if (slot !== undefined) this.#release(slot)
   }
 
   async lock (key: string, ttl: number): Promise<boolean> {
     const now = Date.now()
     this.#evict(now)
-    if (this.#live(this.#locks, key) !== undefined) return false
-    const entry: Entry = { key, expiresAt: now + ttl, dead: false }
-    this.#locks.set(key, entry)
-    this.#heap.push(entry, entry.expiresAt)
+    const old = this.#locks.get(key)
+    if (old !== undefined) {
+      if (this.#expires[old] > Date.now()) return false
+      this.#release(old)
+    }
+    const slot = this.#allocate(key, undefined, LOCK, NONE, now + ttl)
+    this.#locks.set(key, slot)
     return true
   }
 
-  /** Counts of what the store holds, expired entries not yet evicted included. For tests and benchmarks. */
+  /**
+   * Counts of what the store holds, expired entries not yet evicted included; `heap` is the
+   * number of entries waiting in the expiry heap. For tests and benchmarks.
+   */
   get size (): { sessions: number, tokens: number, users: number, locks: number, heap: number } {
     return {
       sessions: this.#sessions.size,
       tokens: this.#tokens.size,
       users: this.#users.size,
       locks: this.#locks.size,
-      heap: this.#heap.size
+      heap: this.#heapSize
     }
   }
 
-  #live<E extends Entry> (map: Map<string, E>, key: string): E | undefined {
-    const entry = map.get(key)
-    return entry !== undefined && entry.expiresAt > Date.now() ? entry : undefined
+  /** Slots allocated in the arrays (live or free), entries and users: for tests of the compaction. */
+  get slots (): { entries: number, users: number } {
+    return { entries: this.#top, users: this.#userTop }
+  }
+
+  #liveSlot (map: Map<string, number>, key: string): number | undefined {
+    const slot = map.get(key)
+    return slot !== undefined && this.#expires[slot] > Date.now() ? slot : undefined
   }
 
   #holds (conditions: PutConditions): boolean {
-    return conditions.session === undefined || this.#live(this.#sessions, conditions.session) !== undefined
+    return conditions.session === undefined || this.#liveSlot(this.#sessions, conditions.session) !== undefined
   }
 
   /** Stores a session; retires the user's other sessions of its fingerprint for `grace` ms. */
   #storeSession (
     sidHash: string, record: SessionRecord, user: string | undefined, keepStoredUser: boolean, ttl: number, grace: number, now: number
   ): void {
-    this.#deleteSessionEntry(this.#sessions.get(sidHash))
-    const userEntry = this.#user(record.userKey)
-    for (const other of userEntry.sessions.values()) {
-      if (other.fingerprint === record.fingerprint) this.#retire(other, now + grace)
+    const old = this.#sessions.get(sidHash)
+    if (old !== undefined) this.#release(old)
+    const owner = this.#user(record.userKey)
+    const prefix = recordPrefix(record.userKey, record.fingerprint)
+    for (let slot = this.#firstSession[owner]; slot !== NONE; slot = this.#next[slot]) {
+      if ((this.#data[slot] as string).startsWith(prefix)) this.#retire(slot, now + grace)
     }
-    const entry: SessionEntry = {
-      key: sidHash,
-      expiresAt: now + ttl,
-      dead: false,
-      userKey: record.userKey,
-      fingerprint: record.fingerprint,
-      record: JSON.stringify(record),
-      retired: false
-    }
-    this.#sessions.set(sidHash, entry)
-    userEntry.sessions.set(sidHash, entry)
-    if (user !== undefined && !(keepStoredUser && userEntry.user !== undefined)) userEntry.user = user
-    this.#heap.push(entry, entry.expiresAt)
+    const slot = this.#allocate(sidHash, recordJson(record), SESSION, owner, now + ttl)
+    this.#sessions.set(this.#key[slot] as string, slot)
+    if (user !== undefined && !(keepStoredUser && this.#userJson[owner] !== undefined)) this.#userJson[owner] = user
   }
 
   #storeToken (tokenHash: string, record: TokenRecord, ttl: number, now: number): void {
-    this.#deleteTokenEntry(this.#tokens.get(tokenHash))
+    const old = this.#tokens.get(tokenHash)
+    if (old !== undefined) this.#release(old)
     const { usedAt, ...rest } = record
-    const entry: TokenEntry = {
-      key: tokenHash,
-      expiresAt: now + ttl,
-      dead: false,
-      userKey: record.userKey,
-      fingerprint: record.fingerprint,
-      record: JSON.stringify(rest),
-      usedAt
-    }
-    this.#tokens.set(tokenHash, entry)
-    this.#user(record.userKey).tokens.set(tokenHash, entry)
-    this.#heap.push(entry, entry.expiresAt)
+    const json = recordJson(usedAt === undefined ? rest : { ...rest, usedAt })
+    const slot = this.#allocate(tokenHash, json, usedAt === undefined ? TOKEN : TOKEN | USED, this.#user(record.userKey), now + ttl)
+    this.#tokens.set(this.#key[slot] as string, slot)
   }
 
-  #user (userKey: string): UserEntry {
-    let entry = this.#users.get(userKey)
-    if (entry === undefined) {
-      entry = { user: undefined, sessions: new Map(), tokens: new Map() }
-      this.#users.set(userKey, entry)
-    }
-    return entry
+  #retire (slot: number, until: number): void {
+    this.#flags[slot] |= RETIRED
+    if (this.#expires[slot] > until) this.#setExpiry(slot, until)
   }
 
-  #retire (entry: SessionEntry, until: number): void {
-    entry.retired = true
-    if (entry.expiresAt > until) {
-      entry.expiresAt = until
-      this.#heap.push(entry, until)
+  // ---- entry slots
+
+  /** A new entry: a slot, on its user's list (sessions and tokens) and in the expiry heap. */
+  #allocate (key: string, data: string | undefined, flags: number, owner: number, expires: number): number {
+    let slot = this.#free
+    if (slot !== NONE) {
+      this.#free = this.#next[slot]
+    } else {
+      if (this.#top === this.#flags.length) this.#resizeEntries(this.#flags.length * 2)
+      slot = this.#top++
     }
+    this.#live++
+    this.#key[slot] = flatten(key)
+    this.#data[slot] = data
+    this.#flags[slot] = flags
+    this.#owner[slot] = owner
+    this.#expires[slot] = expires
+    this.#next[slot] = NONE
+    const kind = flags & KIND
+    if (kind !== LOCK) {
+      const first = kind === SESSION ? this.#firstSession : this.#firstToken
+      const last = kind === SESSION ? this.#lastSession : this.#lastToken
+      const tail = last[owner]
+      this.#prev[slot] = tail
+      if (tail === NONE) first[owner] = slot
+      else this.#next[tail] = slot
+      last[owner] = slot
+    }
+    this.#heapPush(slot)
+    return slot
   }
 
-  #deleteSessionEntry (entry: SessionEntry | undefined): void {
-    if (entry === undefined || entry.dead) return
-    entry.dead = true
-    entry.record = ''
-    this.#sessions.delete(entry.key)
-    const user = this.#users.get(entry.userKey)
-    if (user === undefined) return
-    user.sessions.delete(entry.key)
-    if (user.sessions.size === 0) {
-      user.user = undefined
-      if (user.tokens.size === 0) this.#users.delete(entry.userKey)
+  /** Deletes an entry: from its map, its user's list (the user too once it has nothing left) and the heap. */
+  #release (slot: number): void {
+    const kind = this.#flags[slot] & KIND
+    const key = this.#key[slot] as string
+    if (kind === LOCK) {
+      this.#locks.delete(key)
+    } else {
+      const owner = this.#owner[slot]
+      const first = kind === SESSION ? this.#firstSession : this.#firstToken
+      const last = kind === SESSION ? this.#lastSession : this.#lastToken
+      const prev = this.#prev[slot]
+      const next = this.#next[slot]
+      if (prev === NONE) first[owner] = next
+      else this.#next[prev] = next
+      if (next === NONE) last[owner] = prev
+      else this.#prev[next] = prev
+      if (kind === SESSION) {
+        this.#sessions.delete(key)
+        if (this.#firstSession[owner] === NONE) this.#userJson[owner] = undefined
+      } else {
+        this.#tokens.delete(key)
+      }
+      if (this.#firstSession[owner] === NONE && this.#firstToken[owner] === NONE) this.#releaseUser(owner)
     }
+    this.#heapRemove(slot)
+    this.#key[slot] = undefined
+    this.#data[slot] = undefined
+    this.#flags[slot] = 0
+    this.#next[slot] = this.#free
+    this.#free = slot
+    this.#live--
   }
 
-  #deleteTokenEntry (entry: TokenEntry | undefined): void {
-    if (entry === undefined || entry.dead) return
-    entry.dead = true
-    entry.record = ''
-    this.#tokens.delete(entry.key)
-    const user = this.#users.get(entry.userKey)
-    if (user === undefined) return
-    user.tokens.delete(entry.key)
-    if (user.sessions.size === 0 && user.tokens.size === 0) this.#users.delete(entry.userKey)
+  #resizeEntries (capacity: number): void {
+    this.#expires = grown(this.#expires, capacity)
+    this.#owner = grown(this.#owner, capacity)
+    this.#prev = grown(this.#prev, capacity)
+    this.#next = grown(this.#next, capacity)
+    this.#heapAt = grown(this.#heapAt, capacity)
+    this.#flags = grown(this.#flags, capacity)
+    this.#heap = grown(this.#heap, capacity)
   }
+
+  /** Moves the live entries to the lowest slots, in order, and shrinks the arrays to fit them twice. */
+  #compactEntries (): void {
+    const top = this.#top
+    const moved = new Int32Array(top).fill(NONE)
+    let live = 0
+    for (let slot = 0; slot < top; slot++) if (this.#flags[slot] !== 0) moved[slot] = live++
+    const capacity = Math.max(MIN_CAPACITY, 2 ** Math.ceil(Math.log2(live * 2 || 1)))
+    const key: Array<string | undefined> = new Array(live)
+    const data: Array<string | undefined> = new Array(live)
+    const expires = new Float64Array(capacity)
+    const owner = new Int32Array(capacity)
+    const prev = new Int32Array(capacity)
+    const next = new Int32Array(capacity)
+    const heapAt = new Int32Array(capacity)
+    const flags = new Uint8Array(capacity)
+    const heap = new Int32Array(capacity)
+    const at = (slot: number): number => slot === NONE ? NONE : moved[slot]
+    for (let slot = 0; slot < top; slot++) {
+      const to = moved[slot]
+      if (to === NONE) continue
+      key[to] = this.#key[slot]
+      data[to] = this.#data[slot]
+      expires[to] = this.#expires[slot]
+      owner[to] = this.#owner[slot]
+      prev[to] = at(this.#prev[slot])
+      next[to] = at(this.#next[slot])
+      heapAt[to] = this.#heapAt[slot]
+      flags[to] = this.#flags[slot]
+    }
+    for (let i = 0; i < this.#heapSize; i++) heap[i] = moved[this.#heap[i]]
+    for (const map of [this.#sessions, this.#tokens, this.#locks]) {
+      for (const [name, slot] of map) map.set(name, moved[slot])
+    }
+    for (const user of this.#users.values()) {
+      this.#firstSession[user] = at(this.#firstSession[user])
+      this.#lastSession[user] = at(this.#lastSession[user])
+      this.#firstToken[user] = at(this.#firstToken[user])
+      this.#lastToken[user] = at(this.#lastToken[user])
+    }
+    this.#key = key
+    this.#data = data
+    this.#expires = expires
+    this.#owner = owner
+    this.#prev = prev
+    this.#next = next
+    this.#heapAt = heapAt
+    this.#flags = flags
+    this.#heap = heap
+    this.#top = live
+    this.#free = NONE
+  }
+
+  // ---- user slots
+
+  /** The user's slot, made when missing. */
+  #user (userKey: string): number {
+    let user = this.#users.get(userKey)
+    if (user !== undefined) return user
+    user = this.#userFree
+    if (user !== NONE) {
+      this.#userFree = this.#firstSession[user]
+    } else {
+      if (this.#userTop === this.#firstSession.length) this.#resizeUsers(this.#firstSession.length * 2)
+      user = this.#userTop++
+    }
+    this.#userLive++
+    this.#userKey[user] = userKey
+    this.#userJson[user] = undefined
+    this.#firstSession[user] = NONE
+    this.#lastSession[user] = NONE
+    this.#firstToken[user] = NONE
+    this.#lastToken[user] = NONE
+    this.#users.set(userKey, user)
+    return user
+  }
+
+  #releaseUser (user: number): void {
+    this.#users.delete(this.#userKey[user] as string)
+    this.#userKey[user] = undefined
+    this.#userJson[user] = undefined
+    this.#firstSession[user] = this.#userFree
+    this.#userFree = user
+    this.#userLive--
+  }
+
+  #resizeUsers (capacity: number): void {
+    this.#firstSession = grown(this.#firstSession, capacity)
+    this.#lastSession = grown(this.#lastSession, capacity)
+    this.#firstToken = grown(this.#firstToken, capacity)
+    this.#lastToken = grown(this.#lastToken, capacity)
+  }
+
+  #compactUsers (): void {
+    const top = this.#userTop
+    const moved = new Int32Array(top).fill(NONE)
+    let live = 0
+    for (let user = 0; user < top; user++) if (this.#userKey[user] !== undefined) moved[user] = live++
+    const capacity = Math.max(MIN_CAPACITY, 2 ** Math.ceil(Math.log2(live * 2 || 1)))
+    const userKey: Array<string | undefined> = new Array(live)
+    const userJson: Array<string | undefined> = new Array(live)
+    const firstSession = new Int32Array(capacity)
+    const lastSession = new Int32Array(capacity)
+    const firstToken = new Int32Array(capacity)
+    const lastToken = new Int32Array(capacity)
+    for (let user = 0; user < top; user++) {
+      const to = moved[user]
+      if (to === NONE) continue
+      userKey[to] = this.#userKey[user]
+      userJson[to] = this.#userJson[user]
+      firstSession[to] = this.#firstSession[user]
+      lastSession[to] = this.#lastSession[user]
+      firstToken[to] = this.#firstToken[user]
+      lastToken[to] = this.#lastToken[user]
+    }
+    for (const [name, user] of this.#users) this.#users.set(name, moved[user])
+    for (let slot = 0; slot < this.#top; slot++) {
+      if ((this.#flags[slot] & KIND) === SESSION || (this.#flags[slot] & KIND) === TOKEN) this.#owner[slot] = moved[this.#owner[slot]]
+    }
+    this.#userKey = userKey
+    this.#userJson = userJson
+    this.#firstSession = firstSession
+    this.#lastSession = lastSession
+    this.#firstToken = firstToken
+    this.#lastToken = lastToken
+    this.#userTop = live
+    this.#userFree = NONE
+  }
+
+  // ---- expiry
 
   #evict (now: number): void {
-    for (let node = this.#heap.popDue(now); node !== undefined; node = this.#heap.popDue(now)) {
-      const entry = node.entry
-      if (entry.dead) continue
-      if (entry.expiresAt > now) {
-        this.#heap.push(entry, entry.expiresAt)
-        continue
-      }
-      if (this.#sessions.get(entry.key) === entry) this.#deleteSessionEntry(entry as SessionEntry)
-      else if (this.#tokens.get(entry.key) === entry) this.#deleteTokenEntry(entry as TokenEntry)
-      else if (this.#locks.get(entry.key) === entry) {
-        entry.dead = true
-        this.#locks.delete(entry.key)
-      }
+    while (this.#heapSize > 0 && this.#expires[this.#heap[0]] <= now) this.#release(this.#heap[0])
+    // Compacting moves slots, so it happens here, before a write looks any slot up, never
+    // while one is being worked on. Amortized: a compaction of n slots follows 3n/4 releases.
+    if (this.#top > MIN_CAPACITY && this.#live * 4 < this.#top) this.#compactEntries()
+    if (this.#userTop > MIN_CAPACITY && this.#userLive * 4 < this.#userTop) this.#compactUsers()
+  }
+
+  #setExpiry (slot: number, expires: number): void {
+    const earlier = expires < this.#expires[slot]
+    this.#expires[slot] = expires
+    if (earlier) this.#siftUp(this.#heapAt[slot])
+    else this.#siftDown(this.#heapAt[slot])
+  }
+
+  #heapPush (slot: number): void {
+    const i = this.#heapSize++
+    this.#heap[i] = slot
+    this.#heapAt[slot] = i
+    this.#siftUp(i)
+  }
+
+  #heapRemove (slot: number): void {
+    const i = this.#heapAt[slot]
+    const last = this.#heap[--this.#heapSize]
+    if (i === this.#heapSize) return
+    this.#heap[i] = last
+    this.#heapAt[last] = i
+    if (this.#expires[last] < this.#expires[slot]) this.#siftUp(i)
+    else this.#siftDown(i)
+  }
+
+  #siftUp (i: number): void {
+    const heap = this.#heap
+    const expires = this.#expires
+    const slot = heap[i]
+    const at = expires[slot]
+    while (i > 0) {
+      const parent = (i - 1) >> 1
+      if (expires[heap[parent]] <= at) break
+      heap[i] = heap[parent]
+      this.#heapAt[heap[i]] = i
+      i = parent
     }
+    heap[i] = slot
+    this.#heapAt[slot] = i
+  }
+
+  #siftDown (i: number): void {
+    const heap = this.#heap
+    const expires = this.#expires
+    const size = this.#heapSize
+    const slot = heap[i]
+    const at = expires[slot]
+    for (;;) {
+      const l = 2 * i + 1
+      if (l >= size) break
+      const r = l + 1
+      const child = r < size && expires[heap[r]] < expires[heap[l]] ? r : l
+      if (expires[heap[child]] >= at) break
+      heap[i] = heap[child]
+      this.#heapAt[heap[i]] = i
+      i = child
+    }
+    heap[i] = slot
+    this.#heapAt[slot] = i
   }
 }
