@@ -118,7 +118,8 @@ export interface PowStore {
    * and, when `user` is not `undefined`, replaces the user's credentials. Other sessions of the
    * same user with the same fingerprint are retired and unclaimed: they keep their TTL until
    * this session is first read by `getSession`, then stay readable for at most `grace` ms. Those
-   * that were never read are superseded instead.
+   * that were themselves replacements (of a put that retired sessions, or of `rotateToken`) and
+   * were never read are superseded instead.
    * Returns false, having written nothing, when a condition does not hold.
    */
   putSession (

@@ -45,10 +45,12 @@ function writeScript (lua: string): Script {
 }
 
 // Key layout, with P = `<namespace>:{<bucket>}:` (the hash tag keeps one user's keys in one slot):
-//   P s:<sid>     hash  r (record JSON), u (user key), f (fingerprint), x ('1' once retired),
+//   P s:<sid>     hash  r (record JSON), user (the user's credentials, JSON, a copy kept in step
+//                       with P u:<userKey>), u (user key), f (fingerprint), x ('1' once retired),
 //                       n (when it was retired, ms, while the session that replaced it was never
-//                       read), sup ('1': replaced before it was ever read), p ('1' until first
-//                       read), c (the grace, when its first read cuts retired sessions to it),
+//                       read), sup ('1': a replacement replaced before it was ever read), p ('1'
+//                       on a replacement until its first read), c (the grace, when its first read
+//                       cuts retired sessions to it),
 //                       pt (the token whose rotation stored it, until first read)
 //   P u:<userKey> string  the user's credentials (JSON); TTL = the user's last session expiry
 //   P us:<userKey> zset  session ids scored by expiry (ms)
@@ -63,48 +65,43 @@ function writeScript (lua: string): Script {
 // sessions of the fingerprint but leaves them their TTL, "unclaimed", until the new session is
 // first read: the answer that carried it may never have reached the browser (a 503 after Redis
 // ran the write, a dropped connection), and the browser still holding the old cookie must not
-// be signed out. The first read cuts them to the grace. A session that is replaced before it was
-// ever read is "superseded": whoever presents it later had a copy of a cookie someone else
+// be signed out. The first read cuts them to the grace. A replacement that is replaced again
+// before it was ever read is "superseded": whoever presents it later had a copy of a cookie someone else
 // moved on from, and fastify-pow treats that as theft. Tokens likewise: a used token stays
 // unclaimed until its new session or token is used, and may rotate again meanwhile, superseding
 // the earlier new token.
 // Scripts reach keys they cannot know in advance (a session's user, other sessions in the list)
 // only under the same P, so every script stays inside one cluster slot.
 
-// KEYS: session. ARGV: P, now. Returns record, user, '1' if retired, the time it was retired if
-// unclaimed or '', '1' if superseded.
-const GET_SESSION = script(`
-local v = redis.call('HMGET', KEYS[1], 'r', 'u', 'x', 'n', 'p', 'c', 'pt', 'f', 'sup')
-if not v[1] then return false end
-local user = redis.call('GET', ARGV[1] .. 'u:' .. v[2])
-if not user then return false end
-if v[9] then return {v[1], user, '1', '', '1'} end
-if v[5] then
-  -- The first read: the sessions this one retired live out the grace from now on, and the
-  -- rotation that stored it is claimed.
-  redis.call('HDEL', KEYS[1], 'p', 'c', 'pt')
-  if v[6] then
-    local grace = tonumber(v[6])
-    local list = ARGV[1] .. 'us:' .. v[2]
-    local members = redis.call('ZRANGE', list, 0, -1)
-    for i = 1, #members do
-      local k = ARGV[1] .. 's:' .. members[i]
-      if k ~= KEYS[1] then
-        local o = redis.call('HMGET', k, 'f', 'n')
-        if o[1] == v[8] and o[2] then
-          redis.call('HDEL', k, 'n')
-          local left = redis.call('PTTL', k)
-          if left < 0 or left > grace then
-            redis.call('PEXPIRE', k, grace)
-            redis.call('ZADD', list, tonumber(ARGV[2]) + grace, members[i])
-          end
+// Reading a session is one HMGET (the record and a copy of the user's credentials live in the
+// session's hash). Its first read also sends this, without waiting for it: KEYS: session.
+// ARGV: P, now. The sessions it retired live out the grace from now on, and the rotation that
+// stored it is claimed. A later read does it if this one is lost.
+const CLAIM_SESSION = script(`
+local v = redis.call('HMGET', KEYS[1], 'u', 'p', 'c', 'pt', 'f', 'sup')
+if not v[2] or v[6] then return 0 end
+redis.call('HDEL', KEYS[1], 'p', 'c', 'pt')
+if v[3] then
+  local grace = tonumber(v[3])
+  local list = ARGV[1] .. 'us:' .. v[1]
+  local members = redis.call('ZRANGE', list, 0, -1)
+  for i = 1, #members do
+    local k = ARGV[1] .. 's:' .. members[i]
+    if k ~= KEYS[1] then
+      local o = redis.call('HMGET', k, 'f', 'n')
+      if o[1] == v[5] and o[2] then
+        redis.call('HDEL', k, 'n')
+        local left = redis.call('PTTL', k)
+        if left < 0 or left > grace then
+          redis.call('PEXPIRE', k, grace)
+          redis.call('ZADD', list, tonumber(ARGV[2]) + grace, members[i])
         end
       end
     end
   end
-  if v[7] then redis.call('HDEL', ARGV[1] .. 't:' .. v[7], 'n', 'nt') end
 end
-return {v[1], user, v[3] or '', v[4] or '', ''}
+if v[4] then redis.call('HDEL', ARGV[1] .. 't:' .. v[4], 'n', 'nt') end
+return 1
 `)
 
 // Shared by the scripts that store sessions and tokens. All keys are built from P, so they
@@ -117,12 +114,17 @@ end
 
 -- A session: retires the user's other live sessions of the same fingerprint (they keep their
 -- TTL, unclaimed, until this one is first read) and supersedes those never read; stores this
--- one, and the user's credentials unless keepUser is set and some are stored.
--- prevToken: the token whose rotation stores it.
+-- one, and the user's credentials unless keepUser is set and some are stored (new credentials
+-- go to the copy in every session of the user). prevToken: the token whose rotation stores it.
 local function put_session (P, sid, record, userKey, fp, user, keepUser, ttl, expiresAt, grace, now, prevToken)
   local skey = P .. 's:' .. sid
   local ckey = P .. 'u:' .. userKey
   local list = P .. 'us:' .. userKey
+  if user then
+    if keepUser then redis.call('SET', ckey, user, 'NX') else redis.call('SET', ckey, user) end
+  end
+  local current = redis.call('GET', ckey)
+  local copyUser = user and not keepUser
   redis.call('ZREMRANGEBYSCORE', list, '-inf', now)
   local members = redis.call('ZRANGE', list, 0, -1)
   local claims = false
@@ -131,6 +133,7 @@ local function put_session (P, sid, record, userKey, fp, user, keepUser, ttl, ex
     if m ~= sid then
       local k = P .. 's:' .. m
       local o = redis.call('HMGET', k, 'f', 'x', 'p', 'n')
+      if copyUser and o[1] then redis.call('HSET', k, 'user', current) end
       if o[1] == fp then
         if o[3] then
           redis.call('HDEL', k, 'p', 'c', 'pt', 'n')
@@ -145,14 +148,14 @@ local function put_session (P, sid, record, userKey, fp, user, keepUser, ttl, ex
     end
   end
   redis.call('DEL', skey)
-  redis.call('HSET', skey, 'r', record, 'u', userKey, 'f', fp, 'p', '1')
+  redis.call('HSET', skey, 'r', record, 'u', userKey, 'f', fp)
+  if current then redis.call('HSET', skey, 'user', current) end
+  -- A replacement (of sessions, or from a rotation) is unread until its first read claims it.
+  if claims or prevToken then redis.call('HSET', skey, 'p', '1') end
   if claims then redis.call('HSET', skey, 'c', grace) end
   if prevToken then redis.call('HSET', skey, 'pt', prevToken) end
   redis.call('PEXPIRE', skey, ttl)
   redis.call('ZADD', list, expiresAt, sid)
-  if user then
-    if keepUser then redis.call('SET', ckey, user, 'NX') else redis.call('SET', ckey, user) end
-  end
   local keep = keep_until(list, tonumber(now))
   redis.call('PEXPIRE', list, keep)
   redis.call('PEXPIRE', ckey, keep)
@@ -209,9 +212,16 @@ end
 return out
 `)
 
-// KEYS: credentials, token list. ARGV: P, user, now.
+// KEYS: credentials, token list, session list. ARGV: P, user, now.
 const UPDATE_USER = writeScript(`
-if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL') end
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
+  local s = redis.call('ZRANGE', KEYS[3], 0, -1)
+  for i = 1, #s do
+    local k = ARGV[1] .. 's:' .. s[i]
+    if redis.call('EXISTS', k) == 1 then redis.call('HSET', k, 'user', ARGV[2]) end
+  end
+end
 local m = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. ARGV[3], '+inf')
 for i = 1, #m do
   local k = ARGV[1] .. 't:' .. m[i]
@@ -383,11 +393,18 @@ export class RedisStore implements PowStore {
 
   async getSession (sidHash: string): Promise<StoredSession | null> {
     const prefix = this.#hashPrefix(sidHash)
-    const found = await this.#eval(GET_SESSION, [prefix + 's:' + this.#id(sidHash)], [prefix, Date.now()]) as [string, string, string, string, string] | null
-    if (found === null) return null
-    const stored: StoredSession = { record: JSON.parse(found[0]), user: JSON.parse(found[1]), retired: found[2] === '1' }
-    if (found[3] !== '') stored.unclaimedSince = Number(found[3])
-    if (found[4] === '1') stored.superseded = true
+    const key = prefix + 's:' + this.#id(sidHash)
+    const [record, user, retired, unclaimedSince, unread, superseded] =
+      await this.#guard(() => this.#client.hmget(key, 'r', 'user', 'x', 'n', 'p', 'sup'))
+    if (record === null || user === null) return null
+    if (unread !== null) {
+      // The first read claims the session; not waited for, and done again by a later read if lost.
+      // EVAL, not EVALSHA: a NOSCRIPT answer would let the commands sent after it overtake it.
+      this.#guard(() => this.#client.eval(CLAIM_SESSION.lua, 1, key, this.#keyPrefix + prefix, Date.now())).catch(() => {})
+    }
+    const stored: StoredSession = { record: JSON.parse(record), user: JSON.parse(user), retired: retired === '1' }
+    if (unclaimedSince !== null) stored.unclaimedSince = Number(unclaimedSince)
+    if (superseded !== null) stored.superseded = true
     return stored
   }
 
@@ -430,7 +447,7 @@ export class RedisStore implements PowStore {
 
   async updateUser (userKey: string, user: unknown): Promise<void> {
     const prefix = this.#userPrefix(userKey)
-    await this.#eval(UPDATE_USER, [prefix + 'u:' + userKey, prefix + 'ut:' + userKey], [prefix, JSON.stringify(user), Date.now()])
+    await this.#eval(UPDATE_USER, [prefix + 'u:' + userKey, prefix + 'ut:' + userKey, prefix + 'us:' + userKey], [prefix, JSON.stringify(user), Date.now()])
   }
 
   async revoke (userKey: string, selector: RevokeSelector): Promise<string[]> {
