@@ -121,7 +121,9 @@ export async function pages (app: FastifyInstance, options: PagesOptions): Promi
   app.setErrorHandler(async (err: Error & { statusCode?: number, code?: string }, request, reply) => {
     const status = err.statusCode ?? 500
     if (status >= 500) request.log.error({ err }, 'page failed')
-    const message = status === 403
+    const message = err.code === 'POW_ERR_SIGN_IN_REVOKED'
+      ? 'Another of your devices signed everyone else out while you were signing in. Sign in again.'
+      : status === 403
       ? 'Your form expired. Go back, reload the page and try again.'
       : status === 429
         ? 'Too many attempts. Wait a minute and try again.'
