@@ -70,6 +70,7 @@ test('a used token works inside the grace without another rotation, then is thef
 
   const reuse: string[] = []
   app.pow.on('persistent:reuse', (e) => reuse.push(e.fingerprint))
+  t.equal((await me(jar)).status, 200, 'the browser uses its new session: the rotation is claimed')
   clock.tick(6_000)
   const theft = await thief.request('/me')
   t.equal(theft.statusCode, 401, 'after the grace the used token is dead')
@@ -96,7 +97,9 @@ test('token reuse is logged as a warning', async (t) => {
   const login = await app.inject({ method: 'POST', url: '/login' })
   const token = login.cookies.find((c) => c.name === 'pow_persistent_session')?.value
   const cookie = `pow_persistent_session=${token}`
-  await app.inject({ url: '/me', headers: { cookie } })
+  const rotated = await app.inject({ url: '/me', headers: { cookie } })
+  const session = rotated.cookies.find((c) => c.name === 'pow_session')?.value
+  t.equal((await app.inject({ url: '/me', headers: { cookie: `pow_session=${session}` } })).json().user?.id, 1, 'the new session is used')
   clock.tick(60_000)
   await app.inject({ url: '/me', headers: { cookie } })
   const warning = lines.find((l) => l.level === 40)

@@ -34,7 +34,7 @@ test('a session older than renewAfter gets a new id with the same fingerprint', 
   t.equal(listed[0].sidHash, hashToken((jar.get('pow_session') as string).split('.')[0]))
 })
 
-test('the old id keeps working for rotationGrace without renewing again, then dies', async (t) => {
+test('once the new id is used, the old id keeps working for rotationGrace without renewing again, then dies', async (t) => {
   const clock = fakeClock(t)
   const store = recordingStore()
   const app = await buildApp(t, { store, session: { rotationGrace: 10_000 } })
@@ -42,6 +42,7 @@ test('the old id keeps working for rotationGrace without renewing again, then di
   const old = jar.clone()
   clock.tick(16 * MINUTE)
   await jar.request('/me')
+  t.equal((await me(jar)).status, 200, 'the browser uses its new id: the renewal is claimed')
   const puts = store.calls.filter((c) => c === 'putSession').length
 
   clock.tick(9_000)

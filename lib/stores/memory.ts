@@ -21,6 +21,9 @@ import type {
  * - Expiry: a binary min-heap of slots keyed by `#expires`, each slot knowing its position, so
  *   a changed expiry moves its slot in place and a deleted entry leaves at once: the heap holds
  *   exactly the live entries.
+ * - Replacements are claimed on first use (see PowStore): the little state this takes lives in
+ *   three small maps keyed by hash (`#unread`, `#unclaimedSince`, `#rotations`), and only while
+ *   a claim is pending, so a session in the steady state has no entry in any of them.
  * - Freed slots go on a free list and are reused. When fewer than a quarter of the slots in
  *   use are live (after evictions), the arrays are compacted, so memory follows live sessions.
  */
@@ -32,10 +35,32 @@ const KIND = 3
 const SESSION = 1
 const TOKEN = 2
 const LOCK = 3
-/** A session replaced by a newer one of its fingerprint: it lives out the grace, unlisted. */
+/** A session replaced by a newer one of its fingerprint: unlisted; it lives out the grace once claimed. */
 const RETIRED = 4
 /** A used remember-me token (its JSON holds `usedAt`). */
 const USED = 8
+/** A retired session whose replacement was never read: it keeps its TTL until then. */
+const UNCLAIMED = 16
+/** A replacement replaced again before it was ever read: presenting it is theft. */
+const SUPERSEDED = 32
+/** A replacement (of sessions, or from a rotation) not read yet: its first read claims. */
+const UNREAD = 64
+
+/** What the first read of a replacement claims. */
+interface Claim {
+  /** It replaced sessions of its fingerprint: they live out this grace from the claim on. */
+  grace: number | undefined
+  /** A rotation of this token stored it. */
+  token: string | undefined
+}
+
+/** A token's part in remember-me rotations, while a rotation is unclaimed. */
+interface Rotation {
+  /** Used, and the session and token its rotation stored were never used. */
+  next: { session: string, token: string } | undefined
+  /** A rotation of this token stored it: using it claims that rotation. */
+  previous: string | undefined
+}
 
 /** The store contract: a hash carries its user's bucket, as sharded stores need it to. */
 function checkBucket (hash: string, userKey: string): void {
@@ -83,6 +108,12 @@ export class MemoryStore implements PowStore {
   #tokens = new Map<string, number>()
   #locks = new Map<string, number>()
   #users = new Map<string, number>()
+  /** Unread replacements, by hash: what their first read claims. */
+  #unread = new Map<string, Claim>()
+  /** Unclaimed retired sessions, by hash: when they were retired. */
+  #unclaimedSince = new Map<string, number>()
+  /** Tokens in a rotation not yet claimed, by hash. */
+  #rotations = new Map<string, Rotation>()
 
   // ---- entry slots (sessions, tokens, locks)
   /** Slots handed out so far: every slot below is live or on the free list. */
@@ -133,7 +164,12 @@ export class MemoryStore implements PowStore {
     if (slot === undefined || this.#expires[slot] <= Date.now()) return null
     const user = this.#userJson[this.#owner[slot]]
     if (user === undefined) return null
-    return { record: JSON.parse(this.#data[slot] as string), user: JSON.parse(user), retired: (this.#flags[slot] & RETIRED) !== 0 }
+    const flags = this.#flags[slot]
+    const stored: StoredSession = { record: JSON.parse(this.#data[slot] as string), user: JSON.parse(user), retired: (flags & RETIRED) !== 0 }
+    if ((flags & SUPERSEDED) !== 0) stored.superseded = true
+    else if ((flags & UNREAD) !== 0) this.#claim(slot, sidHash, stored.record)
+    else if ((flags & UNCLAIMED) !== 0) stored.unclaimedSince = this.#unclaimedSince.get(sidHash)
+    return stored
   }
 
   async deleteSession (sidHash: string): Promise<boolean> {
@@ -219,7 +255,11 @@ export class MemoryStore implements PowStore {
 
   async getToken (tokenHash: string): Promise<TokenRecord | null> {
     const slot = this.#liveSlot(this.#tokens, tokenHash)
-    return slot === undefined ? null : JSON.parse(this.#data[slot] as string)
+    if (slot === undefined) return null
+    const record: TokenRecord = JSON.parse(this.#data[slot] as string)
+    if ((this.#flags[slot] & SUPERSEDED) !== 0) record.superseded = true
+    if ((this.#flags[slot] & USED) !== 0 && this.#rotations.get(tokenHash)?.next !== undefined) record.unclaimed = true
+    return record
   }
 
   async rotateToken (tokenHash: string, now: number, rotation: TokenRotation): Promise<'rotated' | 'used' | 'missing'> {
@@ -229,11 +269,30 @@ export class MemoryStore implements PowStore {
     this.#evict(Date.now())
     const slot = this.#liveSlot(this.#tokens, tokenHash)
     if (slot === undefined) return 'missing'
-    if ((this.#flags[slot] & USED) !== 0) return 'used'
+    const flags = this.#flags[slot]
+    if ((flags & SUPERSEDED) !== 0) return 'used'
     const token: TokenRecord = JSON.parse(this.#data[slot] as string)
+    const rotations = this.#rotations.get(tokenHash)
+    const next = rotations?.next
+    let usedAt = now
+    if ((flags & USED) !== 0) {
+      if (next !== undefined && next.session === rotation.sidHash) {
+        // The same rotation again (sent twice): written again, keeping when the token was used.
+        usedAt = token.usedAt as number
+      } else if (next !== undefined && rotation.again === true && now - (token.usedAt as number) > rotation.grace) {
+        // Rotated again: the earlier new token is superseded (its session is, by #storeSession).
+        const earlier = this.#tokens.get(next.token)
+        if (earlier !== undefined) this.#flags[earlier] |= SUPERSEDED
+      } else {
+        return 'used'
+      }
+    }
     this.#flags[slot] |= USED
-    this.#data[slot] = JSON.stringify({ ...token, usedAt: now })
-    this.#storeSession(rotation.sidHash, session, JSON.stringify(token.user), true, rotation.sessionTtl, rotation.grace, now)
+    this.#data[slot] = recordJson({ ...token, usedAt })
+    this.#rotations.set(tokenHash, { next: { session: rotation.sidHash, token: rotation.tokenHash }, previous: undefined })
+    // This token was the new token of an earlier rotation: that rotation is claimed.
+    if (rotations?.previous !== undefined) this.#claimToken(rotations.previous)
+    this.#storeSession(rotation.sidHash, session, JSON.stringify(token.user), true, rotation.sessionTtl, rotation.grace, now, tokenHash)
     const user = this.#users.get(token.userKey)
     const stored = user === undefined ? undefined : this.#userJson[user]
     this.#storeToken(rotation.tokenHash, {
@@ -242,6 +301,7 @@ export class MemoryStore implements PowStore {
       user: stored === undefined ? token.user : JSON.parse(stored),
       metadata: session.metadata
     }, rotation.tokenTtl, now)
+    this.#rotations.set(rotation.tokenHash, { next: undefined, previous: tokenHash })
     return 'rotated'
   }
 
@@ -299,20 +359,72 @@ export class MemoryStore implements PowStore {
     return conditions.session === undefined || this.#liveSlot(this.#sessions, conditions.session) !== undefined
   }
 
-  /** Stores a session; retires the user's other sessions of its fingerprint for `grace` ms. */
+  /**
+   * Stores a session. The user's other live sessions of its fingerprint are retired and unclaimed
+   * (they keep their TTL until this one is first read); unread replacements among them are
+   * superseded. `prevToken`: the token whose rotation stores it.
+   */
   #storeSession (
-    sidHash: string, record: SessionRecord, user: string | undefined, keepStoredUser: boolean, ttl: number, grace: number, now: number
+    sidHash: string, record: SessionRecord, user: string | undefined, keepStoredUser: boolean, ttl: number, grace: number, now: number,
+    prevToken?: string
   ): void {
     const old = this.#sessions.get(sidHash)
     if (old !== undefined) this.#release(old)
     const owner = this.#user(record.userKey)
     const prefix = recordPrefix(record.userKey, record.fingerprint)
+    let claims = false
     for (let slot = this.#firstSession[owner]; slot !== NONE; slot = this.#next[slot]) {
-      if ((this.#data[slot] as string).startsWith(prefix)) this.#retire(slot, now + grace)
+      if (!(this.#data[slot] as string).startsWith(prefix)) continue
+      const flags = this.#flags[slot]
+      const key = this.#key[slot] as string
+      if ((flags & UNREAD) !== 0) {
+        this.#flags[slot] = (flags & ~(UNREAD | UNCLAIMED)) | RETIRED | SUPERSEDED
+        this.#unread.delete(key)
+      } else if ((flags & RETIRED) === 0) {
+        this.#flags[slot] = flags | RETIRED | UNCLAIMED
+        this.#unclaimedSince.set(key, now)
+        claims = true
+      } else if ((flags & UNCLAIMED) !== 0) {
+        claims = true
+      }
     }
-    const slot = this.#allocate(sidHash, recordJson(record), SESSION, owner, now + ttl)
+    const unread = claims || prevToken !== undefined
+    const slot = this.#allocate(sidHash, recordJson(record), unread ? SESSION | UNREAD : SESSION, owner, now + ttl)
     this.#sessions.set(this.#key[slot] as string, slot)
+    if (unread) this.#unread.set(this.#key[slot] as string, { grace: claims ? grace : undefined, token: prevToken })
     if (user !== undefined && !(keepStoredUser && this.#userJson[owner] !== undefined)) this.#userJson[owner] = user
+  }
+
+  /** The first read of a replacement: the sessions it retired live out the grace from now on, and its rotation is claimed. */
+  #claim (slot: number, sidHash: string, record: SessionRecord): void {
+    this.#flags[slot] &= ~UNREAD
+    const claim = this.#unread.get(sidHash)
+    this.#unread.delete(sidHash)
+    if (claim === undefined) return
+    if (claim.grace !== undefined) {
+      const until = Date.now() + claim.grace
+      const prefix = recordPrefix(record.userKey, record.fingerprint)
+      for (let other = this.#firstSession[this.#owner[slot]]; other !== NONE; other = this.#next[other]) {
+        if ((this.#flags[other] & UNCLAIMED) === 0 || !(this.#data[other] as string).startsWith(prefix)) continue
+        this.#flags[other] &= ~UNCLAIMED
+        this.#unclaimedSince.delete(this.#key[other] as string)
+        if (this.#expires[other] > until) this.#setExpiry(other, until)
+      }
+    }
+    if (claim.token !== undefined) this.#claimToken(claim.token)
+  }
+
+  /** The rotation of `tokenHash` is claimed: its new session or token was used. */
+  #claimToken (tokenHash: string): void {
+    const rotation = this.#rotations.get(tokenHash)
+    if (rotation?.next === undefined) return
+    const newToken = this.#rotations.get(rotation.next.token)
+    if (newToken !== undefined && newToken.previous === tokenHash) {
+      newToken.previous = undefined
+      if (newToken.next === undefined) this.#rotations.delete(rotation.next.token)
+    }
+    rotation.next = undefined
+    if (rotation.previous === undefined) this.#rotations.delete(tokenHash)
   }
 
   #storeToken (tokenHash: string, record: TokenRecord, ttl: number, now: number): void {
@@ -322,11 +434,6 @@ export class MemoryStore implements PowStore {
     const json = recordJson(usedAt === undefined ? rest : { ...rest, usedAt })
     const slot = this.#allocate(tokenHash, json, usedAt === undefined ? TOKEN : TOKEN | USED, this.#user(record.userKey), now + ttl)
     this.#tokens.set(this.#key[slot] as string, slot)
-  }
-
-  #retire (slot: number, until: number): void {
-    this.#flags[slot] |= RETIRED
-    if (this.#expires[slot] > until) this.#setExpiry(slot, until)
   }
 
   // ---- entry slots
@@ -379,9 +486,12 @@ export class MemoryStore implements PowStore {
       else this.#prev[next] = prev
       if (kind === SESSION) {
         this.#sessions.delete(key)
+        if ((this.#flags[slot] & UNREAD) !== 0) this.#unread.delete(key)
+        if ((this.#flags[slot] & UNCLAIMED) !== 0) this.#unclaimedSince.delete(key)
         if (this.#firstSession[owner] === NONE) this.#userJson[owner] = undefined
       } else {
         this.#tokens.delete(key)
+        if (this.#rotations.size > 0) this.#rotations.delete(key)
       }
       if (this.#firstSession[owner] === NONE && this.#firstToken[owner] === NONE) this.#releaseUser(owner)
     }

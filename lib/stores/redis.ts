@@ -58,7 +58,7 @@ function writeScript (lua: string): Script {
 //                       session and token its rotation stored, until either is first used),
 //                       pt (the token whose rotation stored it), sup (rotated again past it)
 //   P ut:<userKey> zset  token ids scored by expiry (ms)
-//   P rv:<nonce>  string  a revocation's answer, kept a minute for a command sent again
+//   P rv:<nonce>  string  a revocation's answer, kept 2 × commandTimeout for a command sent again
 //   <namespace>:lock:<key>   string, SET NX PX
 //
 // Replacements are claimed on first use. A renewal or a remember-me rotation retires the older
@@ -230,9 +230,10 @@ end
 return 1
 `)
 
-// KEYS: session list, token list, credentials, answer. ARGV: P, 'only' | 'except', fingerprint.
-// The answer is kept under a nonce of the call for a minute: ioredis sends a command again
-// after a dropped connection, and a second run must answer what the first did, not "nothing".
+// KEYS: session list, token list, credentials, answer. ARGV: P, 'only' | 'except', fingerprint,
+// how long to keep the answer (ms). The answer is kept under a nonce of the call for twice the
+// commandTimeout: ioredis sends a command again after a dropped connection, and a second run
+// must answer what the first did, not "nothing" (later than that, its caller has given up).
 const REVOKE = script(`
 local done = redis.call('GET', KEYS[4])
 if done then return cjson.decode(done) end
@@ -260,7 +261,7 @@ sweep(KEYS[1], 's:')
 sweep(KEYS[2], 't:')
 if redis.call('ZCARD', KEYS[1]) == 0 then redis.call('DEL', KEYS[1], KEYS[3]) end
 if redis.call('ZCARD', KEYS[2]) == 0 then redis.call('DEL', KEYS[2]) end
-if #out > 0 then redis.call('SET', KEYS[4], cjson.encode(out), 'PX', 60000) end
+if #out > 0 then redis.call('SET', KEYS[4], cjson.encode(out), 'PX', ARGV[4]) end
 return out
 `, true)
 
@@ -455,7 +456,7 @@ export class RedisStore implements PowStore {
     const [mode, fingerprint] = 'fingerprint' in selector ? ['only', selector.fingerprint] : ['except', selector.except ?? '']
     const nonce = prefix + 'rv:' + randomBytes(12).toString('base64url')
     return await this.#eval(REVOKE, [prefix + 'us:' + userKey, prefix + 'ut:' + userKey, prefix + 'u:' + userKey, nonce], [
-      prefix, mode, fingerprint
+      prefix, mode, fingerprint, 2 * this.#timeout
     ]) as string[]
   }
 
