@@ -1,7 +1,8 @@
 // Type tests: compiled by `npm run typecheck` (part of `npm test`); an unmet @ts-expect-error fails it.
 import Fastify, { type FastifyRequest } from 'fastify'
 import pow, {
-  fastifyPow, MemoryStore, PowOptionError, PowStoreError, type PowStore, type PowUser, type SessionInfo
+  fastifyPow, MemoryStore, PowOptionError, PowSignInRevokedError, PowStoreError, type PowStore, type PowUser, type SessionInfo,
+  type StoredSession, type TokenRecord
 } from '../../lib/index.js'
 
 declare module '../../lib/types.js' {
@@ -49,6 +50,13 @@ const users: PowUser[] = await app.pow.credentials.users()
 await app.pow.credentials.put('id', { id: 1, email: 'a' }, { device: 'x' })
 const revoked: string[] = await app.pow.credentials.deleteUserSessions(users[0], { except: 'fp' })
 app.pow.on('persistent:reuse', (event) => { const fp: string = event.fingerprint; void fp })
+app.pow.on('session:reuse', (event) => { const fp: string = event.fingerprint; void fp })
+const stored: StoredSession = { record: { userKey: 'u', fingerprint: 'f', insertedAt: 0, signedInAt: 0, metadata: {} }, user: {}, retired: true, unclaimedSince: 1, superseded: false }
+const token: Partial<TokenRecord> = { unclaimed: true, superseded: false }
+const revokedError: boolean = new Error() instanceof PowSignInRevokedError
+void stored
+void token
+void revokedError
 // @ts-expect-error unknown event
 app.pow.on('session:exploded', () => {})
 const store: PowStore = new MemoryStore()
