@@ -76,6 +76,7 @@ import { buildApp } from './helpers/app.js'
 import { fakeClock, type InstalledClock } from './helpers/clock.js'
 import { CookieJar } from './helpers/jar.js'
 import { startRedis } from './helpers/redis.js'
+import { mulberry32 } from './helpers/tools.js'
 
 const MINUTE = 60_000
 const SESSION = 'pow_session'
@@ -166,17 +167,6 @@ const scenarioArb: fc.Arbitrary<Scenario> = fc.record({
 
 // ---------------------------------------------------------------------------------------------
 // Jitter: a store over the instance's RedisStore that delays some calls, seeded per interleaving.
-
-function mulberry32 (seed: number): () => number {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6D2B79F5) >>> 0
-    let x = a
-    x = Math.imul(x ^ (x >>> 15), x | 1)
-    x ^= x + Math.imul(x ^ (x >>> 7), x | 61)
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296
-  }
-}
 
 /** 0: none, 1: a setImmediate, 2: 1 ms, 3: 3 ms. */
 async function latency (n: number): Promise<void> {

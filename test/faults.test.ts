@@ -43,6 +43,7 @@ import { RedisStore } from '../lib/index.js'
 import { buildApp } from './helpers/app.js'
 import { CookieJar } from './helpers/jar.js'
 import { readyClient, startRedis, waitForReady, type RedisServer } from './helpers/redis.js'
+import { Mutex, mulberry32 } from './helpers/tools.js'
 
 const COMMAND_TIMEOUT = 500
 /** On top of commandTimeout: the other commands of the request, the answer's way back. */
@@ -56,30 +57,7 @@ const USERS = 10
 // ---------------------------------------------------------------------------------------------
 // Small tools.
 
-/** A seeded PRNG (mulberry32), so that a run can be replayed with FAULTS_SEED. */
-function prng (seed: number): () => number {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let x = a
-    x = Math.imul(x ^ (x >>> 15), x | 1)
-    x ^= x + Math.imul(x ^ (x >>> 7), x | 61)
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296
-  }
-}
-
 const BASE_SEED = process.env.FAULTS_SEED !== undefined ? Number(process.env.FAULTS_SEED) : Math.floor(Math.random() * 2 ** 31)
-
-class Mutex {
-  #tail: Promise<unknown> = Promise.resolve()
-
-  async run<T> (fn: () => Promise<T>): Promise<T> {
-    const result = this.#tail.then(fn)
-    this.#tail = result.catch(() => {})
-    return await result
-  }
-}
-
 
 /** The pid of the test's own redis-server, from INFO. */
 async function redisPid (admin: Redis): Promise<number> {
@@ -201,7 +179,7 @@ class Load {
   constructor (app: FastifyInstance, client: Redis, seed: number) {
     this.#app = app
     this.#client = client
-    this.#rng = prng(seed)
+    this.#rng = mulberry32(seed) // seeded, so that a run can be replayed with FAULTS_SEED
     for (let n = 0; n < 2 * USERS; n++) {
       this.browsers.push({
         n,

@@ -36,6 +36,7 @@ import { MemoryStore, RedisStore, userBucket } from '../lib/index.js'
 import { buildApp } from './helpers/app.js'
 import { CookieJar } from './helpers/jar.js'
 import { startRedis } from './helpers/redis.js'
+import { Mutex } from './helpers/tools.js'
 
 const SOAK_SECONDS = Number(process.env.SOAK_SECONDS ?? 60)
 const SOAK_RATE = Number(process.env.SOAK_RATE ?? 200)
@@ -78,16 +79,6 @@ const NO_SUCH_SESSION = `${userBucket('soak')}.${'A'.repeat(43)}`
 
 const mb = (bytes: number): string => `${(bytes / 1024 / 1024).toFixed(1)} MB`
 const now = (): number => performance.now()
-
-class Mutex {
-  #tail: Promise<unknown> = Promise.resolve()
-
-  async run<T> (fn: () => Promise<T>): Promise<T> {
-    const result = this.#tail.then(fn)
-    this.#tail = result.catch(() => {})
-    return await result
-  }
-}
 
 interface Browser {
   n: number
