@@ -64,18 +64,17 @@
 // after the last interleaving and a real wait of grace + 250 ms. The grace of 1000 ms is much
 // longer than a step takes, so a retired id sent concurrently with its renewal is still valid:
 // a 401 there is a real failure, not a timing artifact.
-import { once } from 'node:events'
 import { setTimeout as sleep } from 'node:timers/promises'
 import fc from 'fast-check'
 import type { FastifyInstance, InjectOptions, LightMyRequestResponse } from 'fastify'
 import { test } from 'tap'
 import { hashToken } from '../lib/crypto.js'
-import { RedisStore, type PowStore } from '../lib/index.js'
+import type { PowStore, RedisStore } from '../lib/index.js'
 import { STORE_METHODS } from '../lib/options.js'
 import { buildApp } from './helpers/app.js'
 import { fakeClock, type InstalledClock } from './helpers/clock.js'
 import { CookieJar } from './helpers/jar.js'
-import { startRedis } from './helpers/redis.js'
+import { twoClients } from './helpers/redis.js'
 import { mulberry32 } from './helpers/tools.js'
 
 const MINUTE = 60_000
@@ -763,12 +762,7 @@ async function runScenario (world: World, sc: Scenario): Promise<void> {
 test('randomized interleavings over two instances on one Redis keep the session invariants', { timeout: 300_000 }, async (t) => {
   const started = performance.now()
   const clock = fakeClock(t, Date.now())
-  const server = await startRedis(t)
-  const clientA = server.client({ connectionName: 'instance-a' })
-  const clientB = server.client({ connectionName: 'instance-b' })
-  await Promise.all([once(clientA, 'ready'), once(clientB, 'ready')])
-  const storeA = new RedisStore(clientA)
-  const storeB = new RedisStore(clientB)
+  const { storeA, storeB } = await twoClients(t)
   const jitterA = jitterStore(storeA)
   const jitterB = jitterStore(storeB)
   const options = { session: { renewAfter: RENEW_AFTER, rotationGrace: GRACE } }
@@ -839,13 +833,10 @@ test('randomized interleavings over two instances on one Redis keep the session 
 // again with remember-me), made deterministic: the revocation lands on B between the login's
 // session write and its remember-me token write on A.
 test('a login with remember-me that a DELETE /sessions on the other instance revokes mid-way stays revoked', async (t) => {
-  const server = await startRedis(t)
-  const clientA = server.client({ connectionName: 'instance-a' })
-  const clientB = server.client({ connectionName: 'instance-b' })
-  await Promise.all([once(clientA, 'ready'), once(clientB, 'ready')])
-  const held = holdNext(new RedisStore(clientA), 'putToken')
+  const { storeA, storeB } = await twoClients(t)
+  const held = holdNext(storeA, 'putToken')
   const a = await buildApp(t, { store: held.store })
-  const b = await buildApp(t, { store: new RedisStore(clientB) })
+  const b = await buildApp(t, { store: storeB })
   const phone = new CookieJar(b)
   t.equal((await phone.request({ method: 'POST', url: '/login', payload: { id: 1 } })).statusCode, 200, 'B: the phone signs in')
 

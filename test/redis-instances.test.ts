@@ -4,16 +4,15 @@
 // The fake clock moves Date only, in this process, so both instances share it; Redis key TTLs
 // run on real time. Fake advances stay well below the real TTLs that matter (a session's 30 min,
 // a token's 30 days); the store's scores all come from the shared fake Date.now().
-import { once } from 'node:events'
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
 import type { Redis } from 'ioredis'
 import { test, type Test } from 'tap'
 import { hashToken } from '../lib/crypto.js'
-import { RedisStore, type PowOptions, type PowStore } from '../lib/index.js'
+import type { PowOptions, PowStore, RedisStore } from '../lib/index.js'
 import { buildApp, me, recordingStore, signIn } from './helpers/app.js'
 import { fakeClock } from './helpers/clock.js'
 import { CookieJar } from './helpers/jar.js'
-import { startRedis } from './helpers/redis.js'
+import { twoClients } from './helpers/redis.js'
 
 const MINUTE = 60_000
 const SESSION = 'pow_session'
@@ -30,12 +29,7 @@ interface Instances {
 
 /** One redis-server; instances A and B each with their own client and store on it. */
 async function twoInstances (t: Test, options: Partial<PowOptions> = {}, wrapA?: (store: RedisStore) => PowStore): Promise<Instances> {
-  const server = await startRedis(t)
-  const clientA = server.client({ connectionName: 'instance-a' })
-  const clientB = server.client({ connectionName: 'instance-b' })
-  await Promise.all([once(clientA, 'ready'), once(clientB, 'ready')])
-  const storeA = new RedisStore(clientA)
-  const storeB = new RedisStore(clientB)
+  const { clientA, clientB, storeA, storeB } = await twoClients(t)
   const a = await buildApp(t, { ...options, store: wrapA === undefined ? storeA : wrapA(storeA) })
   const b = await buildApp(t, { ...options, store: storeB })
   return { a, b, storeA, storeB, clientA, clientB }

@@ -13,6 +13,7 @@ import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { Redis, Cluster, type RedisOptions, type ClusterOptions } from 'ioredis'
 import type { Test } from 'tap'
+import { RedisStore } from '../../lib/index.js'
 
 const HOST = '127.0.0.1'
 /** The port of the shared Redis that the harness must never use. */
@@ -570,4 +571,29 @@ export async function readyClient (server: RedisServer, options: RedisOptions = 
   const client = server.client({ retryStrategy: () => 50, ...options })
   await waitForReady(client)
   return client
+}
+
+/** What {@link twoClients} starts: two app instances' connections to one Redis. */
+export interface TwoClients {
+  server: RedisServer
+  /** A client named 'instance-a', ready. */
+  clientA: Redis
+  /** A client named 'instance-b', ready. */
+  clientB: Redis
+  /** A RedisStore (defaults) on clientA. */
+  storeA: RedisStore
+  /** A RedisStore (defaults) on clientB. */
+  storeB: RedisStore
+}
+
+/**
+ * One redis-server for test `t` and two clients of it, A and B (each on its own connection), both
+ * ready, with a RedisStore on each: what two app instances behind a load balancer share.
+ */
+export async function twoClients (t: Test): Promise<TwoClients> {
+  const server = await startRedis(t)
+  const clientA = server.client({ connectionName: 'instance-a' })
+  const clientB = server.client({ connectionName: 'instance-b' })
+  await Promise.all([waitForReady(clientA), waitForReady(clientB)])
+  return { server, clientA, clientB, storeA: new RedisStore(clientA), storeB: new RedisStore(clientB) }
 }
