@@ -48,6 +48,19 @@ const fingerprintOf = async (jar: CookieJar): Promise<string | undefined> => {
   return res.statusCode === 200 ? res.json().metadata.fingerprint : undefined
 }
 
+/**
+ * A victim, a browser signed in with remember-me, then restarted (its session cookie gone), and a
+ * thief holding a copy of its remember-me cookie only: both will sign in with the same token.
+ */
+async function victimAndThief (app: FastifyInstance): Promise<{ victim: CookieJar, thief: CookieJar }> {
+  const victim = new CookieJar(app)
+  await victim.request({ method: 'POST', url: '/login', payload: { id: 1, persistent: true } })
+  const thief = victim.clone()
+  thief.delete(SESSION)
+  victim.delete(SESSION)
+  return { victim, thief }
+}
+
 for (const [name, makeStore] of stores) {
   test(`${name}: a renewal whose answer was lost leaves the browser signed in, past the grace`, async (t) => {
     const { app, alarms, tick } = await setup(t, makeStore)
@@ -133,11 +146,7 @@ for (const [name, makeStore] of stores) {
 
   test(`${name}: a thief who uses a token before its browser claims the rotation is caught when the browser comes back`, async (t) => {
     const { app, alarms, tick } = await setup(t, makeStore)
-    const victim = new CookieJar(app)
-    await victim.request({ method: 'POST', url: '/login', payload: { id: 1, persistent: true } })
-    const thief = victim.clone()
-    thief.delete(SESSION)
-    victim.delete(SESSION)
+    const { victim, thief } = await victimAndThief(app)
     t.equal((await victim.request('/me')).statusCode, 200, 'the victim signs in with the token, and gets new cookies')
     tick(GRACE + 1)
     t.equal((await thief.request('/me')).statusCode, 200, 'the thief, before the victim used them, rotates the token again')
@@ -149,11 +158,7 @@ for (const [name, makeStore] of stores) {
 
   test(`${name}: a used and claimed token past the grace is theft, as before`, async (t) => {
     const { app, alarms, tick } = await setup(t, makeStore)
-    const victim = new CookieJar(app)
-    await victim.request({ method: 'POST', url: '/login', payload: { id: 1, persistent: true } })
-    const thief = victim.clone()
-    thief.delete(SESSION)
-    victim.delete(SESSION)
+    const { victim, thief } = await victimAndThief(app)
     t.equal((await victim.request('/me')).statusCode, 200)
     t.equal((await victim.request('/me')).statusCode, 200, 'the new session is used')
     tick(GRACE + 1)

@@ -695,14 +695,22 @@ function loseAnswer (client: Redis): () => void {
   }
 }
 
-test('a remember-me sign-in that Redis ran, answered after commandTimeout (the app stalled), leaves the browser signed in', async (t) => {
+/**
+ * A browser about to sign in with its remember-me token, and a fault ready to strike: an app on
+ * its own redis-server, its store with `commandTimeout`, rotationGrace 1000 ms, its
+ * 'persistent:reuse' alarms collected. Another browser's remember-me sign-in first, so that Redis
+ * has the script cached. Then `jar` signs in with remember-me and loses its session cookie (a
+ * browser restart), and `makeFault(client)` is set to run right after its token's first rotation
+ * is sent to Redis. Only the first rotation: the browser's next request rotates again (to the same
+ * ids) and must not stall.
+ */
+async function rememberMeSignInUnderFault (t: Test, commandTimeout: number, makeFault: (client: Redis) => () => void): Promise<{ jar: CookieJar, fault: { fired: () => number }, alarms: string[] }> {
   const server = await startRedis(t)
   const client = await readyClient(server)
-  const store = new RedisStore(client, { commandTimeout: 300 })
+  const store = new RedisStore(client, { commandTimeout })
   const app = await buildApp(t, { store, session: { rotationGrace: 1000 } })
   const alarms: string[] = []
   app.pow.on('persistent:reuse', () => alarms.push('persistent:reuse'))
-  // Another browser's remember-me sign-in first, so that Redis has the script cached.
   const other = new CookieJar(app)
   await other.request({ method: 'POST', url: '/login', payload: { id: 2, persistent: true } })
   other.delete('pow_session')
@@ -711,10 +719,14 @@ test('a remember-me sign-in that Redis ran, answered after commandTimeout (the a
   const jar = new CookieJar(app)
   await jar.request({ method: 'POST', url: '/login', payload: { id: 1, persistent: true } })
   jar.delete('pow_session') // a browser restart
-  const fault = faultAfterNextScript(client, () => blockEventLoop(600))
-  // Only the first rotation: the browser's next request rotates again (to the same ids) and must not stall.
+  const fault = faultAfterNextScript(client, makeFault(client))
   let faulted = false
   beforeCall(store, 'rotateToken', () => { if (!faulted) { faulted = true; fault.arm() } })
+  return { jar, fault, alarms }
+}
+
+test('a remember-me sign-in that Redis ran, answered after commandTimeout (the app stalled), leaves the browser signed in', async (t) => {
+  const { jar, fault, alarms } = await rememberMeSignInUnderFault(t, 300, () => () => blockEventLoop(600))
   const response = await jar.request('/me')
   t.equal(fault.fired(), 1, 'the app stalled right after sending the rotation')
   t.comment(`the remember-me sign-in answered ${response.statusCode}${response.headers['set-cookie'] === undefined ? ', no cookie' : ''}`)
@@ -776,24 +788,7 @@ test('a revocation whose answer was lost on a dropped connection (ioredis sends 
 })
 
 test('a remember-me sign-in whose answer was lost on a dropped connection (ioredis sends it again) leaves the browser signed in', async (t) => {
-  const server = await startRedis(t)
-  const client = await readyClient(server)
-  const store = new RedisStore(client, { commandTimeout: 2000 })
-  const app = await buildApp(t, { store, session: { rotationGrace: 1000 } })
-  const alarms: string[] = []
-  app.pow.on('persistent:reuse', () => alarms.push('persistent:reuse'))
-  const other = new CookieJar(app)
-  await other.request({ method: 'POST', url: '/login', payload: { id: 2, persistent: true } })
-  other.delete('pow_session')
-  t.equal((await other.request('/me')).statusCode, 200, 'a remember-me sign-in works')
-
-  const jar = new CookieJar(app)
-  await jar.request({ method: 'POST', url: '/login', payload: { id: 1, persistent: true } })
-  jar.delete('pow_session')
-  const fault = faultAfterNextScript(client, loseAnswer(client))
-  // Only the first rotation: the browser's next request rotates again (to the same ids) and must not stall.
-  let faulted = false
-  beforeCall(store, 'rotateToken', () => { if (!faulted) { faulted = true; fault.arm() } })
+  const { jar, fault, alarms } = await rememberMeSignInUnderFault(t, 2000, loseAnswer)
   const response = await jar.request('/me')
   t.equal(fault.fired(), 1, 'the connection dropped after the rotation was sent')
   t.comment(`the remember-me sign-in answered ${response.statusCode}${response.headers['set-cookie'] === undefined ? ', no cookie' : ''}`)
