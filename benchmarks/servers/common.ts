@@ -6,6 +6,9 @@
  * `{ type: 'profile-start' }` and `{ type: 'profile-stop', file }` run V8's CPU profiler (what
  * `node --cpu-prof` runs, same sampling interval) on the running server, so a server that took
  * a minute to fill need not be started again to be profiled.
+ *
+ * The routes of the variants whose session is a plugin's `request.session` (@fastify/session,
+ * @fastify/secure-session) are here too: {@link sessionRoutes}.
  */
 import { writeFileSync } from 'node:fs'
 import { Session } from 'node:inspector/promises'
@@ -68,4 +71,26 @@ export async function serve (app: FastifyInstance, info: Record<string, unknown>
   process.on('SIGINT', stop)
   await app.listen({ port: Number(env('BENCH_PORT', '0')), host: '127.0.0.1' })
   tell({ type: 'ready', port: (app.server.address() as AddressInfo).port, ...info })
+}
+
+// @fastify/session and @fastify/secure-session both declare `request.session`; the routes below
+// use it through this narrow view, which both provide.
+interface PluginSession { get (key: string): unknown, set (key: string, value: unknown): void }
+const sessionOf = (request: unknown): PluginSession => (request as { session: PluginSession }).session
+
+/**
+ * POST /login and GET /me on a session plugin's `request.session`: the login stores USER in the
+ * session, GET /me answers the session's user, or 401 without one.
+ */
+export function sessionRoutes (app: FastifyInstance): void {
+  app.post('/login', async (request) => {
+    sessionOf(request).set('user', USER)
+    return USER
+  })
+
+  app.get('/me', async (request, reply) => {
+    const user = sessionOf(request).get('user')
+    if (user === undefined || user === null) return reply.code(401).send()
+    return user
+  })
 }

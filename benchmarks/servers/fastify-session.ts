@@ -7,12 +7,7 @@ import fastifySession from '@fastify/session'
 import { RedisStore } from 'connect-redis'
 import Fastify from 'fastify'
 import { createClient } from 'redis'
-import { env, SECRET, serve, USER } from './common.js'
-
-// @fastify/session and @fastify/secure-session both declare `request.session`; this file uses
-// only the first, through this narrow view.
-interface Session { get (key: string): unknown, set (key: string, value: unknown): void }
-const sessionOf = (request: unknown): Session => (request as { session: Session }).session
+import { env, SECRET, serve, sessionRoutes } from './common.js'
 
 const client = createClient({ socket: { host: '127.0.0.1', port: Number(env('BENCH_REDIS_PORT')) } })
 await client.connect()
@@ -27,15 +22,6 @@ await app.register(fastifySession, {
   cookie: { secure: false }
 })
 
-app.post('/login', async (request) => {
-  sessionOf(request).set('user', USER)
-  return USER
-})
-
-app.get('/me', async (request, reply) => {
-  const user = sessionOf(request).get('user')
-  if (user === undefined || user === null) return reply.code(401).send()
-  return user
-})
+sessionRoutes(app)
 
 await serve(app, {}, async () => { await client.quit() })

@@ -2,10 +2,7 @@
 import fastifySecureSession from '@fastify/secure-session'
 import Fastify from 'fastify'
 import { createHash } from 'node:crypto'
-import { SECRET, serve, USER } from './common.js'
-
-interface Session { get (key: string): unknown, set (key: string, value: unknown): void }
-const sessionOf = (request: unknown): Session => (request as { session: Session }).session
+import { SECRET, serve, sessionRoutes } from './common.js'
 
 const app = Fastify({ logger: false })
 await app.register(fastifySecureSession, {
@@ -13,15 +10,6 @@ await app.register(fastifySecureSession, {
   cookie: { path: '/', httpOnly: true, sameSite: 'lax', secure: false }
 })
 
-app.post('/login', async (request) => {
-  sessionOf(request).set('user', USER)
-  return USER
-})
-
-app.get('/me', async (request, reply) => {
-  const user = sessionOf(request).get('user')
-  if (user === undefined || user === null) return reply.code(401).send()
-  return user
-})
+sessionRoutes(app)
 
 await serve(app)
