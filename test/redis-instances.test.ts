@@ -309,77 +309,84 @@ test('deleteOtherSessions on A ends the sessions made on B', async (t) => {
 // browser; what A does next must not bring the revoked browser back ("a revoked device cannot
 // come back", README).
 
+type Held = ReturnType<typeof holdNext>
+
+/** {@link twoInstances}, with A's store call `method` held on demand ({@link holdNext}). */
+async function twoInstancesHolding (t: Test, method: Parameters<typeof holdNext>[1]): Promise<Instances & { held: Held }> {
+  let held!: Held
+  const instances = await twoInstances(t, {}, (store) => { held = holdNext(store, method); return held.store })
+  return { ...instances, held }
+}
+
+/**
+ * The laptop's next request (GET /me) on A, held in A's store call, while the phone revokes the
+ * laptop on B; then the held call goes on. Returns the laptop's answer.
+ */
+async function revokeWhileHeld (t: Test, held: Held, laptop: CookieJar, phone: CookieJar, laptopFingerprint: string): Promise<LightMyRequestResponse> {
+  held.arm()
+  const inFlight = laptop.request('/me')
+  await held.entered
+  const revoke = await phone.request({ method: 'DELETE', url: `/sessions/${laptopFingerprint}` })
+  t.equal(revoke.statusCode, 204, 'B revokes the laptop')
+  held.release()
+  return await inFlight
+}
+
+/** The phone's GET /sessions no longer lists the laptop. */
+async function notListed (t: Test, phone: CookieJar, laptopFingerprint: string): Promise<void> {
+  const sessions = (await phone.request('/sessions')).json().sessions as Array<{ fingerprint: string }>
+  t.notOk(sessions.some((s) => s.fingerprint === laptopFingerprint), 'B no longer lists the laptop')
+}
+
 test('a browser revoked on B while its renewal is in flight on A stays signed out', async (t) => {
   const clock = fakeClock(t, Date.now())
-  let held!: ReturnType<typeof holdNext>
-  const { a, b } = await twoInstances(t, {}, (store) => { held = holdNext(store, 'lock'); return held.store })
+  const { a, b, held } = await twoInstancesHolding(t, 'lock')
   const laptop = await signIn(a, 1)
   const laptopFingerprint = (await me(laptop)).fingerprint as string
   clock.tick(10 * MINUTE)
   const phone = await signIn(b, 1)
   clock.tick(6 * MINUTE) // the laptop's session id is due for renewal, the phone's is not
 
-  held.arm()
-  const inFlight = laptop.request('/me') // on A: reads the session, then waits for the renewal lock
-  await held.entered
-  const revoke = await phone.request({ method: 'DELETE', url: `/sessions/${laptopFingerprint}` })
-  t.equal(revoke.statusCode, 204, 'B revokes the laptop')
-  held.release()
-  await inFlight
+  // On A, the laptop's request reads the session, then waits for the renewal lock.
+  await revokeWhileHeld(t, held, laptop, phone, laptopFingerprint)
 
   t.equal((await me(laptop)).status, 401, 'A: the revoked laptop is signed out after its in-flight request')
   t.equal((await me(copy(b, laptop))).status, 401, 'B: also')
-  const sessions = (await phone.request('/sessions')).json().sessions as Array<{ fingerprint: string }>
-  t.notOk(sessions.some((s) => s.fingerprint === laptopFingerprint), 'B no longer lists the laptop')
+  await notListed(t, phone, laptopFingerprint)
 })
 
 test('a browser revoked on B while its remember-me sign-in is in flight on A stays signed out', async (t) => {
-  let held!: ReturnType<typeof holdNext>
-  const { a, b } = await twoInstances(t, {}, (store) => { held = holdNext(store, 'getToken'); return held.store })
+  const { a, b, held } = await twoInstancesHolding(t, 'getToken')
   const laptop = await signIn(a, 1, { persistent: true })
   const laptopFingerprint = (await me(laptop)).fingerprint as string
   const phone = await signIn(b, 1)
   laptop.delete(SESSION) // the browser was closed: only its remember-me token is left
 
-  held.arm()
-  const inFlight = laptop.request('/me') // on A: about to read the token
-  await held.entered
-  const revoke = await phone.request({ method: 'DELETE', url: `/sessions/${laptopFingerprint}` })
-  t.equal(revoke.statusCode, 204, 'B revokes the laptop')
-  held.release()
-  const answer = await inFlight
+  // On A, the laptop's request is about to read the token.
+  const answer = await revokeWhileHeld(t, held, laptop, phone, laptopFingerprint)
   t.equal(answer.statusCode, 401, 'A: the revoked token signs nobody in')
 
   t.equal((await me(laptop)).status, 401, 'A: the revoked laptop stays signed out')
-  const sessions = (await phone.request('/sessions')).json().sessions as Array<{ fingerprint: string }>
-  t.notOk(sessions.some((s) => s.fingerprint === laptopFingerprint), 'B no longer lists the laptop')
+  await notListed(t, phone, laptopFingerprint)
 })
 
 test('a browser revoked on B between the read of its remember-me token on A and its use stays signed out', async (t) => {
-  let held!: ReturnType<typeof holdNext>
-  const { a, b } = await twoInstances(t, {}, (store) => { held = holdNext(store, 'rotateToken'); return held.store })
+  const { a, b, held } = await twoInstancesHolding(t, 'rotateToken')
   const laptop = await signIn(a, 1, { persistent: true })
   const laptopFingerprint = (await me(laptop)).fingerprint as string
   const phone = await signIn(b, 1)
   laptop.delete(SESSION) // the browser was closed: only its remember-me token is left
 
-  held.arm()
-  const inFlight = laptop.request('/me') // on A: has read the token, about to use it
-  await held.entered
-  const revoke = await phone.request({ method: 'DELETE', url: `/sessions/${laptopFingerprint}` })
-  t.equal(revoke.statusCode, 204, 'B revokes the laptop')
-  held.release()
-  await inFlight
+  // On A, the laptop's request has read the token and is about to use it.
+  await revokeWhileHeld(t, held, laptop, phone, laptopFingerprint)
 
   t.equal((await me(copy(a, laptop))).status, 401, 'A: the revoked laptop stays signed out')
   t.equal((await me(tokenOnly(b, laptop))).status, 401, 'B: its new remember-me token, if any, is dead')
-  const sessions = (await phone.request('/sessions')).json().sessions as Array<{ fingerprint: string }>
-  t.notOk(sessions.some((s) => s.fingerprint === laptopFingerprint), 'B no longer lists the laptop')
+  await notListed(t, phone, laptopFingerprint)
 })
 
 test('an update on B while a remember-me sign-in is in flight on A is not lost', async (t) => {
-  let held!: ReturnType<typeof holdNext>
-  const { a, b } = await twoInstances(t, {}, (store) => { held = holdNext(store, 'rotateToken'); return held.store })
+  const { a, b, held } = await twoInstancesHolding(t, 'rotateToken')
   const laptop = await signIn(a, 1, { persistent: true })
   const phone = await signIn(b, 1)
   laptop.delete(SESSION)
