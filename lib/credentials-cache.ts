@@ -56,7 +56,8 @@ export class CredentialsCache {
   /**
    * Stores `user` under `sessionId` (from `generateId(user)`) for the session TTL and adds the
    * session to the user's list. `metadata.fingerprint` (random when absent) names the browser:
-   * other sessions of the user with that fingerprint stay valid for the rotation grace only.
+   * other sessions of the user with that fingerprint are retired: they stay valid until this one
+   * is first read, then for the rotation grace only.
    */
   async put (sessionId: string, user: PowUser, metadata?: Partial<SessionMetadata>): Promise<void> {
     const { session, userKey } = this.#pow.config

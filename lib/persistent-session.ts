@@ -5,6 +5,9 @@ import type { PendingCookies } from './cookies.js'
 import { kAdopt, kAttach, kAuthenticate, kCookies, kCreate, kReload, kRenewed, kSidHash, type PowSession } from './session.js'
 import type { PowEvent, PowUser, PutConditions, SessionMetadata, SessionRecord, TokenRecord } from './types.js'
 
+/** How often a token may rotate again (see PowStore.rotateToken); the stores refuse more. */
+const ROTATE_AGAIN_MAX = 3
+
 /**
  * `request.powPersistentSession`: this browser's remember-me token (Pow's
  * `PowPersistentSession.Plug.Cookie`). `request.powSession.create(user, { persistent: true })`
@@ -107,8 +110,11 @@ export class PowPersistentSession {
     // Past the grace, a used token is theft, unless nobody has used the session and token its
     // rotation stored: then the answer that carried them never reached the browser (a 503 after
     // the store ran the rotation), and the token rotates again; the unused ones are superseded.
+    // Only a few times: a token replayed again and again without its results ever being used is
+    // not a browser whose answers keep getting lost.
     const pastGrace = token.usedAt !== undefined && now - token.usedAt > pow.config.session.rotationGrace
-    if (token.superseded === true || (pastGrace && token.unclaimed !== true)) {
+    const lostTooOften = (token.rotatedAgain ?? 0) >= ROTATE_AGAIN_MAX
+    if (token.superseded === true || (pastGrace && (token.unclaimed !== true || lostTooOften))) {
       await this.#theft(token, event)
       return
     }

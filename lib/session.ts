@@ -179,8 +179,10 @@ export class PowSession {
     const lost = retired && found.unclaimedSince !== undefined && now - found.unclaimedSince > config.rotationGrace
     if (retired && !lost) return
     if (lost || now - record.insertedAt >= config.renewAfter) {
-      // One renewal at a time per id; a renewal again takes its own lock, as the first one may still hold its lock.
-      if (await pow.store.lock(lost ? `renew-again:${sidHash}` : `renew:${sidHash}`, config.rotationGrace)) {
+      // One renewal at a time per id. A renewal again takes a lock of its own per grace period of
+      // the app's clock: the first renewal's lock may live on in a store with a clock of its own.
+      const lock = lost ? `renew-again:${sidHash}:${Math.floor(now / config.rotationGrace)}` : `renew:${sidHash}`
+      if (await pow.store.lock(lock, config.rotationGrace)) {
         // Only while the old session exists: a revocation that landed since the read wins.
         if (!await this.#issue({ ...record, insertedAt: now }, undefined, { session: sidHash })) {
           this.#set(null, undefined, undefined)

@@ -74,6 +74,8 @@ export interface TokenRecord {
   unclaimed?: boolean
   /** The token of a rotation that was done again (`TokenRotation.again`): presenting it is theft. */
   superseded?: boolean
+  /** How often it rotated again (`TokenRotation.again`); a store refuses more than 3. */
+  rotatedAgain?: number
 }
 
 /**
@@ -97,8 +99,9 @@ export interface TokenRotation {
   tokenHash: string
   tokenTtl: number
   /**
-   * Rotate a used token again, to these new ids, when its rotation is unclaimed and it was used
-   * longer than `grace` ago; the earlier new session and token become superseded.
+   * Rotate a used token again, to these new ids, when its rotation is unclaimed, it was used
+   * longer than `grace` ago and it has rotated again fewer than 3 times; the earlier new session
+   * and token become superseded.
    */
   again?: boolean
 }
@@ -119,7 +122,9 @@ export interface PowStore {
    * same user with the same fingerprint are retired and unclaimed: they keep their TTL until
    * this session is first read by `getSession`, then stay readable for at most `grace` ms. Those
    * that were themselves replacements (of a put that retired sessions, or of `rotateToken`) and
-   * were never read are superseded instead.
+   * were never read are superseded instead. A condition session that is itself retired (renewed
+   * again because its first renewal's answer was lost) renews again at most 3 times: then the put
+   * returns false.
    * Returns false, having written nothing, when a condition does not hold.
    */
   putSession (
@@ -131,7 +136,10 @@ export interface PowStore {
    * whose rotation stored it is no longer unclaimed.
    */
   getSession (sidHash: string): Promise<StoredSession | null>
-  /** Deletes one session; deleting a user's last session also deletes the user's credentials. */
+  /**
+   * Deletes one session; deleting a user's last session also deletes the user's credentials.
+   * An unread replacement is claimed first: the sessions it retired live out the grace only.
+   */
   deleteSession (sidHash: string): Promise<boolean>
   /** The user's live, non-retired sessions. */
   listSessions (userKey: string): Promise<ListedSession[]>

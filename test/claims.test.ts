@@ -166,4 +166,37 @@ for (const [name, makeStore] of stores) {
     t.same(alarms.list, ['persistent:reuse'])
     t.equal((await victim.request('/me')).statusCode, 401, 'and its fingerprint revoked')
   })
+
+  test(`${name}: an old token replayed past the grace without its results ever being used is theft the fourth time`, async (t) => {
+    const { app, alarms, tick } = await setup(t, makeStore)
+    const { victim, thief } = await victimAndThief(app)
+    t.equal((await victim.request('/me')).statusCode, 200, 'the victim signs in with the token and goes away')
+    const header = thief.header()
+    for (let i = 1; i <= 3; i++) {
+      tick(GRACE + 1)
+      t.equal((await app.inject({ url: '/me', headers: { cookie: header } })).statusCode, 200, `replay ${i} rotates again`)
+    }
+    t.same(alarms.list, [])
+    tick(GRACE + 1)
+    t.equal((await app.inject({ url: '/me', headers: { cookie: header } })).statusCode, 401, 'the fourth replay is refused')
+    t.same(alarms.list, ['persistent:reuse'], 'as theft')
+    t.equal((await victim.request('/me')).statusCode, 401, 'and the fingerprint revoked')
+  })
+
+  test(`${name}: an old session id renews again past the grace at most 3 times`, async (t) => {
+    const { app, tick } = await setup(t, makeStore)
+    const jar = new CookieJar(app)
+    await jar.request({ method: 'POST', url: '/login', payload: { id: 1 } })
+    const header = jar.header()
+    tick(61_000)
+    t.ok(cookieOf(await lost(jar), SESSION), 'renewed; the answer is lost')
+    for (let i = 1; i <= 3; i++) {
+      tick(GRACE + 1)
+      const again = await app.inject({ url: '/me', headers: { cookie: header } })
+      t.equal(again.statusCode, 200, `renewed again, ${i}`)
+      t.ok(cookieOf(again, SESSION), 'with a new cookie')
+    }
+    tick(GRACE + 1)
+    t.equal((await app.inject({ url: '/me', headers: { cookie: header } })).statusCode, 401, 'then the old id no longer signs in')
+  })
 }

@@ -301,6 +301,64 @@ export function storeContract (t: Test, makeHarness: () => Promise<ContractHarne
     t.notOk((await store.getToken(token))?.unclaimed, 'reading the newest session claims the token')
   })
 
+  t.test('an unclaimed token rotates again at most 3 times', async (t) => {
+    const { store } = await setup(t)
+    const userKey = unique('u')
+    const token = sid(userKey)
+    await store.putToken(token, tokenRecord(userKey, 'fp', { id: userKey }), TTL)
+    let at = Date.now()
+    t.equal(await store.rotateToken(token, at, rotation(userKey, 'fp')), 'rotated')
+    for (let i = 1; i <= 3; i++) {
+      at += GRACE + 1
+      t.equal(await store.rotateToken(token, at, { ...rotation(userKey, 'fp'), again: true }), 'rotated', `again, ${i}`)
+      t.equal((await store.getToken(token))?.rotatedAgain, i)
+    }
+    const refused = { ...rotation(userKey, 'fp'), again: true }
+    t.equal(await store.rotateToken(token, at + GRACE + 1, refused), 'used', 'not a fourth time')
+    t.equal(await store.getSession(refused.sidHash), null, 'which writes nothing')
+  })
+
+  t.test('a retired session renews again at most 3 times', async (t) => {
+    const { store } = await setup(t)
+    const userKey = unique('u')
+    const old = sid(userKey)
+    await store.putSession(old, sessionRecord(userKey, 'fp'), { id: userKey }, TTL, GRACE)
+    t.equal(await store.putSession(sid(userKey), sessionRecord(userKey, 'fp'), undefined, TTL, GRACE, { session: old }), true, 'renewed')
+    for (let i = 1; i <= 3; i++) {
+      t.equal(await store.putSession(sid(userKey), sessionRecord(userKey, 'fp'), undefined, TTL, GRACE, { session: old }), true, `renewed again, ${i}`)
+    }
+    const refused = sid(userKey)
+    t.equal(await store.putSession(refused, sessionRecord(userKey, 'fp'), undefined, TTL, GRACE, { session: old }), false, 'not a fourth time')
+    t.equal(await store.getSession(refused), null)
+  })
+
+  t.test('renewing an unread replacement claims it instead of superseding it', async (t) => {
+    const { store } = await setup(t)
+    const userKey = unique('u')
+    const [old, unread, next] = [sid(userKey), sid(userKey), sid(userKey)]
+    await store.putSession(old, sessionRecord(userKey, 'fp'), { id: userKey }, TTL, GRACE)
+    await store.putSession(unread, sessionRecord(userKey, 'fp'), undefined, TTL, GRACE, { session: old })
+    // Its read (whose claim a store may send without waiting) happened; the claim had not landed.
+    t.equal(await store.putSession(next, sessionRecord(userKey, 'fp'), undefined, TTL, GRACE, { session: unread }), true)
+    const renewed = await store.getSession(unread)
+    t.equal(renewed?.retired, true, 'the renewed session is retired')
+    t.notOk(renewed?.superseded, 'not superseded')
+    t.equal((await store.getSession(old))?.unclaimedSince, undefined, 'and its own claim ran: the old one lives out the grace')
+  })
+
+  t.test('deleting an unread replacement claims it: the sessions it retired do not outlive it', async (t) => {
+    const { store, advance } = await setup(t)
+    const userKey = unique('u')
+    const [old, unread] = [sid(userKey), sid(userKey)]
+    await store.putSession(old, sessionRecord(userKey, 'fp'), { id: userKey }, TTL, GRACE)
+    await store.putSession(unread, sessionRecord(userKey, 'fp'), undefined, TTL, GRACE, { session: old })
+    t.ok((await store.getSession(old))?.unclaimedSince)
+    t.equal(await store.deleteSession(unread), true)
+    t.equal((await store.getSession(old))?.unclaimedSince, undefined, 'the old one is claimed')
+    await advance(GRACE + 50)
+    t.equal(await store.getSession(old), null, 'and dies after the grace')
+  })
+
   t.test('rotating the token a rotation stored claims that rotation', async (t) => {
     const { store } = await setup(t)
     const userKey = unique('u')

@@ -45,6 +45,8 @@ const UNCLAIMED = 16
 const SUPERSEDED = 32
 /** A replacement (of sessions, or from a rotation) not read yet: its first read claims. */
 const UNREAD = 64
+/** How often an unclaimed session renews, or an unclaimed token rotates, again: see PowStore. */
+const AGAIN_MAX = 3
 
 /** What the first read of a replacement claims. */
 interface Claim {
@@ -60,6 +62,8 @@ interface Rotation {
   next: { session: string, token: string } | undefined
   /** A rotation of this token stored it: using it claims that rotation. */
   previous: string | undefined
+  /** How often it rotated again. */
+  again: number
 }
 
 /** The store contract: a hash carries its user's bucket, as sharded stores need it to. */
@@ -112,6 +116,8 @@ export class MemoryStore implements PowStore {
   #unread = new Map<string, Claim>()
   /** Unclaimed retired sessions, by hash: when they were retired. */
   #unclaimedSince = new Map<string, number>()
+  /** Unclaimed retired sessions renewed again, by hash: how often. */
+  #renewedAgain = new Map<string, number>()
   /** Tokens in a rotation not yet claimed, by hash. */
   #rotations = new Map<string, Rotation>()
 
@@ -155,6 +161,7 @@ export class MemoryStore implements PowStore {
     const now = Date.now()
     this.#evict(now)
     if (!this.#holds(conditions)) return false
+    if (conditions.session !== undefined && !this.#renewable(conditions.session)) return false
     this.#storeSession(sidHash, record, user === undefined ? undefined : JSON.stringify(user), false, ttl, grace, now)
     return true
   }
@@ -176,6 +183,8 @@ export class MemoryStore implements PowStore {
     this.#evict(Date.now())
     const slot = this.#sessions.get(sidHash)
     if (slot === undefined) return false
+    // An unread replacement is claimed first, so that the sessions it retired do not outlive it.
+    if ((this.#flags[slot] & UNREAD) !== 0) this.#claim(slot, sidHash, JSON.parse(this.#data[slot] as string))
     this.#release(slot)
     return true
   }
@@ -258,7 +267,9 @@ export class MemoryStore implements PowStore {
     if (slot === undefined) return null
     const record: TokenRecord = JSON.parse(this.#data[slot] as string)
     if ((this.#flags[slot] & SUPERSEDED) !== 0) record.superseded = true
-    if ((this.#flags[slot] & USED) !== 0 && this.#rotations.get(tokenHash)?.next !== undefined) record.unclaimed = true
+    const rotation = this.#rotations.get(tokenHash)
+    if ((this.#flags[slot] & USED) !== 0 && rotation?.next !== undefined) record.unclaimed = true
+    if (rotation !== undefined && rotation.again > 0) record.rotatedAgain = rotation.again
     return record
   }
 
@@ -275,12 +286,15 @@ export class MemoryStore implements PowStore {
     const rotations = this.#rotations.get(tokenHash)
     const next = rotations?.next
     let usedAt = now
+    let again = rotations?.again ?? 0
     if ((flags & USED) !== 0) {
       if (next !== undefined && next.session === rotation.sidHash) {
         // The same rotation again (sent twice): written again, keeping when the token was used.
         usedAt = token.usedAt as number
-      } else if (next !== undefined && rotation.again === true && now - (token.usedAt as number) > rotation.grace) {
+      } else if (next !== undefined && rotation.again === true && (rotations as Rotation).again < AGAIN_MAX &&
+        now - (token.usedAt as number) > rotation.grace) {
         // Rotated again: the earlier new token is superseded (its session is, by #storeSession).
+        again++
         const earlier = this.#tokens.get(next.token)
         if (earlier !== undefined) this.#flags[earlier] |= SUPERSEDED
       } else {
@@ -289,7 +303,7 @@ export class MemoryStore implements PowStore {
     }
     this.#flags[slot] |= USED
     this.#data[slot] = recordJson({ ...token, usedAt })
-    this.#rotations.set(tokenHash, { next: { session: rotation.sidHash, token: rotation.tokenHash }, previous: undefined })
+    this.#rotations.set(tokenHash, { next: { session: rotation.sidHash, token: rotation.tokenHash }, previous: undefined, again })
     // This token was the new token of an earlier rotation: that rotation is claimed.
     if (rotations?.previous !== undefined) this.#claimToken(rotations.previous)
     this.#storeSession(rotation.sidHash, session, JSON.stringify(token.user), true, rotation.sessionTtl, rotation.grace, now, tokenHash)
@@ -301,7 +315,7 @@ export class MemoryStore implements PowStore {
       user: stored === undefined ? token.user : JSON.parse(stored),
       metadata: session.metadata
     }, rotation.tokenTtl, now)
-    this.#rotations.set(rotation.tokenHash, { next: undefined, previous: tokenHash })
+    this.#rotations.set(rotation.tokenHash, { next: undefined, previous: tokenHash, again: 0 })
     return 'rotated'
   }
 
@@ -357,6 +371,22 @@ export class MemoryStore implements PowStore {
 
   #holds (conditions: PutConditions): boolean {
     return conditions.session === undefined || this.#liveSlot(this.#sessions, conditions.session) !== undefined
+  }
+
+  /**
+   * A renewal of `sidHash` may go ahead: it is claimed first if its claim is pending (it was read:
+   * it is being renewed); a retired one (renewed again, its first renewal's answer lost) renews
+   * again at most AGAIN_MAX times.
+   */
+  #renewable (sidHash: string): boolean {
+    const slot = this.#sessions.get(sidHash) as number
+    const flags = this.#flags[slot]
+    if ((flags & UNREAD) !== 0) this.#claim(slot, sidHash, JSON.parse(this.#data[slot] as string))
+    if ((flags & RETIRED) === 0) return true
+    const again = this.#renewedAgain.get(sidHash) ?? 0
+    if (again >= AGAIN_MAX) return false
+    this.#renewedAgain.set(sidHash, again + 1)
+    return true
   }
 
   /**
@@ -488,6 +518,7 @@ export class MemoryStore implements PowStore {
         this.#sessions.delete(key)
         if ((this.#flags[slot] & UNREAD) !== 0) this.#unread.delete(key)
         if ((this.#flags[slot] & UNCLAIMED) !== 0) this.#unclaimedSince.delete(key)
+        if (this.#renewedAgain.size > 0) this.#renewedAgain.delete(key)
         if (this.#firstSession[owner] === NONE) this.#userJson[owner] = undefined
       } else {
         this.#tokens.delete(key)

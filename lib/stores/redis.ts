@@ -73,40 +73,41 @@ function writeScript (lua: string): Script {
 // Scripts reach keys they cannot know in advance (a session's user, other sessions in the list)
 // only under the same P, so every script stays inside one cluster slot.
 
-// Reading a session is one HMGET (the record and a copy of the user's credentials live in the
-// session's hash). Its first read also sends this, without waiting for it: KEYS: session.
-// ARGV: P, now. The sessions it retired live out the grace from now on, and the rotation that
-// stored it is claimed. A later read does it if this one is lost.
-const CLAIM_SESSION = script(`
-local v = redis.call('HMGET', KEYS[1], 'u', 'p', 'c', 'pt', 'f', 'sup')
-if not v[2] or v[6] then return 0 end
-redis.call('HDEL', KEYS[1], 'p', 'c', 'pt')
-if v[3] then
-  local grace = tonumber(v[3])
-  local list = ARGV[1] .. 'us:' .. v[1]
-  local members = redis.call('ZRANGE', list, 0, -1)
-  for i = 1, #members do
-    local k = ARGV[1] .. 's:' .. members[i]
-    if k ~= KEYS[1] then
-      local o = redis.call('HMGET', k, 'f', 'n')
-      if o[1] == v[5] and o[2] then
-        redis.call('HDEL', k, 'n')
-        local left = redis.call('PTTL', k)
-        if left < 0 or left > grace then
-          redis.call('PEXPIRE', k, grace)
-          redis.call('ZADD', list, tonumber(ARGV[2]) + grace, members[i])
+// Shared by the scripts that store sessions and tokens. All keys are built from P, so they
+// carry the client's keyPrefix and stay in the user's slot.
+const PUT_FUNCTIONS = `
+-- How often an unclaimed session renews, or an unclaimed token rotates, again (its answers lost
+-- each time) before a further attempt is refused: a replayed old cookie does not mint forever.
+local AGAIN_MAX = 3
+
+-- Claims a replacement: the sessions it retired live out the grace from now on, and the rotation
+-- that stored it is claimed. Done by its first read, or by a write that cannot wait for that.
+local function claim (P, skey, now)
+  local v = redis.call('HMGET', skey, 'u', 'p', 'c', 'pt', 'f', 'sup')
+  if not v[2] or v[6] then return end
+  redis.call('HDEL', skey, 'p', 'c', 'pt')
+  if v[3] then
+    local grace = tonumber(v[3])
+    local list = P .. 'us:' .. v[1]
+    local members = redis.call('ZRANGE', list, 0, -1)
+    for i = 1, #members do
+      local k = P .. 's:' .. members[i]
+      if k ~= skey then
+        local o = redis.call('HMGET', k, 'f', 'n')
+        if o[1] == v[5] and o[2] then
+          redis.call('HDEL', k, 'n')
+          local left = redis.call('PTTL', k)
+          if left < 0 or left > grace then
+            redis.call('PEXPIRE', k, grace)
+            redis.call('ZADD', list, tonumber(now) + grace, members[i])
+          end
         end
       end
     end
   end
+  if v[4] then redis.call('HDEL', P .. 't:' .. v[4], 'n', 'nt') end
 end
-if v[4] then redis.call('HDEL', ARGV[1] .. 't:' .. v[4], 'n', 'nt') end
-return 1
-`)
 
-// Shared by the scripts that store sessions and tokens. All keys are built from P, so they
-// carry the client's keyPrefix and stay in the user's slot.
-const PUT_FUNCTIONS = `
 local function keep_until (list, now)
   local last = redis.call('ZRANGE', list, -1, -1, 'WITHSCORES')
   return math.max(1, tonumber(last[2]) - now)
@@ -175,20 +176,41 @@ local function put_token (P, tid, record, user, userKey, fp, ttl, expiresAt, now
 end
 `
 
+// Reading a session is one HMGET (the record and a copy of the user's credentials live in the
+// session's hash). The first read of a replacement also sends this, without waiting for it (a
+// later read or write does it if it is lost): KEYS: session. ARGV: P, now.
+const CLAIM_SESSION = script(PUT_FUNCTIONS + `
+claim(ARGV[1], KEYS[1], ARGV[2])
+return 1
+`)
+
 // KEYS: session. ARGV: P, sid, record, userKey, fingerprint, user or '' (none), ttl, expiresAt,
-// grace, now, id of a session that must still exist or ''.
+// grace, now, id of a session that must still exist or ''. A condition session that is retired
+// (renewed again: its first renewal's answer was lost) may be renewed again AGAIN_MAX times.
 const PUT_SESSION = writeScript(PUT_FUNCTIONS + `
-if ARGV[11] ~= '' and redis.call('EXISTS', ARGV[1] .. 's:' .. ARGV[11]) == 0 then return 0 end
+if ARGV[11] ~= '' then
+  local ck = ARGV[1] .. 's:' .. ARGV[11]
+  local c = redis.call('HMGET', ck, 'u', 'x', 'ag', 'p')
+  if not c[1] then return 0 end
+  -- It was read (it is being renewed); its claim, sent without waiting, has not landed yet.
+  if c[4] then claim(ARGV[1], ck, ARGV[10]) end
+  if c[2] then
+    if tonumber(c[3] or '0') >= AGAIN_MAX then return 0 end
+    redis.call('HINCRBY', ck, 'ag', 1)
+  end
+end
 local user = false
 if ARGV[6] ~= '' then user = ARGV[6] end
 put_session(ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], user, false, ARGV[7], ARGV[8], ARGV[9], ARGV[10], false)
 return 1
 `)
 
-// KEYS: session. ARGV: P, sid, now.
-const DELETE_SESSION = writeScript(`
+// KEYS: session. ARGV: P, sid, now. An unread replacement is claimed first, so that the
+// sessions it retired do not outlive it.
+const DELETE_SESSION = writeScript(PUT_FUNCTIONS + `
 local u = redis.call('HGET', KEYS[1], 'u')
 if not u then return 0 end
+claim(ARGV[1], KEYS[1], ARGV[3])
 redis.call('DEL', KEYS[1])
 local list = ARGV[1] .. 'us:' .. u
 redis.call('ZREM', list, ARGV[2])
@@ -273,15 +295,16 @@ put_token(ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 return 1
 `)
 
-// KEYS: token. ARGV: P. Returns record, user, usedAt or '', '1' if unclaimed, '1' if superseded.
+// KEYS: token. ARGV: P. Returns record, user, usedAt or '', '1' if unclaimed, '1' if
+// superseded, how often it rotated again.
 const GET_TOKEN = script(`
-local v = redis.call('HMGET', KEYS[1], 'r', 'user', 'used', 'n', 'sup')
+local v = redis.call('HMGET', KEYS[1], 'r', 'user', 'used', 'n', 'sup', 'ag')
 if not v[1] then return false end
 local unclaimed = ''
 if v[3] and v[4] then unclaimed = '1' end
 local sup = ''
 if v[5] then sup = '1' end
-return {v[1], v[2], v[3] or '', unclaimed, sup}
+return {v[1], v[2], v[3] or '', unclaimed, sup, v[6] or '0'}
 `)
 
 // KEYS: token. ARGV: P, now, new sid, session record, session ttl, session expiresAt, grace,
@@ -291,18 +314,21 @@ return {v[1], v[2], v[3] or '', unclaimed, sup}
 // rotation was never claimed, used longer ago than the grace, rotates to new ids; the earlier
 // new session and token are superseded.
 const ROTATE_TOKEN = writeScript(PUT_FUNCTIONS + `
-local v = redis.call('HMGET', KEYS[1], 'user', 'used', 'u', 'f', 'n', 'pt', 'sup', 'nt')
+local v = redis.call('HMGET', KEYS[1], 'user', 'used', 'u', 'f', 'n', 'pt', 'sup', 'nt', 'ag')
 if not v[1] then return 'missing' end
 if v[7] then return 'used' end
 local used = ARGV[2]
 if v[2] then
   if v[5] == ARGV[3] then
     used = v[2]
-  elseif not (v[5] and ARGV[13] == '1' and tonumber(ARGV[2]) - tonumber(v[2]) > tonumber(ARGV[7])) then
+  elseif not (v[5] and ARGV[13] == '1' and tonumber(v[9] or '0') < AGAIN_MAX and tonumber(ARGV[2]) - tonumber(v[2]) > tonumber(ARGV[7])) then
     return 'used'
-  elseif v[8] then
-    local k = ARGV[1] .. 't:' .. v[8]
-    if redis.call('EXISTS', k) == 1 then redis.call('HSET', k, 'sup', '1') end
+  else
+    redis.call('HINCRBY', KEYS[1], 'ag', 1)
+    if v[8] then
+      local k = ARGV[1] .. 't:' .. v[8]
+      if redis.call('EXISTS', k) == 1 then redis.call('HSET', k, 'sup', '1') end
+    end
   end
 end
 redis.call('HSET', KEYS[1], 'used', used, 'n', ARGV[3], 'nt', ARGV[8])
@@ -342,7 +368,7 @@ type Client = Redis | Cluster
 /**
  * A `PowStore` on Redis or Redis Cluster through an ioredis client (for example `app.redis` of
  * @fastify/redis), which it never closes. Every change is one atomic Lua script inside one
- * cluster slot; reading a session and its user is one EVALSHA.
+ * cluster slot; reading a session and its user is one HMGET.
  */
 export class RedisStore implements PowStore {
   #client: Client
@@ -395,9 +421,12 @@ export class RedisStore implements PowStore {
   async getSession (sidHash: string): Promise<StoredSession | null> {
     const prefix = this.#hashPrefix(sidHash)
     const key = prefix + 's:' + this.#id(sidHash)
-    const [record, user, retired, unclaimedSince, unread, superseded] =
-      await this.#guard(() => this.#client.hmget(key, 'r', 'user', 'x', 'n', 'p', 'sup'))
-    if (record === null || user === null) return null
+    const [record, copy, retired, unclaimedSince, unread, superseded, userKey] =
+      await this.#guard(() => this.#client.hmget(key, 'r', 'user', 'x', 'n', 'p', 'sup', 'u'))
+    if (record === null) return null
+    // A session stored before sessions carried a copy of the credentials reads them from the user's key.
+    const user = copy ?? await this.#guard(() => this.#client.get(prefix + 'u:' + String(userKey)))
+    if (user === null) return null
     if (unread !== null) {
       // The first read claims the session; not waited for, and done again by a later read if lost.
       // EVAL, not EVALSHA: a NOSCRIPT answer would let the commands sent after it overtake it.
@@ -472,12 +501,13 @@ export class RedisStore implements PowStore {
 
   async getToken (tokenHash: string): Promise<TokenRecord | null> {
     const prefix = this.#hashPrefix(tokenHash)
-    const found = await this.#eval(GET_TOKEN, [prefix + 't:' + this.#id(tokenHash)], [prefix]) as [string, string, string, string, string] | null
+    const found = await this.#eval(GET_TOKEN, [prefix + 't:' + this.#id(tokenHash)], [prefix]) as [string, string, string, string, string, string] | null
     if (found === null) return null
     const record: TokenRecord = { ...JSON.parse(found[0]), user: JSON.parse(found[1]) }
     if (found[2] !== '') record.usedAt = Number(found[2])
     if (found[3] === '1') record.unclaimed = true
     if (found[4] === '1') record.superseded = true
+    if (found[5] !== '0') record.rotatedAgain = Number(found[5])
     return record
   }
 
