@@ -421,18 +421,19 @@ export class RedisStore implements PowStore {
   async getSession (sidHash: string): Promise<StoredSession | null> {
     const prefix = this.#hashPrefix(sidHash)
     const key = prefix + 's:' + this.#id(sidHash)
-    const [record, copy, retired, unclaimedSince, unread, superseded, userKey] =
-      await this.#guard(() => this.#client.hmget(key, 'r', 'user', 'x', 'n', 'p', 'sup', 'u'))
-    if (record === null) return null
+    const [json, copy, retired, unclaimedSince, unread, superseded] =
+      await this.#guard(() => this.#client.hmget(key, 'r', 'user', 'x', 'n', 'p', 'sup'))
+    if (json === null) return null
+    const record: SessionRecord = JSON.parse(json)
     // A session stored before sessions carried a copy of the credentials reads them from the user's key.
-    const user = copy ?? await this.#guard(() => this.#client.get(prefix + 'u:' + String(userKey)))
+    const user = copy ?? await this.#guard(() => this.#client.get(prefix + 'u:' + record.userKey))
     if (user === null) return null
     if (unread !== null) {
       // The first read claims the session; not waited for, and done again by a later read if lost.
       // EVAL, not EVALSHA: a NOSCRIPT answer would let the commands sent after it overtake it.
       this.#guard(() => this.#client.eval(CLAIM_SESSION.lua, 1, key, this.#keyPrefix + prefix, Date.now())).catch(() => {})
     }
-    const stored: StoredSession = { record: JSON.parse(record), user: JSON.parse(user), retired: retired === '1' }
+    const stored: StoredSession = { record, user: JSON.parse(user), retired: retired === '1' }
     if (unclaimedSince !== null) stored.unclaimedSince = Number(unclaimedSince)
     if (superseded !== null) stored.superseded = true
     return stored
