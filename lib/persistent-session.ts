@@ -3,10 +3,7 @@ import { hashToken, randomFingerprint, randomToken, userBucket } from './crypto.
 import type { Pow } from './pow.js'
 import type { PendingCookies } from './cookies.js'
 import { kAdopt, kAttach, kAuthenticate, kCookies, kCreate, kReload, kRenewed, kSidHash, type PowSession } from './session.js'
-import type { PowEvent, PowUser, PutConditions, SessionMetadata, SessionRecord, TokenRecord } from './types.js'
-
-/** How often a token may rotate again (see PowStore.rotateToken); the stores refuse more. */
-const ROTATE_AGAIN_MAX = 3
+import { AGAIN_MAX, type PowUser, type PutConditions, type SessionMetadata, type SessionRecord, type TokenRecord } from './types.js'
 
 /**
  * `request.powPersistentSession`: this browser's remember-me token (Pow's
@@ -113,9 +110,10 @@ export class PowPersistentSession {
     // Only a few times: a token replayed again and again without its results ever being used is
     // not a browser whose answers keep getting lost.
     const pastGrace = token.usedAt !== undefined && now - token.usedAt > pow.config.session.rotationGrace
-    const lostTooOften = (token.rotatedAgain ?? 0) >= ROTATE_AGAIN_MAX
+    const lostTooOften = (token.rotatedAgain ?? 0) >= AGAIN_MAX
     if (token.superseded === true || (pastGrace && (token.unclaimed !== true || lostTooOften))) {
-      await this.#theft(token, event)
+      this.#forgetCookie()
+      await pow.revokeReused(event, 'persistent:reuse', 'a used remember-me token came back after its grace')
       return
     }
 
@@ -124,15 +122,17 @@ export class PowPersistentSession {
     let outcome: 'rotated' | 'used' | 'missing' = 'used'
     const bucket = userBucket(token.userKey)
     const sessionId = randomToken(bucket)
+    const sidHash = hashToken(sessionId)
     const newToken = randomToken(bucket)
+    const newTokenHash = hashToken(newToken)
     if (token.usedAt === undefined || pastGrace) {
       const { ttl, absoluteTtl, rotationGrace } = pow.config.session
       outcome = await pow.store.rotateToken(tokenHash, now, {
-        sidHash: hashToken(sessionId),
+        sidHash,
         session: record,
         sessionTtl: absoluteTtl === undefined ? ttl : Math.min(ttl, absoluteTtl),
         grace: rotationGrace,
-        tokenHash: hashToken(newToken),
+        tokenHash: newTokenHash,
         tokenTtl: config.ttl,
         again: pastGrace
       })
@@ -154,24 +154,11 @@ export class PowPersistentSession {
       session[kAdopt](user, record)
       return
     }
-    session[kAttach](user, record, sessionId)
+    session[kAttach](user, record, sessionId, sidHash)
     this.#cookies.set(config.name, pow.sign(newToken), config.options)
-    this.#tokenHash = hashToken(newToken)
+    this.#tokenHash = newTokenHash
     pow.notify('persistent:used', { ...event, user })
     pow.notify('session:created', { ...event, user })
-  }
-
-  /** A used token came back after its grace: whoever holds it, the fingerprint is revoked. */
-  async #theft (token: TokenRecord, event: PowEvent): Promise<void> {
-    const pow = this.#pow
-    const revoked = await pow.store.revoke(token.userKey, { fingerprint: token.fingerprint })
-    this.#forgetCookie()
-    this.#request.log.warn(
-      { userKey: token.userKey, fingerprint: token.fingerprint },
-      'fastify-pow: a used remember-me token came back after its grace; its fingerprint was revoked'
-    )
-    pow.notify('persistent:reuse', event)
-    for (const fingerprint of revoked) pow.notify('session:deleted', { ...event, fingerprint })
   }
 
   #forgetCookie (): void {

@@ -1,11 +1,11 @@
 import { EventEmitter } from 'node:events'
 import { Signer } from '@fastify/cookie'
-import type { FastifyBaseLogger } from 'fastify'
+import type { FastifyBaseLogger, FastifyRequest } from 'fastify'
 import { CredentialsCache } from './credentials-cache.js'
 import { hashToken, isToken } from './crypto.js'
 import { PowStoreError, storeError } from './errors.js'
 import { type Config, STORE_METHODS } from './options.js'
-import type { PowEvents, PowStore } from './types.js'
+import type { PowEvent, PowEvents, PowStore } from './types.js'
 
 // A signed token is `<47 chars>.<43 chars of base64 HMAC-SHA256>`; anything else is rejected before any HMAC.
 const TOKEN_LENGTH = 47
@@ -105,6 +105,19 @@ export class Pow extends EventEmitter<PowEvents> {
     if (cache.size >= VERIFIED_CACHE_SIZE) cache.delete(cache.keys().next().value as string)
     cache.set(signed, verified)
     return verified
+  }
+
+  /**
+   * @internal A cookie that someone else moved on from came back (`what` says which): whoever
+   * holds it, the fingerprint is revoked, a warning logged and `kind` fired. The caller clears
+   * the cookie.
+   */
+  async revokeReused (event: PowEvent & { request: FastifyRequest }, kind: 'session:reuse' | 'persistent:reuse', what: string): Promise<void> {
+    const { userKey, fingerprint } = event
+    const revoked = await this.store.revoke(userKey, { fingerprint })
+    event.request.log.warn({ userKey, fingerprint }, `fastify-pow: ${what}; its fingerprint was revoked`)
+    this.notify(kind, event)
+    for (const ended of revoked) this.notify('session:deleted', { ...event, fingerprint: ended })
   }
 
   /** @internal listeners must not break a request */

@@ -162,7 +162,12 @@ export class PowSession {
     const now = Date.now()
     const config = pow.config.session
     if (found.superseded === true) {
-      await this.#reuse(record)
+      // A renewal was done again for whoever presented the old id once its grace was over, so
+      // two parties hold cookies of one session: like a reused remember-me token, theft.
+      const { userKey, fingerprint } = record
+      await pow.revokeReused({ request: this.#request, user: null, userKey, fingerprint }, 'session:reuse',
+        'a replaced session id came back after its replacement was reissued')
+      this.#cookies.clear(config.name, config.options)
       return
     }
     if (config.absoluteTtl !== undefined && now - record.signedInAt >= config.absoluteTtl) return
@@ -196,11 +201,11 @@ export class PowSession {
     }
   }
 
-  /** @internal signs in with a session the store already holds under `sessionId` */
-  [kAttach] (user: PowUser, record: SessionRecord, sessionId: string): void {
+  /** @internal signs in with a session the store already holds under `sessionId` (hashed: `sidHash`) */
+  [kAttach] (user: PowUser, record: SessionRecord, sessionId: string, sidHash: string): void {
     const { name, options } = this.#pow.config.session
     this.#cookies.set(name, this.#pow.sign(sessionId), options)
-    this.#set(user, record, hashToken(sessionId))
+    this.#set(user, record, sidHash)
   }
 
   /** @internal signs in for this request only (a used remember-me token inside its grace) */
@@ -216,25 +221,6 @@ export class PowSession {
     this.#set(user, record, undefined)
     await this.delete()
     return null
-  }
-
-  /**
-   * A superseded session id came back: a renewal was done again for whoever presented the old id
-   * once its grace was over, so two parties hold cookies of one session. Like a reused
-   * remember-me token, that is theft: the fingerprint is revoked.
-   */
-  async #reuse (record: SessionRecord): Promise<void> {
-    const pow = this.#pow
-    const revoked = await pow.store.revoke(record.userKey, { fingerprint: record.fingerprint })
-    const { name, options } = pow.config.session
-    this.#cookies.clear(name, options)
-    this.#request.log.warn(
-      { userKey: record.userKey, fingerprint: record.fingerprint },
-      'fastify-pow: a replaced session id came back after its replacement was reissued; its fingerprint was revoked'
-    )
-    const event = { request: this.#request, user: null, userKey: record.userKey, fingerprint: record.fingerprint }
-    pow.notify('session:reuse', event)
-    for (const fingerprint of revoked) pow.notify('session:deleted', { ...event, fingerprint })
   }
 
   /** Stores a new session for `record` and sets the cookie; false, with nothing stored, when a condition failed. */

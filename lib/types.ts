@@ -106,6 +106,12 @@ export interface TokenRotation {
   again?: boolean
 }
 
+/**
+ * How often an unclaimed session may renew again, or an unclaimed token rotate again (its answers
+ * lost each time), before a store refuses: a replayed old cookie must not mint sessions forever.
+ */
+export const AGAIN_MAX = 3
+
 /** Which of a user's fingerprints `PowStore.revoke` removes. */
 export type RevokeSelector = { fingerprint: string } | { except?: string }
 

@@ -1,6 +1,7 @@
 import { userBucket } from '../crypto.js'
-import type {
-  ListedSession, PowStore, PutConditions, RevokeSelector, SessionRecord, StoredSession, TokenRecord, TokenRotation
+import {
+  AGAIN_MAX, type ListedSession, type PowStore, type PutConditions, type RevokeSelector, type SessionRecord, type StoredSession,
+  type TokenRecord, type TokenRotation
 } from '../types.js'
 
 /*
@@ -45,8 +46,6 @@ const UNCLAIMED = 16
 const SUPERSEDED = 32
 /** A replacement (of sessions, or from a rotation) not read yet: its first read claims. */
 const UNREAD = 64
-/** How often an unclaimed session renews, or an unclaimed token rotates, again: see PowStore. */
-const AGAIN_MAX = 3
 
 /** What the first read of a replacement claims. */
 interface Claim {

@@ -1,8 +1,9 @@
 import { createHash, randomBytes } from 'node:crypto'
 import type { Cluster, Redis } from 'ioredis'
 import { BUCKET_LENGTH, userBucket } from '../crypto.js'
-import type {
-  ListedSession, PowStore, PutConditions, RevokeSelector, SessionRecord, StoredSession, TokenRecord, TokenRotation
+import {
+  AGAIN_MAX, type ListedSession, type PowStore, type PutConditions, type RevokeSelector, type SessionRecord, type StoredSession,
+  type TokenRecord, type TokenRotation
 } from '../types.js'
 
 export interface RedisStoreOptions {
@@ -73,13 +74,9 @@ function writeScript (lua: string): Script {
 // Scripts reach keys they cannot know in advance (a session's user, other sessions in the list)
 // only under the same P, so every script stays inside one cluster slot.
 
-// Shared by the scripts that store sessions and tokens. All keys are built from P, so they
+// Shared by the scripts that read, store and delete sessions. All keys are built from P, so they
 // carry the client's keyPrefix and stay in the user's slot.
-const PUT_FUNCTIONS = `
--- How often an unclaimed session renews, or an unclaimed token rotates, again (its answers lost
--- each time) before a further attempt is refused: a replayed old cookie does not mint forever.
-local AGAIN_MAX = 3
-
+const CLAIM_FUNCTION = `
 -- Claims a replacement: the sessions it retired live out the grace from now on, and the rotation
 -- that stored it is claimed. Done by its first read, or by a write that cannot wait for that.
 local function claim (P, skey, now)
@@ -107,6 +104,12 @@ local function claim (P, skey, now)
   end
   if v[4] then redis.call('HDEL', P .. 't:' .. v[4], 'n', 'nt') end
 end
+`
+
+// Shared by the scripts that store sessions and tokens.
+const PUT_FUNCTIONS = CLAIM_FUNCTION + `
+-- How often an unclaimed session renews, or an unclaimed token rotates, again (see AGAIN_MAX).
+local AGAIN_MAX = ${AGAIN_MAX}
 
 local function keep_until (list, now)
   local last = redis.call('ZRANGE', list, -1, -1, 'WITHSCORES')
@@ -121,11 +124,14 @@ local function put_session (P, sid, record, userKey, fp, user, keepUser, ttl, ex
   local skey = P .. 's:' .. sid
   local ckey = P .. 'u:' .. userKey
   local list = P .. 'us:' .. userKey
-  if user then
-    if keepUser then redis.call('SET', ckey, user, 'NX') else redis.call('SET', ckey, user) end
-  end
-  local current = redis.call('GET', ckey)
   local copyUser = user and not keepUser
+  local current = user
+  if copyUser then
+    redis.call('SET', ckey, user)
+  else
+    if user then redis.call('SET', ckey, user, 'NX') end
+    current = redis.call('GET', ckey)
+  end
   redis.call('ZREMRANGEBYSCORE', list, '-inf', now)
   local members = redis.call('ZRANGE', list, 0, -1)
   local claims = false
@@ -179,7 +185,7 @@ end
 // Reading a session is one HMGET (the record and a copy of the user's credentials live in the
 // session's hash). The first read of a replacement also sends this, without waiting for it (a
 // later read or write does it if it is lost): KEYS: session. ARGV: P, now.
-const CLAIM_SESSION = script(PUT_FUNCTIONS + `
+const CLAIM_SESSION = script(CLAIM_FUNCTION + `
 claim(ARGV[1], KEYS[1], ARGV[2])
 return 1
 `)
@@ -207,7 +213,7 @@ return 1
 
 // KEYS: session. ARGV: P, sid, now. An unread replacement is claimed first, so that the
 // sessions it retired do not outlive it.
-const DELETE_SESSION = writeScript(PUT_FUNCTIONS + `
+const DELETE_SESSION = writeScript(CLAIM_FUNCTION + `
 local u = redis.call('HGET', KEYS[1], 'u')
 if not u then return 0 end
 claim(ARGV[1], KEYS[1], ARGV[3])
