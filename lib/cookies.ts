@@ -24,20 +24,36 @@ export class PendingCookies {
   }
 
   async run<T> (work: () => Promise<T>): Promise<T> {
-    this.#depth++
+    this.begin()
+    let result: T
     try {
-      const result = await work()
-      if (this.#depth === 1) this.#flush()
-      return result
+      result = await work()
     } catch (err) {
-      this.#pending.length = 0
+      this.abort()
       throw err
-    } finally {
-      this.#depth--
     }
+    this.commit()
+    return result
+  }
+
+  /** Starts a helper call; it ends with {@link commit} or, when it throws, {@link abort}. */
+  begin (): void {
+    this.#depth++
+  }
+
+  /** A helper call succeeded: when it is the outermost, its cookies go to the reply. */
+  commit (): void {
+    if (--this.#depth === 0) this.#flush()
+  }
+
+  /** A helper call threw: no cookie of this request's calls so far reaches the reply. */
+  abort (): void {
+    this.#depth--
+    this.#pending.length = 0
   }
 
   #flush (): void {
+    if (this.#pending.length === 0) return
     for (const [name, value, options] of this.#pending) {
       if (value === null) this.#reply.clearCookie(name, options)
       else this.#reply.setCookie(name, value, options)

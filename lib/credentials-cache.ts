@@ -1,4 +1,5 @@
 import { hashToken, isToken, randomFingerprint, randomToken, userBucket } from './crypto.js'
+import { copyMetadata } from './parsed.js'
 import type { Pow } from './pow.js'
 import type { ListedSession, PowUser, SessionInfo, SessionMetadata, SessionRecord } from './types.js'
 
@@ -15,7 +16,7 @@ export function toRecord (userKey: string, metadata: Partial<SessionMetadata> | 
 }
 
 export function toMetadata (record: SessionRecord): SessionMetadata {
-  return { ...record.metadata, fingerprint: record.fingerprint, insertedAt: record.insertedAt, signedInAt: record.signedInAt }
+  return { ...copyMetadata(record.metadata), fingerprint: record.fingerprint, insertedAt: record.insertedAt, signedInAt: record.signedInAt }
 }
 
 /** One entry per fingerprint, the newest session of each, oldest sign-in first. */

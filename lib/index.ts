@@ -57,10 +57,17 @@ const plugin: FastifyPluginAsync<PowOptions> = async function fastifyPow (fastif
     const sid = cookies[sessionCookie]
     const token = persistent === null ? undefined : cookies[persistentCookie as string]
     if (sid === undefined && token === undefined) return
-    await session[kCookies].run(async () => {
+    // As PendingCookies.run, without a closure per request.
+    const pending = session[kCookies]
+    pending.begin()
+    try {
       if (sid !== undefined) await session[kAuthenticate](sid, reload)
       if (token !== undefined) await (persistent as PowPersistentSession)[kAuthenticate](token, reload)
-    })
+    } catch (err) {
+      pending.abort()
+      throw err
+    }
+    pending.commit()
   })
 }
 

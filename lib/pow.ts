@@ -24,27 +24,14 @@ export interface Verified {
 
 /**
  * Every store call goes through this: whatever the store throws becomes a 503
- * `POW_ERR_STORE_UNAVAILABLE`. An outage is logged once when it starts and once when it ends,
- * not on every request.
+ * `POW_ERR_STORE_UNAVAILABLE` (see {@link Pow.storeFailed}).
  */
-function guardStore (store: PowStore, log: FastifyBaseLogger): PowStore {
-  let failing = false
+function guardStore (store: PowStore, pow: Pow): PowStore {
   const ok = <T>(value: T): T => {
-    if (failing) {
-      failing = false
-      log.info('fastify-pow: the session store answers again')
-    }
+    pow.storeAnswered()
     return value
   }
-  const fail = (err: unknown): never => {
-    if (!failing) {
-      failing = true
-      log.error({ err }, 'fastify-pow: the session store failed; answering 503 until it is back')
-    } else {
-      log.debug({ err }, 'fastify-pow: the session store failed again')
-    }
-    throw err instanceof PowStoreError ? err : storeError()
-  }
+  const fail = (err: unknown): never => { throw pow.storeFailed(err) }
   const guarded: Record<string, unknown> = {}
   for (const method of STORE_METHODS) {
     guarded[method] = (...args: unknown[]) => {
@@ -73,15 +60,39 @@ export class Pow extends EventEmitter<PowEvents> {
   #signer: Signer
   /** Signed cookie value -> what it verified to; only values with a valid signature get in. */
   #verified = new Map<string, Verified>()
+  /** Whether the last store call failed: an outage is logged when it starts and when it ends. */
+  #failing = false
 
   constructor (config: Config, store: PowStore, log: FastifyBaseLogger) {
     super()
     this.config = config
     this.rawStore = store
-    this.store = guardStore(store, log)
     this.log = log
+    this.store = guardStore(store, this)
     this.#signer = new Signer(config.secrets)
     this.credentials = new CredentialsCache(this)
+  }
+
+  /** @internal a store call answered: logs the end of an outage */
+  storeAnswered (): void {
+    if (this.#failing) {
+      this.#failing = false
+      this.log.info('fastify-pow: the session store answers again')
+    }
+  }
+
+  /**
+   * @internal a store call threw `err`: the error to throw instead, a 503. An outage is logged
+   * once when it starts, not on every request.
+   */
+  storeFailed (err: unknown): Error {
+    if (!this.#failing) {
+      this.#failing = true
+      this.log.error({ err }, 'fastify-pow: the session store failed; answering 503 until it is back')
+    } else {
+      this.log.debug({ err }, 'fastify-pow: the session store failed again')
+    }
+    return err instanceof PowStoreError ? err : storeError()
   }
 
   /** @internal */

@@ -5,7 +5,7 @@ import { PendingCookies } from './cookies.js'
 import { PowNotSignedInError, PowSignInRevokedError } from './errors.js'
 import type { PowPersistentSession } from './persistent-session.js'
 import type { Pow } from './pow.js'
-import type { PowMetadata, PowUser, PutConditions, SessionInfo, SessionMetadata, SessionRecord } from './types.js'
+import type { PowMetadata, PowUser, PutConditions, SessionInfo, SessionMetadata, SessionRecord, StoredSession } from './types.js'
 
 export const kAuthenticate = Symbol('fastify-pow.authenticate')
 export const kAttach = Symbol('fastify-pow.attach')
@@ -153,7 +153,14 @@ export class PowSession {
       return
     }
     const sidHash = unsigned.hash
-    const found = await pow.store.getSession(sidHash)
+    // The store called directly, not through pow.store, on the path every request takes.
+    let found: StoredSession | null
+    try {
+      found = await pow.rawStore.getSession(sidHash)
+    } catch (err) {
+      throw pow.storeFailed(err)
+    }
+    pow.storeAnswered()
     if (found === null) {
       this.#request.log.debug('fastify-pow: session cookie points at no session')
       return

@@ -1,4 +1,5 @@
 import { userBucket } from '../crypto.js'
+import { ParsedRecords } from '../parsed.js'
 import {
   AGAIN_MAX, type ListedSession, type PowStore, type PutConditions, type RevokeSelector, type SessionRecord, type StoredSession,
   type TokenRecord, type TokenRotation
@@ -119,6 +120,8 @@ export class MemoryStore implements PowStore {
   #renewedAgain = new Map<string, number>()
   /** Tokens in a rotation not yet claimed, by hash. */
   #rotations = new Map<string, Rotation>()
+  /** Session records read lately, parsed. */
+  #parsed = new ParsedRecords()
 
   // ---- entry slots (sessions, tokens, locks)
   /** Slots handed out so far: every slot below is live or on the free list. */
@@ -171,7 +174,7 @@ export class MemoryStore implements PowStore {
     const user = this.#userJson[this.#owner[slot]]
     if (user === undefined) return null
     const flags = this.#flags[slot]
-    const stored: StoredSession = { record: JSON.parse(this.#data[slot] as string), user: JSON.parse(user), retired: (flags & RETIRED) !== 0 }
+    const stored: StoredSession = { record: this.#parsed.get(this.#data[slot] as string), user: JSON.parse(user), retired: (flags & RETIRED) !== 0 }
     if ((flags & SUPERSEDED) !== 0) stored.superseded = true
     else if ((flags & UNREAD) !== 0) this.#claim(slot, sidHash, stored.record)
     else if ((flags & UNCLAIMED) !== 0) stored.unclaimedSince = this.#unclaimedSince.get(sidHash)
@@ -518,6 +521,7 @@ export class MemoryStore implements PowStore {
         if ((this.#flags[slot] & UNREAD) !== 0) this.#unread.delete(key)
         if ((this.#flags[slot] & UNCLAIMED) !== 0) this.#unclaimedSince.delete(key)
         if (this.#renewedAgain.size > 0) this.#renewedAgain.delete(key)
+        this.#parsed.forget(this.#data[slot] as string)
         if (this.#firstSession[owner] === NONE) this.#userJson[owner] = undefined
       } else {
         this.#tokens.delete(key)

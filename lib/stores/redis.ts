@@ -1,6 +1,7 @@
 import { createHash, randomBytes } from 'node:crypto'
 import type { Cluster, Redis } from 'ioredis'
 import { BUCKET_LENGTH, userBucket } from '../crypto.js'
+import { ParsedRecords } from '../parsed.js'
 import {
   AGAIN_MAX, type ListedSession, type PowStore, type PutConditions, type RevokeSelector, type SessionRecord, type StoredSession,
   type TokenRecord, type TokenRotation
@@ -371,6 +372,12 @@ return 1
 
 type Client = Redis | Cluster
 
+/** A command in flight: when it times out, and how (undefined once it answered or timed out). */
+interface Waiting {
+  deadline: number
+  reject: ((err: Error) => void) | undefined
+}
+
 /**
  * A `PowStore` on Redis or Redis Cluster through an ioredis client (for example `app.redis` of
  * @fastify/redis), which it never closes. Every change is one atomic Lua script inside one
@@ -388,6 +395,15 @@ export class RedisStore implements PowStore {
   /** Until the client is first ready, commands may wait for the initial connection. */
   #connected = false
   #lastError: Error | undefined
+  /**
+   * Commands in flight, oldest first (every command gets the same timeout, so deadlines come in
+   * order), from `#head` on; one timer, set for the oldest deadline, times them out.
+   */
+  #waiting: Waiting[] = []
+  #head = 0
+  #timer: NodeJS.Timeout | undefined
+  /** Session records read lately, parsed. */
+  #parsed = new ParsedRecords()
 
   constructor (client: Client, options: RedisStoreOptions = {}) {
     const { namespace = 'pow', commandTimeout = 2000 } = options
@@ -430,7 +446,7 @@ export class RedisStore implements PowStore {
     const [json, copy, retired, unclaimedSince, unread, superseded] =
       await this.#guard(() => this.#client.hmget(key, 'r', 'user', 'x', 'n', 'p', 'sup'))
     if (json === null) return null
-    const record: SessionRecord = JSON.parse(json)
+    const record = this.#parsed.get(json)
     // A session stored before sessions carried a copy of the credentials reads them from the user's key.
     const user = copy ?? await this.#guard(() => this.#client.get(prefix + 'u:' + record.userKey))
     if (user === null) return null
@@ -613,22 +629,66 @@ export class RedisStore implements PowStore {
    * Fails fast while the client is not connected (no command waits in ioredis' offline queue to
    * run long after its request was answered) and bounds every command by `commandTimeout`.
    */
-  async #guard<T> (send: () => Promise<T>): Promise<T> {
+  #guard<T> (send: () => Promise<T>): Promise<T> {
     const status = this.#client.status
     if (status !== 'ready' && status !== 'wait' && (this.#connected || (status !== 'connecting' && status !== 'connect'))) {
       const cause = this.#lastError === undefined ? '' : `: ${this.#lastError.message}`
-      throw new Error(`Redis connection is ${status}${cause}`)
+      return Promise.reject(new Error(`Redis connection is ${status}${cause}`))
     }
-    const command = send()
-    let timer: NodeJS.Timeout | undefined
-    const timeout = new Promise<never>((_resolve, reject) => {
-      timer = setTimeout(() => reject(new Error(`Redis command timed out after ${this.#timeout} ms`)), this.#timeout)
-    })
+    let command: Promise<T>
     try {
-      return await Promise.race([command, timeout])
-    } finally {
-      clearTimeout(timer)
-      command.catch(() => {})
+      command = send()
+    } catch (err) {
+      return Promise.reject(err)
     }
+    return new Promise<T>((resolve, reject) => {
+      const waiting: Waiting = { deadline: performance.now() + this.#timeout, reject }
+      this.#waiting.push(waiting)
+      if (this.#timer === undefined) this.#arm(this.#timeout)
+      command.then((value) => {
+        waiting.reject = undefined
+        this.#drain()
+        resolve(value)
+      }, (err: unknown) => {
+        waiting.reject = undefined
+        this.#drain()
+        reject(err)
+      })
+    })
+  }
+
+  /** Drops the answered commands at the head of the queue. */
+  #drain (): void {
+    const waiting = this.#waiting
+    let head = this.#head
+    while (head < waiting.length && waiting[head].reject === undefined) head++
+    if (head === waiting.length) {
+      waiting.length = 0
+      head = 0
+    } else if (head > 1024 && head * 2 > waiting.length) {
+      waiting.splice(0, head)
+      head = 0
+    }
+    this.#head = head
+  }
+
+  #arm (ms: number): void {
+    // Unreferenced: a command in flight keeps the process alive through its connection anyway.
+    this.#timer = setTimeout(() => this.#expire(), Math.max(1, Math.ceil(ms)))
+    this.#timer.unref()
+  }
+
+  /** The timer: fails the commands past their deadline and waits for the next deadline. */
+  #expire (): void {
+    this.#timer = undefined
+    const now = performance.now()
+    const waiting = this.#waiting
+    for (let i = this.#head; i < waiting.length && waiting[i].deadline <= now; i++) {
+      const { reject } = waiting[i]
+      waiting[i].reject = undefined
+      reject?.(new Error(`Redis command timed out after ${this.#timeout} ms`))
+    }
+    this.#drain()
+    if (this.#head < waiting.length) this.#arm(waiting[this.#head].deadline - now)
   }
 }
