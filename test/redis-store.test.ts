@@ -53,3 +53,36 @@ test('a session stored without a copy of the credentials (by an older version) r
   await client.del(`pow:{${userBucket(userKey)}}:u:${userKey}`)
   t.equal(await store.getSession(sidHash), null, 'and without either it is no session')
 })
+
+test('a session stored without the marks field (by an older version) reads its marks from their own fields', async (t) => {
+  const server = await startRedis(t)
+  const client = server.client()
+  await once(client, 'ready')
+  const store = new RedisStore(client)
+  const userKey = 'old-marks'
+  const record = (insertedAt: number): { userKey: string, fingerprint: string, insertedAt: number, signedInAt: number, metadata: object } =>
+    ({ userKey, fingerprint: 'fp', insertedAt, signedInAt: insertedAt, metadata: {} })
+  const first = hashToken(randomToken(userBucket(userKey)))
+  const second = hashToken(randomToken(userBucket(userKey)))
+  const now = Date.now()
+  await store.putSession(first, record(now), { id: 8 }, 60_000, 1000)
+  // A renewal: the first session is retired and unclaimed, the second unread.
+  t.ok(await store.putSession(second, record(now + 1), undefined, 60_000, 1000, { session: first }))
+  const key = (hash: string): string => `pow:{${userBucket(userKey)}}:s:${hash.slice(5)}`
+  t.match(await client.hget(key(first), 'm'), /^1,\d+,,$/, 'the marks field: retired, unclaimed since')
+  t.equal(await client.hget(key(second), 'm'), ',,1,', 'the marks field: unread')
+  const expected = await store.getSession(first)
+  t.equal(expected?.retired, true)
+  t.type(expected?.unclaimedSince, 'number')
+
+  t.equal(await client.hdel(key(first), 'm'), 1, 'the field removed, as an older version wrote the hash')
+  t.same(await store.getSession(first), expected, 'the same session read back from x, n, p and sup')
+  await client.hdel(key(second), 'm')
+  const replacement = await store.getSession(second)
+  t.equal(replacement?.retired, false, 'the replacement reads as live')
+  // Its first read claimed it (sent without waiting): the retired one lives out the grace now.
+  await sleep(50)
+  t.same(await client.hget(key(first), 'm'), '1,,,', 'the claim rewrote the marks field of the retired session')
+  t.equal(await client.hget(key(second), 'm'), '', 'and of the replacement: no marks left')
+  t.ok(await client.pttl(key(first)) <= 1000, 'the retired session is cut to the grace')
+})

@@ -53,7 +53,9 @@ function writeScript (lua: string): Script {
 //                       read), sup ('1': a replacement replaced before it was ever read), p ('1'
 //                       on a replacement until its first read), c (the grace, when its first read
 //                       cuts retired sessions to it),
-//                       pt (the token whose rotation stored it, until first read)
+//                       pt (the token whose rotation stored it, until first read),
+//                       m (the marks x, n, p and sup in one field for the read: "" when none,
+//                       else "<x>,<n>,<p>,<sup>"; a session without it predates the field)
 //   P u:<userKey> string  the user's credentials (JSON); TTL = the user's last session expiry
 //   P us:<userKey> zset  session ids scored by expiry (ms)
 //   P t:<tid>     hash  r (token JSON), user (JSON), u, f, used (ms, once used), n and nt (the
@@ -78,12 +80,23 @@ function writeScript (lua: string): Script {
 // Shared by the scripts that read, store and delete sessions. All keys are built from P, so they
 // carry the client's keyPrefix and stay in the user's slot.
 const CLAIM_FUNCTION = `
+-- Writes the marks x, n, p and sup of session k into its field m, which a read fetches alone.
+local function remark (k)
+  local f = redis.call('HMGET', k, 'x', 'n', 'p', 'sup')
+  if f[1] or f[2] or f[3] or f[4] then
+    redis.call('HSET', k, 'm', (f[1] or '') .. ',' .. (f[2] or '') .. ',' .. (f[3] or '') .. ',' .. (f[4] or ''))
+  else
+    redis.call('HSET', k, 'm', '')
+  end
+end
+
 -- Claims a replacement: the sessions it retired live out the grace from now on, and the rotation
 -- that stored it is claimed. Done by its first read, or by a write that cannot wait for that.
 local function claim (P, skey, now)
   local v = redis.call('HMGET', skey, 'u', 'p', 'c', 'pt', 'f', 'sup')
   if not v[2] or v[6] then return end
   redis.call('HDEL', skey, 'p', 'c', 'pt')
+  remark(skey)
   if v[3] then
     local grace = tonumber(v[3])
     local list = P .. 'us:' .. v[1]
@@ -94,6 +107,7 @@ local function claim (P, skey, now)
         local o = redis.call('HMGET', k, 'f', 'n')
         if o[1] == v[5] and o[2] then
           redis.call('HDEL', k, 'n')
+          remark(k)
           local left = redis.call('PTTL', k)
           if left < 0 or left > grace then
             redis.call('PEXPIRE', k, grace)
@@ -146,8 +160,10 @@ local function put_session (P, sid, record, userKey, fp, user, keepUser, ttl, ex
         if o[3] then
           redis.call('HDEL', k, 'p', 'c', 'pt', 'n')
           redis.call('HSET', k, 'x', '1', 'sup', '1')
+          remark(k)
         elseif not o[2] then
           redis.call('HSET', k, 'x', '1', 'n', now)
+          remark(k)
           claims = true
         elseif o[4] then
           claims = true
@@ -162,6 +178,7 @@ local function put_session (P, sid, record, userKey, fp, user, keepUser, ttl, ex
   if claims or prevToken then redis.call('HSET', skey, 'p', '1') end
   if claims then redis.call('HSET', skey, 'c', grace) end
   if prevToken then redis.call('HSET', skey, 'pt', prevToken) end
+  remark(skey)
   redis.call('PEXPIRE', skey, ttl)
   redis.call('ZADD', list, expiresAt, sid)
   local keep = keep_until(list, tonumber(now))
@@ -443,9 +460,22 @@ export class RedisStore implements PowStore {
   async getSession (sidHash: string): Promise<StoredSession | null> {
     const prefix = this.#hashPrefix(sidHash)
     const key = prefix + 's:' + this.#id(sidHash)
-    const [json, copy, retired, unclaimedSince, unread, superseded] =
-      await this.#guard(() => this.#client.hmget(key, 'r', 'user', 'x', 'n', 'p', 'sup'))
+    const [json, copy, marks] = await this.#guard(() => this.#client.hmget(key, 'r', 'user', 'm'))
     if (json === null) return null
+    let retired: string | null = null
+    let unclaimedSince: string | null = null
+    let unread: string | null = null
+    let superseded: string | null = null
+    if (marks === null) {
+      // Stored before the marks had a field of their own.
+      [retired, unclaimedSince, unread, superseded] = await this.#guard(() => this.#client.hmget(key, 'x', 'n', 'p', 'sup'))
+    } else if (marks !== '') {
+      const [x, n, p, sup] = marks.split(',')
+      if (x !== '') retired = x
+      if (n !== '') unclaimedSince = n
+      if (p !== '') unread = p
+      if (sup !== '') superseded = sup
+    }
     const record = this.#parsed.get(json)
     // A session stored before sessions carried a copy of the credentials reads them from the user's key.
     const user = copy ?? await this.#guard(() => this.#client.get(prefix + 'u:' + record.userKey))
