@@ -86,3 +86,36 @@ test('a session stored without the marks field (by an older version) reads its m
   t.equal(await client.hget(key(second), 'm'), '', 'and of the replacement: no marks left')
   t.ok(await client.pttl(key(first)) <= 1000, 'the retired session is cut to the grace')
 })
+
+test('commandTimeout: one timer fails each stalled command at its own deadline; answers in time are kept', async (t) => {
+  const server = await startRedis(t)
+  const client = server.client()
+  await once(client, 'ready')
+  const store = new RedisStore(client, { commandTimeout: 200 })
+  const userKey = 'timer'
+  const sidHash = hashToken(randomToken(userBucket(userKey)))
+  const now = Date.now()
+  await store.putSession(sidHash, { userKey, fingerprint: 'fp', insertedAt: now, signedInAt: now, metadata: {} }, { id: 9 }, 60_000, 1000)
+  t.same((await store.getSession(sidHash))?.user, { id: 9 }, 'answered in time')
+
+  await server.pause(500)
+  const started = performance.now()
+  const settled = async (delay: number): Promise<{ error: string, after: number }> => {
+    await sleep(delay)
+    const sent = performance.now()
+    return await store.getSession(sidHash).then(
+      () => ({ error: 'answered', after: performance.now() - sent }),
+      (err: Error) => ({ error: err.message, after: performance.now() - sent }))
+  }
+  // Three commands sent 0, 50 and 100 ms into the stall: each fails 200 ms after it was sent.
+  const results = await Promise.all([settled(0), settled(50), settled(100)])
+  for (const [i, { error, after }] of results.entries()) {
+    t.match(error, /timed out after 200 ms/, `command ${i + 1} timed out`)
+    t.ok(after >= 195 && after < 450, `command ${i + 1} failed ${Math.round(after)} ms after it was sent, not at the end of the stall`)
+  }
+  // Past the stall, the late answers to the failed commands change nothing; new commands answer.
+  await sleep(Math.max(0, 550 - (performance.now() - started)))
+  t.same((await store.getSession(sidHash))?.user, { id: 9 }, 'answered again after the stall')
+  const many = await Promise.all(Array.from({ length: 2000 }, async () => await store.getSession(sidHash)))
+  t.ok(many.every((found) => found !== null), '2000 commands in flight at once all answered')
+})
