@@ -48,7 +48,9 @@ function num (name: string, fallback: number): number {
 const config = {
   duration: num('BENCH_DURATION', quick ? 2 : 5),
   warmup: num('BENCH_WARMUP', 1),
-  rounds: Math.max(1, Math.round(num('BENCH_ROUNDS', quick ? 1 : 3))),
+  /** Seconds of load on every server, one after the other, before the first round (not measured). */
+  warmupPass: num('BENCH_WARMUP_PASS', quick ? 0 : 3),
+  rounds: Math.max(1, Math.round(num('BENCH_ROUNDS', quick ? 1 : 5))),
   connections: num('BENCH_CONNECTIONS', 50),
   growth: !argv.has('--no-growth') && process.env.BENCH_GROWTH !== '0',
   growthSmall: num('BENCH_GROWTH_SMALL', 1000),
@@ -361,6 +363,13 @@ async function main (): Promise<void> {
     }
     log('every variant answers 200 with the user to its login cookie, 401 without a cookie and 401 to a forged one')
 
+    // A pass of load on every server first, so that no round measures a server whose code the JIT
+    // has not optimized yet (the first round used to, for whichever servers came first).
+    if (config.warmupPass > 0) {
+      log(`warm-up pass: ${config.warmupPass} s of load on each server, not measured ...`)
+      for (const variant of all) await load((servers.get(variant.id) as ServerProcess).port, cookies.get(variant.id) as string, config.warmupPass)
+    }
+
     // Interleaved rounds: every server once per round, the order rotated from round to round.
     const runs = new Map<string, Run[]>(all.map((v) => [v.id, []]))
     const shift = Math.max(1, Math.ceil(all.length / config.rounds))
@@ -520,7 +529,7 @@ function print (r: {
   out.push(`fastify-pow benchmark (npm run bench): ${m.cpus} x ${m.cpu}, ${m.memoryGb} GB, ${m.os}, Node ${m.node}, Redis ${m.redis}`)
   out.push(`load average at start ${(m.loadAverageAtStart as number[]).join(' ')}, at end ${(m.loadAverageAtEnd as number[] | undefined)?.join(' ') ?? '-'}`)
   out.push(`GET /me with a login cookie -> the user as JSON; autocannon ${m.autocannon}, ${config.connections} connections, ` +
-    `${config.rounds} interleaved round${config.rounds === 1 ? '' : 's'} x ${config.duration} s (+${config.warmup} s warm-up); median of rounds`)
+    `${config.rounds} interleaved round${config.rounds === 1 ? '' : 's'} x ${config.duration} s (+${config.warmup} s warm-up; a ${config.warmupPass} s warm-up pass on each server first); median of rounds`)
   out.push('CPU µs/req: CPU time of the server process (all threads) per answered request, redis µs/req the same for redis-server;')
   out.push('they move less than req/s when the machine is shared (req/s also depends on the CPU left to autocannon and Redis)')
   out.push('')
