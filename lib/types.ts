@@ -32,6 +32,7 @@ export interface SessionRecord {
 
 /** What `PowStore.getSession` returns. */
 export interface StoredSession {
+  /** Read-only: the built-in stores hand the same object to every read of the same record. */
   record: SessionRecord
   /** The user's current credentials. */
   user: unknown
