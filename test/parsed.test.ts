@@ -1,5 +1,5 @@
 import { once } from 'node:events'
-import { test } from 'tap'
+import { test, type Test } from 'tap'
 import { MemoryStore, type PowStore, RedisStore } from '../lib/index.js'
 import { copyMetadata, ParsedRecords } from '../lib/parsed.js'
 import type { SessionRecord } from '../lib/types.js'
@@ -48,7 +48,7 @@ test('copyMetadata: a deep copy, exactly what parsing the JSON again gives', asy
   t.same(original, JSON.parse(json), 'changing the copy leaves the original alone')
 })
 
-async function stores (t: Parameters<Parameters<typeof test>[1]>[0]): Promise<Array<[string, () => Promise<PowStore>]>> {
+async function stores (t: Test): Promise<Array<[string, () => Promise<PowStore>]>> {
   return [
     ['MemoryStore', async () => new MemoryStore()],
     ['RedisStore', async () => {

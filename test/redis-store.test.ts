@@ -2,7 +2,7 @@ import { once } from 'node:events'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { test } from 'tap'
 import { hashToken, randomToken, userBucket } from '../lib/crypto.js'
-import { RedisStore } from '../lib/index.js'
+import { RedisStore, type SessionRecord } from '../lib/index.js'
 import { startCluster, startRedis } from './helpers/redis.js'
 import { storeContract } from './store-contract.js'
 
@@ -60,8 +60,7 @@ test('a session stored without the marks field (by an older version) reads its m
   await once(client, 'ready')
   const store = new RedisStore(client)
   const userKey = 'old-marks'
-  const record = (insertedAt: number): { userKey: string, fingerprint: string, insertedAt: number, signedInAt: number, metadata: object } =>
-    ({ userKey, fingerprint: 'fp', insertedAt, signedInAt: insertedAt, metadata: {} })
+  const record = (insertedAt: number): SessionRecord => ({ userKey, fingerprint: 'fp', insertedAt, signedInAt: insertedAt, metadata: {} })
   const first = hashToken(randomToken(userBucket(userKey)))
   const second = hashToken(randomToken(userBucket(userKey)))
   const now = Date.now()
