@@ -59,6 +59,20 @@ const config = {
   profile: argv.has('--profile') ? 'always' : argv.has('--no-profile') || process.env.BENCH_PROFILE === '0' ? 'never' : process.env.BENCH_PROFILE === '1' ? 'always' : 'when a target is missed'
 }
 
+/**
+ * Measured together: the servers a target compares are in one group, measured one right after
+ * the other, so that what the machine does over time (it swings by more than the targets'
+ * margins) weighs on both alike. The groups rotate from round to round, and within a group the
+ * order is reversed every other round.
+ */
+const MEASURE_GROUPS = [
+  ['bare', 'pow-memory'],
+  ['pow-memory-small', 'pow-memory-large'],
+  ['raw-redis', 'pow-redis', 'fastify-session', 'fastify-session-fixed'],
+  ['secure-session'],
+  ['pow-redis-small', 'pow-redis-large']
+]
+
 const count = (n: number): string => n >= 1e6 && n % 1e6 === 0 ? `${n / 1e6}M` : n >= 1e3 && n % 1e3 === 0 ? `${n / 1e3}k` : String(n)
 const int = (n: number): string => Math.round(n).toLocaleString('en-US')
 const fixed = (n: number, d = 2): string => Number.isFinite(n) ? n.toFixed(d) : '-'
@@ -370,12 +384,17 @@ async function main (): Promise<void> {
       for (const variant of all) await load((servers.get(variant.id) as ServerProcess).port, cookies.get(variant.id) as string, config.warmupPass)
     }
 
-    // Interleaved rounds: every server once per round, the order rotated from round to round.
+    // Interleaved rounds: every server once per round, in groups (MEASURE_GROUPS) whose order
+    // rotates from round to round.
     const runs = new Map<string, Run[]>(all.map((v) => [v.id, []]))
-    const shift = Math.max(1, Math.ceil(all.length / config.rounds))
+    const groups = MEASURE_GROUPS
+      .map((ids) => ids.flatMap((id) => all.filter((v) => v.id === id)))
+      .filter((group) => group.length > 0)
+    for (const variant of all) if (!MEASURE_GROUPS.some((ids) => ids.includes(variant.id))) groups.push([variant])
     for (let round = 0; round < config.rounds; round++) {
-      const offset = (round * shift) % all.length
-      const order = [...all.slice(offset), ...all.slice(0, offset)]
+      const offset = round % groups.length
+      const order = [...groups.slice(offset), ...groups.slice(0, offset)]
+        .flatMap((group) => round % 2 === 0 ? group : [...group].reverse())
       for (const variant of order) {
         const run = await measure(variant, servers.get(variant.id) as ServerProcess, cookies.get(variant.id) as string, round + 1)
         ;(runs.get(variant.id) as Run[]).push(run)
