@@ -54,10 +54,12 @@ export class PendingCookies {
 
   #flush (): void {
     if (this.#pending.length === 0) return
-    for (const [name, value, options] of this.#pending) {
+    // Taken first: a cookie the reply refuses (it throws) is not written again by a later call.
+    const pending = this.#pending
+    this.#pending = []
+    for (const [name, value, options] of pending) {
       if (value === null) this.#reply.clearCookie(name, options)
       else this.#reply.setCookie(name, value, options)
     }
-    this.#pending.length = 0
   }
 }

@@ -2,8 +2,10 @@ import type { PowMetadata, SessionRecord } from './types.js'
 
 // Session records parsed lately, by their JSON text: a browser sends its session cookie with every
 // request, and parsing the record was the largest part of reading a session. At most 512
-// records (two generations of 256): about 150 kB.
+// records (two generations of 256) of at most 2 kB of JSON each: about 150 kB with little
+// metadata, 1.5 MB at most.
 const GENERATION_SIZE = 256
+const MAX_CACHED_LENGTH = 2048
 
 /** A fresh copy of a parsed JSON value: the same as parsing its text again. */
 function copyJson (value: unknown): unknown {
@@ -23,7 +25,7 @@ function copyJson (value: unknown): unknown {
   return object
 }
 
-/** A session's custom metadata as the application may change it: a copy of the frozen one. */
+/** A session's custom metadata (JSON values only) as the application may change it: a copy of the shared one. */
 export function copyMetadata (metadata: PowMetadata): PowMetadata {
   return copyJson(metadata) as PowMetadata
 }
@@ -43,6 +45,7 @@ export class ParsedRecords {
     let record = this.#current.get(json)
     if (record !== undefined) return record
     record = this.#previous.get(json) ?? (JSON.parse(json) as SessionRecord)
+    if (json.length > MAX_CACHED_LENGTH) return record
     if (this.#current.size >= GENERATION_SIZE) {
       this.#previous = this.#current
       this.#current = new Map()

@@ -80,7 +80,8 @@ export class PowSession {
       fingerprint: randomFingerprint(),
       insertedAt: now,
       signedInAt: now,
-      metadata: options.metadata ?? {}
+      // As the store will give it back (a Date becomes its ISO string), in this request too.
+      metadata: options.metadata === undefined ? {} : JSON.parse(JSON.stringify(options.metadata))
     }, user)
     this.user = user
     // The session is stored: listeners hear of it even if a racing revocation ends it below.

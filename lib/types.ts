@@ -33,7 +33,7 @@ export interface SessionRecord {
 /** What `PowStore.getSession` returns. */
 export interface StoredSession {
   /** Read-only: the built-in stores hand the same object to every read of the same record. */
-  record: SessionRecord
+  readonly record: Readonly<SessionRecord>
   /** The user's current credentials. */
   user: unknown
   /** True once a later `putSession` (or `rotateToken`) with the same fingerprint replaced it. */

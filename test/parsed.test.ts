@@ -15,7 +15,7 @@ test('ParsedRecords: one parse per JSON text while it is cached, equal to JSON.p
   const first = records.get(recordText(1))
   t.same(first, JSON.parse(recordText(1)))
   t.equal(records.get(recordText(1)), first, 'the same text read again: the cached object')
-  t.equal(records.get(recordText(1).slice(0)), first, 'an equal string from elsewhere (as a Redis reply is) hits too')
+  t.equal(records.get(recordText(1)), first, 'an equal string built anew (as a Redis reply is) hits too')
 
   records.forget(recordText(1))
   const again = records.get(recordText(1))
@@ -32,6 +32,14 @@ test('ParsedRecords: bounded; the oldest entries go first, a re-read keeps one',
     if (i % 100 === 0) t.equal(records.get(recordText(0)), kept, `a record read now and then stays (after ${i})`)
   }
   t.not(records.get(recordText(1)), dropped, 'a record not read for 2000 others was let go')
+})
+
+test('ParsedRecords: a record of more than 2 kB of JSON is parsed on every read, not kept', async (t) => {
+  const records = new ParsedRecords()
+  const big = JSON.stringify({ userKey: '1', fingerprint: 'fp', insertedAt: 1, signedInAt: 1, metadata: { note: 'x'.repeat(2100) } })
+  const first = records.get(big)
+  t.same(first, JSON.parse(big))
+  t.not(records.get(big), first, 'parsed again')
 })
 
 test('copyMetadata: a deep copy, exactly what parsing the JSON again gives', async (t) => {
@@ -99,4 +107,24 @@ test('a session deleted from MemoryStore leaves nothing in its parsed cache', as
   await jar.request({ method: 'POST', url: '/login', payload: { id: 1 } })
   await store.putSession(sid.sidHash, before, undefined, 60_000, 1000)
   t.not((await store.getSession(sid.sidHash))?.record, before, 'stored again after its delete: parsed anew')
+})
+
+test('metadata given to create() reads back as JSON: in the same request, later, and after a remember-me sign-in', async (t) => {
+  const app = await buildApp(t, {}, (app) => {
+    app.post('/login-dated', async (request) => {
+      const metadata = { since: new Date(0), nested: { at: new Date(1000) }, gone: undefined }
+      await request.powSession.create({ id: 1, name: 'Alice' }, { persistent: true, metadata: metadata as unknown as Record<string, string> })
+      return { metadata: request.powSession.metadata }
+    })
+  })
+  const jar = new CookieJar(app)
+  const expected = { since: '1970-01-01T00:00:00.000Z', nested: { at: '1970-01-01T00:00:01.000Z' } }
+  const login = await jar.request({ method: 'POST', url: '/login-dated' })
+  t.match(login.json().metadata, expected, 'the request that signed in sees what the store will give back')
+  t.notOk('gone' in login.json().metadata, 'undefined values go, as in JSON')
+  t.match((await jar.request('/me')).json().metadata, expected, 'a later request')
+  jar.delete('pow_session')
+  const remembered = await jar.request('/me')
+  t.equal(remembered.statusCode, 200, 'signed in again by the remember-me token')
+  t.match(remembered.json().metadata, expected, 'the token carried the same metadata')
 })

@@ -30,6 +30,9 @@ function realNow (): number {
   return performance.timeOrigin + performance.now()
 }
 
+// The longest delay a Node.js timer takes (2^31 - 1 ms); longer ones fire after 1 ms.
+const MAX_TIMER_MS = 2_147_483_647
+
 // How often the offset between this process's clock and the server's is measured again.
 const CLOCK_CHECK_INTERVAL = 60_000
 
@@ -430,8 +433,8 @@ export class RedisStore implements PowStore {
     if (typeof namespace !== 'string' || !/^[\w.:-]+$/.test(namespace)) {
       throw new TypeError('RedisStore: namespace must be letters, digits, "_", ".", ":" or "-"')
     }
-    if (typeof commandTimeout !== 'number' || !Number.isFinite(commandTimeout) || commandTimeout <= 0) {
-      throw new TypeError('RedisStore: commandTimeout must be a positive number of milliseconds')
+    if (typeof commandTimeout !== 'number' || !Number.isFinite(commandTimeout) || commandTimeout <= 0 || commandTimeout > MAX_TIMER_MS) {
+      throw new TypeError(`RedisStore: commandTimeout must be a positive number of milliseconds, at most ${MAX_TIMER_MS}`)
     }
     this.#client = client
     this.#ns = namespace
