@@ -73,8 +73,8 @@ function writeScript (lua: string): Script {
 // first read: the answer that carried it may never have reached the browser (a 503 after Redis
 // ran the write, a dropped connection), and the browser still holding the old cookie must not
 // be signed out. The first read cuts them to the grace. A replacement that is replaced again
-// before it was ever read is "superseded": whoever presents it later had a copy of a cookie someone else
-// moved on from, and fastify-pow treats that as theft. Tokens likewise: a used token stays
+// before it was ever read is "superseded": whoever presents it later had a copy of a cookie
+// someone else moved on from, and fastify-pow treats that as theft. Tokens likewise: a used token stays
 // unclaimed until its new session or token is used, and may rotate again meanwhile, superseding
 // the earlier new token.
 // Scripts reach keys they cannot know in advance (a session's user, other sessions in the list)
@@ -392,6 +392,9 @@ return 1
 
 type Client = Redis | Cluster
 
+/** A session's marks field when it has none: retired, unclaimed since, unread, superseded all unset. */
+const NO_MARKS: readonly string[] = ['', '', '', '']
+
 /** A command in flight: when it times out, and how (undefined once it answered or timed out). */
 interface Waiting {
   deadline: number
@@ -465,32 +468,25 @@ export class RedisStore implements PowStore {
     const key = prefix + 's:' + this.#id(sidHash)
     const [json, copy, marks] = await this.#guard(() => this.#client.hmget(key, 'r', 'user', 'm'))
     if (json === null) return null
-    let retired: string | null = null
-    let unclaimedSince: string | null = null
-    let unread: string | null = null
-    let superseded: string | null = null
-    if (marks === null) {
-      // Stored before the marks had a field of their own.
-      [retired, unclaimedSince, unread, superseded] = await this.#guard(() => this.#client.hmget(key, 'x', 'n', 'p', 'sup'))
-    } else if (marks !== '') {
-      const [x, n, p, sup] = marks.split(',')
-      if (x !== '') retired = x
-      if (n !== '') unclaimedSince = n
-      if (p !== '') unread = p
-      if (sup !== '') superseded = sup
-    }
+    // The marks as remark() writes them, '' for each one unset; a session stored before the marks
+    // had a field of their own reads them from theirs.
+    const [retired = '', unclaimedSince = '', unread = '', superseded = ''] = marks === ''
+      ? NO_MARKS
+      : marks !== null
+        ? marks.split(',')
+        : (await this.#guard(() => this.#client.hmget(key, 'x', 'n', 'p', 'sup'))).map((mark) => mark ?? '')
     const record = this.#parsed.get(json)
     // A session stored before sessions carried a copy of the credentials reads them from the user's key.
     const user = copy ?? await this.#guard(() => this.#client.get(prefix + 'u:' + record.userKey))
     if (user === null) return null
-    if (unread !== null) {
+    if (unread !== '') {
       // The first read claims the session; not waited for, and done again by a later read if lost.
       // EVAL, not EVALSHA: a NOSCRIPT answer would let the commands sent after it overtake it.
       this.#guard(() => this.#client.eval(CLAIM_SESSION.lua, 1, key, this.#keyPrefix + prefix, Date.now())).catch(() => {})
     }
     const stored: StoredSession = { record, user: JSON.parse(user), retired: retired === '1' }
-    if (unclaimedSince !== null) stored.unclaimedSince = Number(unclaimedSince)
-    if (superseded !== null) stored.superseded = true
+    if (unclaimedSince !== '') stored.unclaimedSince = Number(unclaimedSince)
+    if (superseded !== '') stored.superseded = true
     return stored
   }
 
