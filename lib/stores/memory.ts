@@ -102,6 +102,17 @@ function grown<T extends Int32Array | Float64Array | Uint8Array> (array: T, capa
 }
 
 /**
+ * How slots `0..top` move when compacted: `moved[slot]` is a live slot's new place (in order,
+ * from 0) or NONE for a free one; `capacity` fits the live ones twice.
+ */
+function compaction (top: number, isLive: (slot: number) => boolean): { moved: Int32Array, live: number, capacity: number } {
+  const moved = new Int32Array(top).fill(NONE)
+  let live = 0
+  for (let slot = 0; slot < top; slot++) if (isLive(slot)) moved[slot] = live++
+  return { moved, live, capacity: Math.max(MIN_CAPACITY, 2 ** Math.ceil(Math.log2(live * 2 || 1))) }
+}
+
+/**
  * The default store: everything in this process's memory, lost on restart and not shared
  * between instances. Expired entries are evicted on every write, so memory follows the number
  * of live sessions and tokens. Values are kept as JSON, so the user objects read back are
@@ -551,10 +562,7 @@ export class MemoryStore implements PowStore {
   /** Moves the live entries to the lowest slots, in order, and shrinks the arrays to fit them twice. */
   #compactEntries (): void {
     const top = this.#top
-    const moved = new Int32Array(top).fill(NONE)
-    let live = 0
-    for (let slot = 0; slot < top; slot++) if (this.#flags[slot] !== 0) moved[slot] = live++
-    const capacity = Math.max(MIN_CAPACITY, 2 ** Math.ceil(Math.log2(live * 2 || 1)))
+    const { moved, live, capacity } = compaction(top, (slot) => this.#flags[slot] !== 0)
     const key: Array<string | undefined> = new Array(live)
     const data: Array<string | undefined> = new Array(live)
     const expires = new Float64Array(capacity)
@@ -642,10 +650,7 @@ export class MemoryStore implements PowStore {
 
   #compactUsers (): void {
     const top = this.#userTop
-    const moved = new Int32Array(top).fill(NONE)
-    let live = 0
-    for (let user = 0; user < top; user++) if (this.#userKey[user] !== undefined) moved[user] = live++
-    const capacity = Math.max(MIN_CAPACITY, 2 ** Math.ceil(Math.log2(live * 2 || 1)))
+    const { moved, live, capacity } = compaction(top, (user) => this.#userKey[user] !== undefined)
     const userKey: Array<string | undefined> = new Array(live)
     const userJson: Array<string | undefined> = new Array(live)
     const firstSession = new Int32Array(capacity)
