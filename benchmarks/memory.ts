@@ -12,7 +12,7 @@ import { readFileSync, rmSync } from 'node:fs'
 import os from 'node:os'
 import v8 from 'node:v8'
 import type * as Pow from '../lib/index.js'
-import { fill } from './servers/prefill.js'
+import { fill, heapAfterGc } from './servers/prefill.js'
 
 const dist = pathToFileURL(path.resolve(import.meta.dirname, '../dist/lib/index.js')).href
 const { MemoryStore, userBucket } = await import(dist) as typeof Pow
@@ -57,13 +57,6 @@ function census (): Map<string, { bytes: number, count: number }> {
   return result
 }
 
-function heapAfterGc (): number {
-  const gc = (globalThis as { gc?: () => void }).gc
-  if (gc === undefined) throw new Error('run with node --expose-gc')
-  gc()
-  gc()
-  return process.memoryUsage().heapUsed
-}
 
 async function main (): Promise<string> {
   const store = new MemoryStore()

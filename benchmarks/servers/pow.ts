@@ -14,7 +14,7 @@ import Fastify from 'fastify'
 import { Redis } from 'ioredis'
 import type * as Pow from '../../lib/index.js'
 import { env, SECRET, serve, USER } from './common.js'
-import { fill, userOf } from './prefill.js'
+import { fill, heapAfterGc, userOf } from './prefill.js'
 
 const dist = pathToFileURL(path.resolve(import.meta.dirname, '../../dist/lib/index.js')).href
 const { default: fastifyPow, MemoryStore, RedisStore, userBucket } = await import(dist) as typeof Pow
@@ -31,13 +31,6 @@ async function redisClient (): Promise<Redis> {
   return redis
 }
 
-function heapAfterGc (): number {
-  const gc = (globalThis as { gc?: () => void }).gc
-  if (gc === undefined) throw new Error('BENCH_HEAP=1 needs node --expose-gc')
-  gc()
-  gc()
-  return process.memoryUsage().heapUsed
-}
 
 const info: Record<string, unknown> = { store: kind, prefill }
 let store: Pow.PowStore

@@ -48,3 +48,12 @@ export async function fill (store: Pow.PowStore, n: number, concurrency: number,
   await Promise.all(Array.from({ length: Math.min(concurrency, Math.max(n, 1)) }, worker))
 }
 
+
+/** The heap in use after two full collections (needs node --expose-gc). */
+export function heapAfterGc (): number {
+  const gc = (globalThis as { gc?: () => void }).gc
+  if (gc === undefined) throw new Error('measuring the heap needs node --expose-gc')
+  gc()
+  gc()
+  return process.memoryUsage().heapUsed
+}
