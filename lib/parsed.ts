@@ -34,8 +34,9 @@ export function copyMetadata (metadata: PowMetadata): PowMetadata {
  * The session records a store's `getSession` parses, cached by JSON text and shared between
  * reads: fastify-pow never changes a record, and what it gives the application is a copy (see
  * `copyMetadata`). (Freezing them would cost more than the parse it saves.) Users are not
- * cached: they are parsed on every read, a fresh object a handler may change. Two generations of maps, so that a miss costs no eviction: when the newer one is
- * full, the older one goes. Each store has its own.
+ * cached: they are parsed on every read, a fresh object a handler may change. Two generations
+ * of maps, so that a miss costs no eviction: when the newer one is full, the older one goes.
+ * Each store has its own.
  */
 export class ParsedRecords {
   #current = new Map<string, SessionRecord>()

@@ -256,5 +256,6 @@ export interface PowEvents {
   'persistent:used': [PowEvent]
   /** A used remember-me token came back after the grace: the fingerprint was revoked. */
   'persistent:reuse': [PowEvent]
+  /** A replaced session id came back after its replacement was reissued: the fingerprint was revoked. */
   'session:reuse': [PowEvent]
 }
