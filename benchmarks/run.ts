@@ -30,6 +30,8 @@ if (argv.has('--help') || argv.has('-h')) {
   process.exit(0)
 }
 const quick = argv.has('--quick')
+/** Where the results go (BENCH_RESULTS: another file, say for a smoke run that must not replace them). */
+const RESULTS_FILE = path.resolve(ROOT, process.env.BENCH_RESULTS ?? 'benchmarks/results/latest.json')
 if (argv.has('--memory')) {
   // Only the MemoryStore heap breakdown (benchmarks/memory.ts), then exit.
   const text = await runChild<string>('memory.ts', {}, ['--expose-gc', '--max-old-space-size=4096'])
@@ -525,9 +527,8 @@ async function main (): Promise<void> {
     ;(machine as Record<string, unknown>).loadAverageAtEnd = os.loadavg().map((l) => Math.round(l * 100) / 100)
     const report = print({ machine, summaries: [...summaries.values()], mainIds: mainVariants.map((v) => v.id), growthRows, heap, redisMemory, ops, targets, profiles, wallSeconds })
     const git = gitState()
-    const resultsDir = path.join(ROOT, 'benchmarks', 'results')
-    mkdirSync(resultsDir, { recursive: true })
-    writeFileSync(path.join(resultsDir, 'latest.json'), JSON.stringify({
+    mkdirSync(path.dirname(RESULTS_FILE), { recursive: true })
+    writeFileSync(RESULTS_FILE, JSON.stringify({
       date: new Date().toISOString(),
       command: 'npm run bench',
       git,
@@ -544,7 +545,7 @@ async function main (): Promise<void> {
       wallSeconds,
       printed: report
     }, null, 2) + '\n')
-    log(`results written to benchmarks/results/latest.json; wall time ${fixed(wallSeconds, 0)} s`)
+    log(`results written to ${path.relative(ROOT, RESULTS_FILE)}; wall time ${fixed(wallSeconds, 0)} s`)
   } finally {
     await Promise.all([...servers.values()].map((srv) => srv.stop()))
     await redisMain.stop()
