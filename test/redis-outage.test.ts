@@ -14,7 +14,7 @@ import { test, type Test } from 'tap'
 import pow, { RedisStore } from '../lib/index.js'
 import { buildApp, me, signIn } from './helpers/app.js'
 import type { CookieJar } from './helpers/jar.js'
-import { readyClient, startRedis, waitForReady } from './helpers/redis.js'
+import { readyClient, startRedis, waitForClosed, waitForReady } from './helpers/redis.js'
 
 /** Sends a request through `jar` and measures how long the answer took. */
 async function timed (jar: CookieJar, options: Parameters<CookieJar['request']>[0]): Promise<{ response: LightMyRequestResponse, ms: number }> {
@@ -84,6 +84,7 @@ test('Redis stopped: every request answers 503 at once without touching cookies;
   const rememberCookies = rememberOnly.header()
 
   await server.stop()
+  await waitForClosed(client)
   t.not(client.status, 'ready', `the client noticed (${client.status})`)
   const anonymous = jar.clone()
   anonymous.cookies.clear()
@@ -163,6 +164,7 @@ test('an outage is logged once when it starts and once when it ends, not per req
   const cookie = (login.cookies as Array<{ name: string, value: string }>).map((c) => `${c.name}=${c.value}`).join('; ')
 
   await server.stop()
+  await waitForClosed(client)
   for (let i = 0; i < 5; i++) {
     const response = await app.inject({ url: '/me', headers: { cookie } })
     t.equal(response.statusCode, 503, `request ${i + 1} during the outage: 503`)
@@ -203,6 +205,7 @@ test('nothing is written while Redis is down: the store holds exactly what it he
   t.ok(size > 0, `the sign-in stored ${size} keys`)
 
   await server.stop()
+  await waitForClosed(client)
   const anonymous = jar.clone()
   anonymous.cookies.clear()
   assertUnavailable(t, await anonymous.request({ method: 'POST', url: '/login', payload: { id: 2, persistent: true } }), 'a login of a new browser')

@@ -564,6 +564,27 @@ export async function waitForReady (client: Redis, timeoutMs = 10_000): Promise<
 }
 
 /**
+ * Resolves once `client` has seen its connection close. A stopped redis-server's socket closes
+ * before ioredis reads the close, so a command sent in between is queued for a resend (and fails
+ * later with ioredis' retry error) instead of failing at once: tests about a server that is down
+ * wait for this first.
+ */
+export async function waitForClosed (client: Redis, timeoutMs = 10_000): Promise<void> {
+  if (client.status !== 'ready') return
+  await new Promise<void>((resolve, reject) => {
+    const onClose = (): void => {
+      clearTimeout(timer)
+      resolve()
+    }
+    const timer = setTimeout(() => {
+      client.off('close', onClose)
+      reject(new Error(`ioredis client still ready ${timeoutMs} ms after its server stopped`))
+    }, timeoutMs)
+    client.once('close', onClose)
+  })
+}
+
+/**
  * An ioredis client of `server` that is 'ready'. It reconnects every 50 ms (ioredis backs off up
  * to 2 s by default), so that it is back quickly after `server.start()`; otherwise defaults.
  */
