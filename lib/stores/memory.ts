@@ -1,5 +1,6 @@
 import { userBucket } from '../crypto.js'
 import { ParsedRecords } from '../parsed.js'
+import { StringColumn, StringIndex } from './off-heap.js'
 import {
   AGAIN_MAX, type ListedSession, type PowStore, type PutConditions, type RevokeSelector, type SessionRecord, type StoredSession,
   type TokenRecord, type TokenRotation
@@ -73,25 +74,15 @@ function checkBucket (hash: string, userKey: string): void {
   }
 }
 
-/** How every stored record's JSON begins: `{"userKey":...,"fingerprint":...`. */
-function recordPrefix (userKey: string, fingerprint: string): string {
-  return '{"userKey":' + JSON.stringify(userKey) + ',"fingerprint":' + JSON.stringify(fingerprint)
+/** How every stored record's JSON begins, `{"userKey":...,"fingerprint":...`, as UTF-8 (as stored). */
+function recordPrefix (userKey: string, fingerprint: string): Buffer {
+  return Buffer.from('{"userKey":' + JSON.stringify(userKey) + ',"fingerprint":' + JSON.stringify(fingerprint), 'utf8')
 }
 
 /** The record as JSON with userKey and fingerprint first (see recordPrefix). */
 function recordJson<T extends { userKey: string, fingerprint: string }> (record: T): string {
   const { userKey, fingerprint } = record
   return JSON.stringify(Object.assign({ userKey, fingerprint }, record))
-}
-
-/**
- * A flat copy of a string built by concatenation (as `hashToken` builds hashes), for keeping:
- * V8 keeps a concatenation as a tree of strings (about 150 bytes for a hash instead of 64), and
- * flattening it in place still leaves the tree's head when the string was allocated in old
- * space. A string made by JSON.parse is always flat.
- */
-function flatten (value: string): string {
-  return JSON.parse(JSON.stringify(value))
 }
 
 /** A copy of a typed array with a larger capacity. */
@@ -119,10 +110,14 @@ function compaction (top: number, isLive: (slot: number) => boolean): { moved: I
  * copies, exactly as from Redis.
  */
 export class MemoryStore implements PowStore {
-  #sessions = new Map<string, number>()
-  #tokens = new Map<string, number>()
-  #locks = new Map<string, number>()
-  #users = new Map<string, number>()
+  /** The hash (or lock name) of each entry slot. */
+  #key = new StringColumn(MIN_CAPACITY)
+  /** The user key of each user slot. */
+  #userKey = new StringColumn(MIN_CAPACITY)
+  #sessions = new StringIndex(this.#key)
+  #tokens = new StringIndex(this.#key)
+  #locks = new StringIndex(this.#key)
+  #users = new StringIndex(this.#userKey)
   /** Unread replacements, by hash: what their first read claims. */
   #unread = new Map<string, Claim>()
   /** Unclaimed retired sessions, by hash: when they were retired. */
@@ -139,10 +134,8 @@ export class MemoryStore implements PowStore {
   #top = 0
   #live = 0
   #free = NONE
-  /** The hash (or lock name) of each slot. */
-  #key: Array<string | undefined> = []
   /** The record JSON of a session or token. */
-  #data: Array<string | undefined> = []
+  #data = new StringColumn(MIN_CAPACITY)
   #expires = new Float64Array(MIN_CAPACITY)
   /** User slot of a session or token. */
   #owner = new Int32Array(MIN_CAPACITY)
@@ -158,9 +151,8 @@ export class MemoryStore implements PowStore {
   #userTop = 0
   #userLive = 0
   #userFree = NONE
-  #userKey: Array<string | undefined> = []
-  /** JSON of the credentials; undefined once the user's last session is gone. */
-  #userJson: Array<string | undefined> = []
+  /** JSON of the credentials; none once the user's last session is gone. */
+  #userJson = new StringColumn(MIN_CAPACITY)
   /** First session; for a free user slot, the next free user slot. */
   #firstSession = new Int32Array(MIN_CAPACITY)
   #lastSession = new Int32Array(MIN_CAPACITY)
@@ -182,10 +174,10 @@ export class MemoryStore implements PowStore {
   async getSession (sidHash: string): Promise<StoredSession | null> {
     const slot = this.#sessions.get(sidHash)
     if (slot === undefined || this.#expires[slot] <= Date.now()) return null
-    const user = this.#userJson[this.#owner[slot]]
+    const user = this.#userJson.get(this.#owner[slot])
     if (user === undefined) return null
     const flags = this.#flags[slot]
-    const stored: StoredSession = { record: this.#parsed.get(this.#data[slot] as string), user: JSON.parse(user), retired: (flags & RETIRED) !== 0 }
+    const stored: StoredSession = { record: this.#parsed.get(this.#data.get(slot) as string), user: JSON.parse(user), retired: (flags & RETIRED) !== 0 }
     if ((flags & SUPERSEDED) !== 0) stored.superseded = true
     else if ((flags & UNREAD) !== 0) this.#claim(slot, sidHash, stored.record)
     else if ((flags & UNCLAIMED) !== 0) stored.unclaimedSince = this.#unclaimedSince.get(sidHash)
@@ -197,7 +189,7 @@ export class MemoryStore implements PowStore {
     const slot = this.#sessions.get(sidHash)
     if (slot === undefined) return false
     // An unread replacement is claimed first, so that the sessions it retired do not outlive it.
-    if ((this.#flags[slot] & UNREAD) !== 0) this.#claim(slot, sidHash, JSON.parse(this.#data[slot] as string))
+    if ((this.#flags[slot] & UNREAD) !== 0) this.#claim(slot, sidHash, JSON.parse(this.#data.get(slot) as string))
     this.#release(slot)
     return true
   }
@@ -209,7 +201,7 @@ export class MemoryStore implements PowStore {
     if (user === undefined) return list
     for (let slot = this.#firstSession[user]; slot !== NONE; slot = this.#next[slot]) {
       if (this.#expires[slot] > now && (this.#flags[slot] & RETIRED) === 0) {
-        list.push({ sidHash: this.#key[slot] as string, record: JSON.parse(this.#data[slot] as string), expiresAt: this.#expires[slot] })
+        list.push({ sidHash: this.#key.get(slot) as string, record: JSON.parse(this.#data.get(slot) as string), expiresAt: this.#expires[slot] })
       }
     }
     return list
@@ -218,8 +210,8 @@ export class MemoryStore implements PowStore {
   async listUsers (): Promise<unknown[]> {
     const now = Date.now()
     const users: unknown[] = []
-    for (const user of this.#users.values()) {
-      const json = this.#userJson[user]
+    for (const user of this.#users.slots()) {
+      const json = this.#userJson.get(user)
       if (json === undefined) continue
       for (let slot = this.#firstSession[user]; slot !== NONE; slot = this.#next[slot]) {
         if (this.#expires[slot] > now) {
@@ -235,11 +227,11 @@ export class MemoryStore implements PowStore {
     this.#evict(Date.now())
     const slot = this.#users.get(userKey)
     if (slot === undefined) return
-    if (this.#userJson[slot] !== undefined) this.#userJson[slot] = JSON.stringify(user)
+    if (this.#userJson.has(slot)) this.#userJson.set(slot, JSON.stringify(user))
     for (let token = this.#firstToken[slot]; token !== NONE; token = this.#next[token]) {
-      const record: TokenRecord = JSON.parse(this.#data[token] as string)
+      const record: TokenRecord = JSON.parse(this.#data.get(token) as string)
       record.user = user
-      this.#data[token] = JSON.stringify(record)
+      this.#data.set(token, JSON.stringify(record))
     }
   }
 
@@ -250,17 +242,18 @@ export class MemoryStore implements PowStore {
     // Fingerprints are compared as the start of the stored JSON (see recordPrefix).
     const only = 'fingerprint' in selector ? recordPrefix(userKey, selector.fingerprint) : undefined
     const except = 'except' in selector && selector.except !== undefined ? recordPrefix(userKey, selector.except) : undefined
-    const selected = (json: string): boolean => only !== undefined ? json.startsWith(only) : except === undefined || !json.startsWith(except)
+    const data = this.#data
+    const selected = (slot: number): boolean => only !== undefined ? data.startsWith(slot, only) : except === undefined || !data.startsWith(slot, except)
     const doomed: number[] = []
     for (let slot = this.#firstSession[user]; slot !== NONE; slot = this.#next[slot]) {
-      if (selected(this.#data[slot] as string)) doomed.push(slot)
+      if (selected(slot)) doomed.push(slot)
     }
     for (let slot = this.#firstToken[user]; slot !== NONE; slot = this.#next[slot]) {
-      if (selected(this.#data[slot] as string)) doomed.push(slot)
+      if (selected(slot)) doomed.push(slot)
     }
     const revoked = new Set<string>()
     for (const slot of doomed) {
-      revoked.add((JSON.parse(this.#data[slot] as string) as { fingerprint: string }).fingerprint)
+      revoked.add((JSON.parse(this.#data.get(slot) as string) as { fingerprint: string }).fingerprint)
       this.#release(slot)
     }
     return [...revoked]
@@ -278,7 +271,7 @@ export class MemoryStore implements PowStore {
   async getToken (tokenHash: string): Promise<TokenRecord | null> {
     const slot = this.#liveSlot(this.#tokens, tokenHash)
     if (slot === undefined) return null
-    const record: TokenRecord = JSON.parse(this.#data[slot] as string)
+    const record: TokenRecord = JSON.parse(this.#data.get(slot) as string)
     if ((this.#flags[slot] & SUPERSEDED) !== 0) record.superseded = true
     const rotation = this.#rotations.get(tokenHash)
     if ((this.#flags[slot] & USED) !== 0 && rotation?.next !== undefined) record.unclaimed = true
@@ -295,7 +288,7 @@ export class MemoryStore implements PowStore {
     if (slot === undefined) return 'missing'
     const flags = this.#flags[slot]
     if ((flags & SUPERSEDED) !== 0) return 'used'
-    const token: TokenRecord = JSON.parse(this.#data[slot] as string)
+    const token: TokenRecord = JSON.parse(this.#data.get(slot) as string)
     const rotations = this.#rotations.get(tokenHash)
     const next = rotations?.next
     let usedAt = now
@@ -315,13 +308,13 @@ export class MemoryStore implements PowStore {
       }
     }
     this.#flags[slot] |= USED
-    this.#data[slot] = recordJson({ ...token, usedAt })
+    this.#data.set(slot, recordJson({ ...token, usedAt }))
     this.#rotations.set(tokenHash, { next: { session: rotation.sidHash, token: rotation.tokenHash }, previous: undefined, again })
     // This token was the new token of an earlier rotation: that rotation is claimed.
     if (rotations?.previous !== undefined) this.#claimToken(rotations.previous)
     this.#storeSession(rotation.sidHash, session, JSON.stringify(token.user), true, rotation.sessionTtl, rotation.grace, now, tokenHash)
     const user = this.#users.get(token.userKey)
-    const stored = user === undefined ? undefined : this.#userJson[user]
+    const stored = user === undefined ? undefined : this.#userJson.get(user)
     this.#storeToken(rotation.tokenHash, {
       userKey: token.userKey,
       fingerprint: token.fingerprint,
@@ -377,7 +370,7 @@ export class MemoryStore implements PowStore {
     return { entries: this.#top, users: this.#userTop }
   }
 
-  #liveSlot (map: Map<string, number>, key: string): number | undefined {
+  #liveSlot (map: StringIndex, key: string): number | undefined {
     const slot = map.get(key)
     return slot !== undefined && this.#expires[slot] > Date.now() ? slot : undefined
   }
@@ -394,7 +387,7 @@ export class MemoryStore implements PowStore {
   #renewable (sidHash: string): boolean {
     const slot = this.#sessions.get(sidHash) as number
     const flags = this.#flags[slot]
-    if ((flags & UNREAD) !== 0) this.#claim(slot, sidHash, JSON.parse(this.#data[slot] as string))
+    if ((flags & UNREAD) !== 0) this.#claim(slot, sidHash, JSON.parse(this.#data.get(slot) as string))
     if ((flags & RETIRED) === 0) return true
     const again = this.#renewedAgain.get(sidHash) ?? 0
     if (again >= AGAIN_MAX) return false
@@ -417,9 +410,9 @@ export class MemoryStore implements PowStore {
     const prefix = recordPrefix(record.userKey, record.fingerprint)
     let claims = false
     for (let slot = this.#firstSession[owner]; slot !== NONE; slot = this.#next[slot]) {
-      if (!(this.#data[slot] as string).startsWith(prefix)) continue
+      if (!this.#data.startsWith(slot, prefix)) continue
       const flags = this.#flags[slot]
-      const key = this.#key[slot] as string
+      const key = this.#key.get(slot) as string
       if ((flags & UNREAD) !== 0) {
         this.#flags[slot] = (flags & ~(UNREAD | UNCLAIMED)) | RETIRED | SUPERSEDED
         this.#unread.delete(key)
@@ -433,9 +426,9 @@ export class MemoryStore implements PowStore {
     }
     const unread = claims || prevToken !== undefined
     const slot = this.#allocate(sidHash, recordJson(record), unread ? SESSION | UNREAD : SESSION, owner, now + ttl)
-    this.#sessions.set(this.#key[slot] as string, slot)
-    if (unread) this.#unread.set(this.#key[slot] as string, { grace: claims ? grace : undefined, token: prevToken })
-    if (user !== undefined && !(keepStoredUser && this.#userJson[owner] !== undefined)) this.#userJson[owner] = user
+    this.#sessions.set(sidHash, slot)
+    if (unread) this.#unread.set(sidHash, { grace: claims ? grace : undefined, token: prevToken })
+    if (user !== undefined && !(keepStoredUser && this.#userJson.has(owner))) this.#userJson.set(owner, user)
   }
 
   /** The first read of a replacement: the sessions it retired live out the grace from now on, and its rotation is claimed. */
@@ -448,9 +441,9 @@ export class MemoryStore implements PowStore {
       const until = Date.now() + claim.grace
       const prefix = recordPrefix(record.userKey, record.fingerprint)
       for (let other = this.#firstSession[this.#owner[slot]]; other !== NONE; other = this.#next[other]) {
-        if ((this.#flags[other] & UNCLAIMED) === 0 || !(this.#data[other] as string).startsWith(prefix)) continue
+        if ((this.#flags[other] & UNCLAIMED) === 0 || !this.#data.startsWith(other, prefix)) continue
         this.#flags[other] &= ~UNCLAIMED
-        this.#unclaimedSince.delete(this.#key[other] as string)
+        this.#unclaimedSince.delete(this.#key.get(other) as string)
         if (this.#expires[other] > until) this.#setExpiry(other, until)
       }
     }
@@ -476,7 +469,7 @@ export class MemoryStore implements PowStore {
     const { usedAt, ...rest } = record
     const json = recordJson(usedAt === undefined ? rest : { ...rest, usedAt })
     const slot = this.#allocate(tokenHash, json, usedAt === undefined ? TOKEN : TOKEN | USED, this.#user(record.userKey), now + ttl)
-    this.#tokens.set(this.#key[slot] as string, slot)
+    this.#tokens.set(tokenHash, slot)
   }
 
   // ---- entry slots
@@ -491,8 +484,8 @@ export class MemoryStore implements PowStore {
       slot = this.#top++
     }
     this.#live++
-    this.#key[slot] = flatten(key)
-    this.#data[slot] = data
+    this.#key.set(slot, key)
+    this.#data.set(slot, data)
     this.#flags[slot] = flags
     this.#owner[slot] = owner
     this.#expires[slot] = expires
@@ -514,7 +507,7 @@ export class MemoryStore implements PowStore {
   /** Deletes an entry: from its map, its user's list (the user too once it has nothing left) and the heap. */
   #release (slot: number): void {
     const kind = this.#flags[slot] & KIND
-    const key = this.#key[slot] as string
+    const key = this.#key.get(slot) as string
     if (kind === LOCK) {
       this.#locks.delete(key)
     } else {
@@ -532,8 +525,8 @@ export class MemoryStore implements PowStore {
         if ((this.#flags[slot] & UNREAD) !== 0) this.#unread.delete(key)
         if ((this.#flags[slot] & UNCLAIMED) !== 0) this.#unclaimedSince.delete(key)
         if (this.#renewedAgain.size > 0) this.#renewedAgain.delete(key)
-        this.#parsed.forget(this.#data[slot] as string)
-        if (this.#firstSession[owner] === NONE) this.#userJson[owner] = undefined
+        this.#parsed.forget(this.#data.get(slot) as string)
+        if (this.#firstSession[owner] === NONE) this.#userJson.set(owner, undefined)
       } else {
         this.#tokens.delete(key)
         if (this.#rotations.size > 0) this.#rotations.delete(key)
@@ -541,8 +534,8 @@ export class MemoryStore implements PowStore {
       if (this.#firstSession[owner] === NONE && this.#firstToken[owner] === NONE) this.#releaseUser(owner)
     }
     this.#heapRemove(slot)
-    this.#key[slot] = undefined
-    this.#data[slot] = undefined
+    this.#key.set(slot, undefined)
+    this.#data.set(slot, undefined)
     this.#flags[slot] = 0
     this.#next[slot] = this.#free
     this.#free = slot
@@ -550,6 +543,8 @@ export class MemoryStore implements PowStore {
   }
 
   #resizeEntries (capacity: number): void {
+    this.#key.resize(capacity)
+    this.#data.resize(capacity)
     this.#expires = grown(this.#expires, capacity)
     this.#owner = grown(this.#owner, capacity)
     this.#prev = grown(this.#prev, capacity)
@@ -563,8 +558,6 @@ export class MemoryStore implements PowStore {
   #compactEntries (): void {
     const top = this.#top
     const { moved, live, capacity } = compaction(top, (slot) => this.#flags[slot] !== 0)
-    const key: Array<string | undefined> = new Array(live)
-    const data: Array<string | undefined> = new Array(live)
     const expires = new Float64Array(capacity)
     const owner = new Int32Array(capacity)
     const prev = new Int32Array(capacity)
@@ -576,8 +569,6 @@ export class MemoryStore implements PowStore {
     for (let slot = 0; slot < top; slot++) {
       const to = moved[slot]
       if (to === NONE) continue
-      key[to] = this.#key[slot]
-      data[to] = this.#data[slot]
       expires[to] = this.#expires[slot]
       owner[to] = this.#owner[slot]
       prev[to] = at(this.#prev[slot])
@@ -586,17 +577,15 @@ export class MemoryStore implements PowStore {
       flags[to] = this.#flags[slot]
     }
     for (let i = 0; i < this.#heapSize; i++) heap[i] = moved[this.#heap[i]]
-    for (const map of [this.#sessions, this.#tokens, this.#locks]) {
-      for (const [name, slot] of map) map.set(name, moved[slot])
-    }
-    for (const user of this.#users.values()) {
+    this.#key.move(moved, top, capacity)
+    this.#data.move(moved, top, capacity)
+    for (const index of [this.#sessions, this.#tokens, this.#locks]) index.renumber(moved)
+    for (const user of this.#users.slots()) {
       this.#firstSession[user] = at(this.#firstSession[user])
       this.#lastSession[user] = at(this.#lastSession[user])
       this.#firstToken[user] = at(this.#firstToken[user])
       this.#lastToken[user] = at(this.#lastToken[user])
     }
-    this.#key = key
-    this.#data = data
     this.#expires = expires
     this.#owner = owner
     this.#prev = prev
@@ -622,8 +611,8 @@ export class MemoryStore implements PowStore {
       user = this.#userTop++
     }
     this.#userLive++
-    this.#userKey[user] = userKey
-    this.#userJson[user] = undefined
+    this.#userKey.set(user, userKey)
+    this.#userJson.set(user, undefined)
     this.#firstSession[user] = NONE
     this.#lastSession[user] = NONE
     this.#firstToken[user] = NONE
@@ -633,15 +622,17 @@ export class MemoryStore implements PowStore {
   }
 
   #releaseUser (user: number): void {
-    this.#users.delete(this.#userKey[user] as string)
-    this.#userKey[user] = undefined
-    this.#userJson[user] = undefined
+    this.#users.delete(this.#userKey.get(user) as string)
+    this.#userKey.set(user, undefined)
+    this.#userJson.set(user, undefined)
     this.#firstSession[user] = this.#userFree
     this.#userFree = user
     this.#userLive--
   }
 
   #resizeUsers (capacity: number): void {
+    this.#userKey.resize(capacity)
+    this.#userJson.resize(capacity)
     this.#firstSession = grown(this.#firstSession, capacity)
     this.#lastSession = grown(this.#lastSession, capacity)
     this.#firstToken = grown(this.#firstToken, capacity)
@@ -650,9 +641,7 @@ export class MemoryStore implements PowStore {
 
   #compactUsers (): void {
     const top = this.#userTop
-    const { moved, live, capacity } = compaction(top, (user) => this.#userKey[user] !== undefined)
-    const userKey: Array<string | undefined> = new Array(live)
-    const userJson: Array<string | undefined> = new Array(live)
+    const { moved, live, capacity } = compaction(top, (user) => this.#userKey.has(user))
     const firstSession = new Int32Array(capacity)
     const lastSession = new Int32Array(capacity)
     const firstToken = new Int32Array(capacity)
@@ -660,19 +649,17 @@ export class MemoryStore implements PowStore {
     for (let user = 0; user < top; user++) {
       const to = moved[user]
       if (to === NONE) continue
-      userKey[to] = this.#userKey[user]
-      userJson[to] = this.#userJson[user]
       firstSession[to] = this.#firstSession[user]
       lastSession[to] = this.#lastSession[user]
       firstToken[to] = this.#firstToken[user]
       lastToken[to] = this.#lastToken[user]
     }
-    for (const [name, user] of this.#users) this.#users.set(name, moved[user])
+    this.#userKey.move(moved, top, capacity)
+    this.#userJson.move(moved, top, capacity)
+    this.#users.renumber(moved)
     for (let slot = 0; slot < this.#top; slot++) {
       if ((this.#flags[slot] & KIND) === SESSION || (this.#flags[slot] & KIND) === TOKEN) this.#owner[slot] = moved[this.#owner[slot]]
     }
-    this.#userKey = userKey
-    this.#userJson = userJson
     this.#firstSession = firstSession
     this.#lastSession = lastSession
     this.#firstToken = firstToken
