@@ -31,33 +31,50 @@ export function copyMetadata (metadata: PowMetadata): PowMetadata {
 }
 
 /**
- * The session records a store's `getSession` parses, cached by JSON text and shared between
- * reads: fastify-pow never changes a record, and what it gives the application is a copy (see
+ * The session records a store's `getSession` parses, cached and shared between reads:
+ * fastify-pow never changes a record, and what it gives the application is a copy (see
  * `copyMetadata`). (Freezing them would cost more than the parse it saves.) Users are not
  * cached: they are parsed on every read, a fresh object a handler may change. Two generations
  * of maps, so that a miss costs no eviction: when the newer one is full, the older one goes.
- * Each store has its own.
+ * Each store has its own. The key is the JSON text itself (`get`), or anything that names one
+ * text for good, such as MemoryStore's version of a stored string (`find` and `parse`).
  */
-export class ParsedRecords {
-  #current = new Map<string, SessionRecord>()
-  #previous = new Map<string, SessionRecord>()
+export class ParsedRecords<K = string> {
+  #current = new Map<K, SessionRecord>()
+  #previous = new Map<K, SessionRecord>()
 
-  get (json: string): SessionRecord {
-    let record = this.#current.get(json)
+  /** The record of this JSON text, cached under the text. */
+  get (this: ParsedRecords<string>, json: string): SessionRecord {
+    return this.find(json) ?? this.parse(json, json)
+  }
+
+  /** The record cached under `key`, if it is. */
+  find (key: K): SessionRecord | undefined {
+    const record = this.#current.get(key)
     if (record !== undefined) return record
-    record = this.#previous.get(json) ?? (JSON.parse(json) as SessionRecord)
-    if (json.length > MAX_CACHED_LENGTH) return record
-    if (this.#current.size >= GENERATION_SIZE) {
-      this.#previous = this.#current
-      this.#current = new Map()
-    }
-    this.#current.set(json, record)
+    const older = this.#previous.get(key)
+    if (older !== undefined) this.#keep(key, older)
+    return older
+  }
+
+  /** Parses `json` and caches the record under `key` (unless the text is too long to keep). */
+  parse (key: K, json: string): SessionRecord {
+    const record = JSON.parse(json) as SessionRecord
+    if (json.length <= MAX_CACHED_LENGTH) this.#keep(key, record)
     return record
   }
 
   /** Lets go of a record no longer in the store (for a store that knows when one goes). */
-  forget (json: string): void {
-    this.#current.delete(json)
-    this.#previous.delete(json)
+  forget (key: K): void {
+    this.#current.delete(key)
+    this.#previous.delete(key)
+  }
+
+  #keep (key: K, record: SessionRecord): void {
+    if (this.#current.size >= GENERATION_SIZE) {
+      this.#previous = this.#current
+      this.#current = new Map()
+    }
+    this.#current.set(key, record)
   }
 }

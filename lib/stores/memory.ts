@@ -127,15 +127,15 @@ export class MemoryStore implements PowStore {
   /** Tokens in a rotation not yet claimed, by hash. */
   #rotations = new Map<string, Rotation>()
   /** Session records read lately, parsed. */
-  #parsed = new ParsedRecords()
+  #parsed = new ParsedRecords<number>()
 
   // ---- entry slots (sessions, tokens, locks)
   /** Slots handed out so far: every slot below is live or on the free list. */
   #top = 0
   #live = 0
   #free = NONE
-  /** The record JSON of a session or token. */
-  #data = new StringColumn(MIN_CAPACITY)
+  /** The record JSON of a session or token; versioned, for the parsed records' cache. */
+  #data = new StringColumn(MIN_CAPACITY, { versioned: true })
   #expires = new Float64Array(MIN_CAPACITY)
   /** User slot of a session or token. */
   #owner = new Int32Array(MIN_CAPACITY)
@@ -177,7 +177,9 @@ export class MemoryStore implements PowStore {
     const user = this.#userJson.get(this.#owner[slot])
     if (user === undefined) return null
     const flags = this.#flags[slot]
-    const stored: StoredSession = { record: this.#parsed.get(this.#data.get(slot) as string), user: JSON.parse(user), retired: (flags & RETIRED) !== 0 }
+    const version = this.#data.version(slot)
+    const record = this.#parsed.find(version) ?? this.#parsed.parse(version, this.#data.get(slot) as string)
+    const stored: StoredSession = { record, user: JSON.parse(user), retired: (flags & RETIRED) !== 0 }
     if ((flags & SUPERSEDED) !== 0) stored.superseded = true
     else if ((flags & UNREAD) !== 0) this.#claim(slot, sidHash, stored.record)
     else if ((flags & UNCLAIMED) !== 0) stored.unclaimedSince = this.#unclaimedSince.get(sidHash)
@@ -525,7 +527,7 @@ export class MemoryStore implements PowStore {
         if ((this.#flags[slot] & UNREAD) !== 0) this.#unread.delete(key)
         if ((this.#flags[slot] & UNCLAIMED) !== 0) this.#unclaimedSince.delete(key)
         if (this.#renewedAgain.size > 0) this.#renewedAgain.delete(key)
-        this.#parsed.forget(this.#data.get(slot) as string)
+        this.#parsed.forget(this.#data.version(slot))
         if (this.#firstSession[owner] === NONE) this.#userJson.set(owner, undefined)
       } else {
         this.#tokens.delete(key)

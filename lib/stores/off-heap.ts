@@ -52,10 +52,14 @@ export class StringColumn {
   /** Bytes written so far: live strings and garbage. */
   #end = 0
   #garbage = 0
+  /** With `versioned`: a number for each slot's string that no other string of the column ever had. */
+  #version: Float64Array | undefined
+  #versions = 0
 
-  constructor (capacity: number) {
+  constructor (capacity: number, options: { versioned?: boolean } = {}) {
     this.#start = new Uint32Array(capacity)
     this.#length = new Int32Array(capacity).fill(EMPTY)
+    if (options.versioned === true) this.#version = new Float64Array(capacity)
   }
 
   get capacity (): number {
@@ -78,7 +82,16 @@ export class StringColumn {
     return this.#bytes.toString('utf8', start, start + length)
   }
 
+  /**
+   * A number that stands for the slot's string until the slot is set again, never reused in this
+   * column (what to cache a derived value under); 0 for a slot never set. Needs `versioned`.
+   */
+  version (slot: number): number {
+    return (this.#version as Float64Array)[slot]
+  }
+
   set (slot: number, value: string | undefined): void {
+    if (this.#version !== undefined) this.#version[slot] = ++this.#versions
     const old = this.#length[slot]
     if (old !== EMPTY) {
       this.#garbage += old
@@ -111,13 +124,15 @@ export class StringColumn {
     }
     const bytes = this.#bytes
     const start = this.#start[slot]
+    let codes = 0
     for (let i = 0; i < length; i++) {
       const code = value.charCodeAt(i)
-      // Beyond ASCII a character is not one byte: compare the strings.
-      if (code > 0x7f) return this.get(slot) === asStored(value)
       if (bytes[start + i] !== code) return false
+      codes |= code
     }
-    return true
+    // Beyond ASCII a character is not one byte (bytes equal to the codes are another string):
+    // compare the strings.
+    return codes <= 0x7f || this.get(slot) === asStored(value)
   }
 
   /** Room for `capacity` slots; new slots are empty. */
@@ -126,6 +141,11 @@ export class StringColumn {
     start.set(this.#start.subarray(0, Math.min(this.#start.length, capacity)))
     this.#start = start
     this.#length = withCapacity(this.#length, capacity, EMPTY)
+    if (this.#version !== undefined) {
+      const version = new Float64Array(capacity)
+      version.set(this.#version.subarray(0, Math.min(this.#version.length, capacity)))
+      this.#version = version
+    }
   }
 
   /**
@@ -135,14 +155,17 @@ export class StringColumn {
   move (moved: Int32Array, top: number, capacity: number): void {
     const start = new Uint32Array(capacity)
     const length = new Int32Array(capacity).fill(EMPTY)
+    const version = this.#version === undefined ? undefined : new Float64Array(capacity)
     for (let slot = 0; slot < top; slot++) {
       const to = moved[slot]
       if (to === EMPTY) continue
       start[to] = this.#start[slot]
       length[to] = this.#length[slot]
+      if (version !== undefined) version[to] = (this.#version as Float64Array)[slot]
     }
     this.#start = start
     this.#length = length
+    this.#version = version
   }
 
   /** Makes room for `room` more bytes: copies the live strings into a new buffer, with room to spare. */
