@@ -1,0 +1,223 @@
+// MemoryStore's off-heap parts (lib/stores/off-heap.ts): the string column and the hash index,
+// each against a plain Array / Map doing the same operations; then the point of them, a
+// MemoryStore whose sessions take (almost) no V8 heap.
+import { setFlagsFromString } from 'node:v8'
+import { runInNewContext } from 'node:vm'
+import { test } from 'tap'
+import { StringColumn, StringIndex } from '../lib/stores/off-heap.js'
+import { MemoryStore } from '../lib/index.js'
+import { hashToken, randomToken, userBucket } from '../lib/crypto.js'
+
+/** A deterministic pseudo-random sequence (mulberry32), so that a failure can be replayed. */
+function random (seed: number): () => number {
+  return () => {
+    seed = (seed + 0x6d2b79f5) | 0
+    let t = Math.imul(seed ^ (seed >>> 15), 1 | seed)
+    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
+  }
+}
+
+const ALPHABET = ['a', 'b', 'z', '0', '.', '"', '\\', 'é', 'Ã', '©', '€', '😀', '\u0000']
+
+function word (next: () => number, max: number): string {
+  let value = ''
+  const length = Math.floor(next() * max)
+  for (let i = 0; i < length; i++) value += ALPHABET[Math.floor(next() * ALPHABET.length)]
+  return value
+}
+
+test('StringColumn: strings by slot, set, replaced and cleared', async (t) => {
+  const column = new StringColumn(4)
+  t.equal(column.get(0), undefined, 'an empty slot has no string')
+  t.notOk(column.has(0))
+  column.set(0, 'hello')
+  column.set(1, '')
+  column.set(2, 'naïve €10 😀')
+  t.equal(column.get(0), 'hello')
+  t.equal(column.get(1), '', 'an empty string is a string')
+  t.ok(column.has(1))
+  t.equal(column.get(2), 'naïve €10 😀', 'characters beyond ASCII come back as they went in')
+  t.equal(column.bytes, 5 + 0 + Buffer.byteLength('naïve €10 😀'), 'bytes counts the live strings as UTF-8')
+  column.set(0, 'bye')
+  t.equal(column.get(0), 'bye', 'a string set again replaces the old one')
+  column.set(2, undefined)
+  t.notOk(column.has(2), 'undefined clears a slot')
+  t.equal(column.bytes, 3, 'and the bytes of replaced and cleared strings no longer count')
+})
+
+test('StringColumn: equals and startsWith compare as stored', async (t) => {
+  const column = new StringColumn(8)
+  column.set(0, 'é')
+  t.ok(column.equals(0, 'é'))
+  // The UTF-8 bytes of "é" are C3 A9: a string whose characters have those codes is not "é".
+  t.notOk(column.equals(0, '\u00c3\u00a9'), 'characters with the codes of the bytes are a different string')
+  column.set(1, '\u00c3\u00a9')
+  t.notOk(column.equals(1, 'é'), 'and the other way round')
+  column.set(2, 'abc')
+  t.ok(column.equals(2, 'abc'))
+  t.notOk(column.equals(2, 'abd'))
+  t.notOk(column.equals(2, 'ab'), 'a prefix is not equal')
+  t.notOk(column.equals(2, 'abcd'), 'nor a longer string')
+  column.set(3, 'x\ud800y')
+  t.equal(column.get(3), 'x\ufffdy', 'a lone surrogate is stored as U+FFFD (UTF-8 has none), as Redis stores it')
+  t.ok(column.equals(3, 'x\ud800y'), 'and the string it came from equals what is stored')
+  column.set(4, '{"userKey":"1","fingerprint":"ab"}')
+  t.ok(column.startsWith(4, Buffer.from('{"userKey":"1","fingerprint":"ab"')))
+  t.notOk(column.startsWith(4, Buffer.from('{"userKey":"1","fingerprint":"abc"')))
+  t.notOk(column.startsWith(4, Buffer.from('{"userKey":"1","fingerprint":"ab"}, and more')), 'a prefix longer than the string')
+  t.ok(column.startsWith(4, Buffer.from('')), 'every string starts with the empty prefix')
+  t.notOk(column.startsWith(5, Buffer.from('')), 'an empty slot has no string to start with anything')
+})
+
+test('StringColumn against an array: random sets, clears, growth, reclaims and moves', async (t) => {
+  const next = random(1)
+  let capacity = 16
+  let column = new StringColumn(capacity)
+  let model: Array<string | undefined> = new Array(capacity).fill(undefined)
+  let checks = 0
+  const check = (when: string): void => {
+    for (let slot = 0; slot < capacity; slot++) {
+      if (column.get(slot) !== model[slot]) {
+        t.fail(`${when}: slot ${slot} holds ${JSON.stringify(column.get(slot))}, not ${JSON.stringify(model[slot])}`)
+        return
+      }
+    }
+    const bytes = model.reduce((sum, value) => sum + (value === undefined ? 0 : Buffer.byteLength(value)), 0)
+    if (column.bytes !== bytes) t.fail(`${when}: bytes ${column.bytes}, not ${bytes}`)
+    checks++
+  }
+  for (let op = 0; op < 20_000; op++) {
+    const roll = next()
+    const slot = Math.floor(next() * capacity)
+    if (roll < 0.6) {
+      const value = word(next, next() < 0.05 ? 2000 : 40)
+      column.set(slot, value)
+      model[slot] = value
+    } else if (roll < 0.85) {
+      column.set(slot, undefined)
+      model[slot] = undefined
+    } else if (roll < 0.9 && capacity < 4096) {
+      capacity *= 2
+      column.resize(capacity)
+      model.length = capacity
+      model.fill(undefined, capacity / 2)
+    } else if (roll < 0.93) {
+      // A compaction as MemoryStore's: the live slots move down, in order, into `capacity` slots.
+      const moved = new Int32Array(capacity).fill(-1)
+      let live = 0
+      for (let s = 0; s < capacity; s++) if (model[s] !== undefined) moved[s] = live++
+      const nextCapacity = Math.max(16, live * 2)
+      column.move(moved, capacity, nextCapacity)
+      model = model.filter((value) => value !== undefined)
+      model.length = nextCapacity
+      model.fill(undefined, live)
+      capacity = nextCapacity
+    } else if (roll < 0.94) {
+      // Now and then a fresh column filled from the model, so that both start small again.
+      column = new StringColumn(capacity)
+      model.forEach((value, s) => { column.set(s, value) })
+    }
+    if (op % 97 === 0) check(`after operation ${op}`)
+  }
+  check('at the end')
+  t.ok(checks > 200, `${checks} full comparisons, all equal`)
+})
+
+test('StringIndex against a Map: random inserts, updates and deletes through growth and shrinking', async (t) => {
+  const next = random(2)
+  const capacity = 40_000
+  const keys = new StringColumn(capacity)
+  const index = new StringIndex(keys)
+  const model = new Map<string, number>()
+  const bySlot = new Map<number, string>()
+  /** The model's keys, to pick one at random. */
+  const present: string[] = []
+  let free: number[] = Array.from({ length: capacity }, (_, i) => capacity - 1 - i)
+  let checks = 0
+  const check = (when: string): void => {
+    if (index.size !== model.size) t.fail(`${when}: size ${index.size}, not ${model.size}`)
+    for (const [key, slot] of model) {
+      if (index.get(key) !== slot) {
+        t.fail(`${when}: ${JSON.stringify(key)} -> ${index.get(key)}, not ${slot}`)
+        return
+      }
+    }
+    const slots = index.slots().sort((a, b) => a - b)
+    t.same(slots, [...model.values()].sort((a, b) => a - b), `${when}: slots() lists every indexed slot once`)
+    checks++
+  }
+  for (let round = 0; round < 4; round++) {
+    // Grow to many keys, then delete most of them (the table shrinks), keeping a few.
+    const target = round % 2 === 0 ? 30_000 : 500
+    let guard = 0
+    while ((round % 2 === 0 ? model.size < target : model.size > target) && guard++ < 200_000) {
+      const roll = next()
+      if (round % 2 === 0 ? roll < 0.8 : roll < 0.1) {
+        // Short keys from a small alphabet, so that equal hashes' neighbours and clusters are common.
+        const key = next() < 0.5 ? word(next, 6) : `${Math.floor(next() * 1e9)}`
+        if (!model.has(key)) present.push(key)
+        const slot = model.get(key) ?? free.pop() as number
+        keys.set(slot, key)
+        index.set(key, slot)
+        model.set(key, slot)
+        bySlot.set(slot, key)
+      } else if (model.size > 0) {
+        const at = Math.floor(next() * present.length)
+        const victim = present[at]
+        present[at] = present[present.length - 1]
+        present.pop()
+        const slot = model.get(victim) as number
+        if (!index.delete(victim)) t.fail(`${JSON.stringify(victim)} was not found to delete`)
+        model.delete(victim)
+        bySlot.delete(slot)
+        keys.set(slot, undefined)
+        free.push(slot)
+      }
+      if (guard % 5000 === 0) check(`round ${round}, operation ${guard}, ${model.size} keys`)
+    }
+    check(`end of round ${round}`)
+    t.notOk(index.delete(`not a key ${round}`), 'deleting a missing key finds nothing')
+    t.equal(index.get(`not a key ${round}`), undefined, 'and looking it up neither')
+  }
+  t.ok(checks >= 8, `${checks} full comparisons`)
+
+  // Renumbering, as after a compaction: every slot moves.
+  const moved = new Int32Array(capacity).fill(-1)
+  let live = 0
+  for (let slot = 0; slot < capacity; slot++) if (bySlot.has(slot)) moved[slot] = live++
+  keys.move(moved, capacity, capacity)
+  index.renumber(moved)
+  for (const [key, slot] of model) model.set(key, moved[slot])
+  free = []
+  check('after renumbering')
+})
+
+test('a MemoryStore keeps its sessions off the V8 heap', async (t) => {
+  setFlagsFromString('--expose-gc')
+  const gc = runInNewContext('gc') as () => void
+  const memory = (): { heap: number, buffers: number } => {
+    gc()
+    gc()
+    const { heapUsed, arrayBuffers } = process.memoryUsage()
+    return { heap: heapUsed, buffers: arrayBuffers }
+  }
+  const store = new MemoryStore()
+  const before = memory()
+  const n = 50_000
+  const now = Date.now()
+  for (let i = 0; i < n; i++) {
+    const userKey = String(1000 + i)
+    await store.putSession(hashToken(randomToken(userBucket(userKey))), {
+      userKey, fingerprint: `f${i}`, insertedAt: now, signedInAt: now, metadata: {}
+    }, { id: 1000 + i, email: `user${i}@example.com`, name: `User ${i}` }, 60_000, 1000)
+  }
+  const after = memory()
+  const heapPerSession = (after.heap - before.heap) / n
+  const buffersPerSession = (after.buffers - before.buffers) / n
+  // Kept on the heap, each session was about 560 bytes (its hash, record and user as strings,
+  // Map entries): that is what made every scavenge slower as sessions grew.
+  t.ok(heapPerSession < 40, `V8 heap: ${heapPerSession.toFixed(1)} B per session`)
+  t.ok(buffersPerSession > 150, `buffers: ${buffersPerSession.toFixed(1)} B per session hold them`)
+  t.equal(store.size.sessions, n)
+})
