@@ -12,7 +12,7 @@ import { readFileSync, rmSync } from 'node:fs'
 import os from 'node:os'
 import v8 from 'node:v8'
 import type * as Pow from '../lib/index.js'
-import { fill, heapAfterGc } from './servers/prefill.js'
+import { fill, memoryAfterGc, userJsonBytes } from './servers/prefill.js'
 
 const dist = pathToFileURL(path.resolve(import.meta.dirname, '../dist/lib/index.js')).href
 const { MemoryStore, userBucket } = await import(dist) as typeof Pow
@@ -61,7 +61,7 @@ function census (): Map<string, { bytes: number, count: number }> {
 async function main (): Promise<string> {
   const store = new MemoryStore()
   const before = withCensus ? census() : new Map()
-  const heapBefore = heapAfterGc()
+  const heapBefore = memoryAfterGc()
   // fill() writes session i for user i; with several sessions per user, a thin wrapper moves
   // session i to user i / perUser (same id, with that user's bucket).
   const wrapper = {
@@ -76,19 +76,16 @@ async function main (): Promise<string> {
     }
   } as unknown as Pow.PowStore
   await fill(wrapper, n, 1, userBucket)
-  const heapAfter = heapAfterGc()
+  const heapAfter = memoryAfterGc()
   const after = withCensus ? census() : new Map<string, { bytes: number, count: number }>()
   ;(globalThis as { keep?: unknown }).keep = store
-  // The users' JSON alone, measured the same way (as benchmarks/servers/pow.ts does).
+  // The users' JSON as the store keeps it (UTF-8), as benchmarks/servers/pow.ts counts it.
   const users = Math.ceil(n / perUser)
-  const strings: string[] = new Array(users)
-  for (let i = 0; i < users; i++) strings[i] = JSON.stringify({ id: 1000 + i, email: `user${i}@example.com`, name: `User ${i}` })
-  const userBytes = ((heapAfterGc() - heapAfter) / users - 8) * users / n
-  strings.length = 0
+  const userBytes = userJsonBytes(0, users) * users / n
 
   const lines: string[] = []
   const perSession = (heapAfter - heapBefore) / n
-  lines.push(`MemoryStore, ${n} sessions, ${perUser} per user: heap +${perSession.toFixed(0)} B per session (heapUsed after gc), ` +
+  lines.push(`MemoryStore, ${n} sessions, ${perUser} per user: heap and buffers +${perSession.toFixed(0)} B per session (after gc), ` +
     `${(perSession - userBytes).toFixed(0)} B beyond the users' JSON (${userBytes.toFixed(0)} B per session); slots ${JSON.stringify(store.slots)}`)
   if (!withCensus) return lines.join('\n')
   lines.push('growth per session by kind of heap object (V8 heap snapshots before and after):')

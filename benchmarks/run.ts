@@ -600,7 +600,7 @@ function print (r: {
     out.push('Memory per stored session')
     if (r.heap !== undefined) {
       const h = r.heap
-      out.push(`  MemoryStore, ${count(h.sessions)} sessions: heap +${fixed(h.deltaBytes / 2 ** 20, 0)} MiB = ${int(h.bytesPerSession)} B per session` +
+      out.push(`  MemoryStore, ${count(h.sessions)} sessions: heap and buffers +${fixed(h.deltaBytes / 2 ** 20, 0)} MiB = ${int(h.bytesPerSession)} B per session` +
         ` (after global.gc()); the user's stored JSON is ${int(h.userJsonBytes)} B, so ${int(h.bytesPerSessionBeyondUser)} B beyond the user`)
     }
     if (r.redisMemory !== undefined) {

@@ -14,7 +14,7 @@ import Fastify from 'fastify'
 import { Redis } from 'ioredis'
 import type * as Pow from '../../lib/index.js'
 import { env, SECRET, serve, USER } from './common.js'
-import { fill, heapAfterGc, userOf } from './prefill.js'
+import { fill, memoryAfterGc, userJsonBytes } from './prefill.js'
 
 const dist = pathToFileURL(path.resolve(import.meta.dirname, '../../dist/lib/index.js')).href
 const { default: fastifyPow, MemoryStore, RedisStore, userBucket } = await import(dist) as typeof Pow
@@ -40,19 +40,14 @@ if (kind === 'memory') {
   store = memory
   if (prefill > 0) {
     const measure = process.env.BENCH_HEAP === '1'
-    const before = measure ? heapAfterGc() : 0
+    const before = measure ? memoryAfterGc() : 0
     const started = performance.now()
     await fill(memory, prefill, 1, userBucket)
     info.fillMs = performance.now() - started
     if (measure) {
-      const after = heapAfterGc()
-      // The stored form of a user: its JSON string (what MemoryStore keeps per user), measured
-      // the same way, minus the 8-byte array slot holding it.
-      const strings: string[] = new Array(prefill)
-      for (let i = 0; i < prefill; i++) strings[i] = JSON.stringify(userOf(i))
-      const withStrings = heapAfterGc()
-      const userBytes = (withStrings - after) / prefill - 8
-      strings.length = 0
+      const after = memoryAfterGc()
+      // The stored form of a user: its JSON as UTF-8 (what MemoryStore keeps per user).
+      const userBytes = userJsonBytes(0, prefill)
       info.heap = {
         sessions: prefill,
         deltaBytes: after - before,
@@ -61,7 +56,6 @@ if (kind === 'memory') {
         bytesPerSessionBeyondUser: (after - before) / prefill - userBytes,
         storeSize: memory.size
       }
-      heapAfterGc()
     }
   }
 } else if (kind === 'redis') {

@@ -13,6 +13,13 @@ export function userOf (i: number): { id: number, email: string, name: string } 
   return { id: 1000 + i, email: `user${i}@example.com`, name: `User ${i}` }
 }
 
+/** The bytes users `from..to-1` take in MemoryStore's form (their JSON as UTF-8), per user. */
+export function userJsonBytes (from: number, to: number): number {
+  let bytes = 0
+  for (let i = from; i < to; i++) bytes += Buffer.byteLength(JSON.stringify(userOf(i)))
+  return bytes / Math.max(1, to - from)
+}
+
 // Random bytes drawn 48 KiB at a time: one randomBytes() call per session costs more than the
 // store's own work, and the fill is not what is measured.
 let pool = Buffer.alloc(0)
@@ -49,11 +56,15 @@ export async function fill (store: Pow.PowStore, n: number, concurrency: number,
 }
 
 
-/** The heap in use after two full collections (needs node --expose-gc). */
-export function heapAfterGc (): number {
+/**
+ * The memory in use after two full collections (needs node --expose-gc): the V8 heap and the
+ * ArrayBuffers (Buffers, typed arrays), where MemoryStore keeps its strings and indexes.
+ */
+export function memoryAfterGc (): number {
   const gc = (globalThis as { gc?: () => void }).gc
   if (gc === undefined) throw new Error('measuring the heap needs node --expose-gc')
   gc()
   gc()
-  return process.memoryUsage().heapUsed
+  const { heapUsed, arrayBuffers } = process.memoryUsage()
+  return heapUsed + arrayBuffers
 }
