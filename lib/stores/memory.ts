@@ -8,18 +8,18 @@ import {
 
 /*
  * Layout. A store with a million sessions must stay small and cheap for the garbage collector,
- * so there is no object per session: sessions, tokens and locks are *slots*, small integers
- * indexing parallel arrays (struct of arrays), and users are slots in a second set of arrays.
- * What is left on the heap per session is its hash (the Map key), its record's JSON and the
- * Map entry; per user, the user key, the user's JSON and a Map entry. Everything else is in
- * typed arrays, which the collector never looks into.
+ * so there is no object per session, and nothing per session on the V8 heap at all: sessions,
+ * tokens and locks are *slots*, small integers indexing parallel typed arrays (struct of
+ * arrays), and users are slots in a second set of them. Strings (hashes, record JSON, user keys,
+ * user JSON) are in StringColumns, UTF-8 in Buffers, and the maps from strings to slots are
+ * StringIndexes over them (see off-heap.ts for why the heap matters even to data never touched).
  *
  * - `#sessions`, `#tokens`, `#locks`: hash (or lock name) -> slot; `#users`: user key -> user slot.
  * - Each user slot heads two doubly linked lists through `#prev`/`#next`: its sessions and its
  *   tokens, in insertion order. A user slot is freed with the last entry on its lists.
  * - The record JSON of a session or token starts with `{"userKey":<json>,"fingerprint":<json>`
  *   (the store writes it in that order), so "has this fingerprint" is a `startsWith` on the
- *   stored string and no fingerprint string is kept besides it. A JSON string literal ends at
+ *   stored bytes and no fingerprint string is kept besides it. A JSON string literal ends at
  *   its first unescaped quote, so no literal is a prefix of another and the test is exact.
  * - Expiry: a binary min-heap of slots keyed by `#expires`, each slot knowing its position, so
  *   a changed expiry moves its slot in place and a deleted entry leaves at once: the heap holds
