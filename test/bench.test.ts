@@ -49,7 +49,7 @@ test('npm run bench --quick: every variant answers, the tables and the targets a
   }
   const verdicts = output.split('\n').filter((line) => /^ {2}(MET|MISSED) {2}/.test(line))
   t.equal(verdicts.length, 6, 'six targets, each MET or MISSED')
-  t.match(output, /MemoryStore, 2k sessions: heap \+\d+ MiB = [\d,]+ B per session/)
+  t.match(output, /MemoryStore, 2k sessions: heap and buffers \+\d+ MiB = [\d,]+ B per session/)
   t.match(output, /Redis, 2k sessions: used_memory \+\d+ MiB = [\d,]+ B per session/)
 
   const json = JSON.parse(readFileSync(results, 'utf8'))
