@@ -12,16 +12,17 @@ import { randomBytes } from 'node:crypto'
 
 const EMPTY = -1
 const MIN_BYTES = 4096
+/** The most one column holds: its byte offsets are 32-bit (Node 22 allows larger Buffers). */
+const MAX_BYTES = Math.min(constants.MAX_LENGTH, 2 ** 32 - 1)
 
 /** A buffer of its own (not a slice of Node's shared pool) of at least `size` bytes, and some room. */
 function bytesOf (size: number): Buffer {
+  if (size > MAX_BYTES) {
+    throw new RangeError(`MemoryStore: more than ${MAX_BYTES} bytes of sessions in one process; use RedisStore`)
+  }
   // Room for half as much again: enough that copying the live strings stays a small share of
   // the writes, little enough that the slack is not most of what a store uses.
-  const wanted = Math.max(MIN_BYTES, Math.ceil(size * 1.5))
-  if (size > constants.MAX_LENGTH) {
-    throw new RangeError(`MemoryStore: more than ${constants.MAX_LENGTH} bytes of sessions in one process; use RedisStore`)
-  }
-  return Buffer.allocUnsafeSlow(Math.min(wanted, constants.MAX_LENGTH))
+  return Buffer.allocUnsafeSlow(Math.min(Math.max(MIN_BYTES, Math.ceil(size * 1.5)), MAX_BYTES))
 }
 
 /**
@@ -91,6 +92,10 @@ export class StringColumn {
   }
 
   set (slot: number, value: string | undefined): void {
+    // A UTF-16 code unit is at most 3 bytes of UTF-8. Room is made first, so that a column that
+    // cannot grow (it throws) still holds what it held.
+    const room = value === undefined ? 0 : value.length * 3
+    if (this.#end + room > this.#bytes.length) this.#reclaim(room)
     if (this.#version !== undefined) this.#version[slot] = ++this.#versions
     const old = this.#length[slot]
     if (old !== EMPTY) {
@@ -98,9 +103,6 @@ export class StringColumn {
       this.#length[slot] = EMPTY
     }
     if (value === undefined) return
-    // A UTF-16 code unit is at most 3 bytes of UTF-8.
-    const room = value.length * 3
-    if (this.#end + room > this.#bytes.length) this.#reclaim(room)
     const written = this.#bytes.write(value, this.#end, 'utf8')
     this.#start[slot] = this.#end
     this.#length[slot] = written
@@ -166,6 +168,8 @@ export class StringColumn {
     this.#start = start
     this.#length = length
     this.#version = version
+    // The slots shrank because most strings went: so does the buffer, once they are mostly garbage.
+    if (this.#garbage > this.#end - this.#garbage && this.#bytes.length > MIN_BYTES) this.#reclaim(0)
   }
 
   /** Makes room for `room` more bytes: copies the live strings into a new buffer, with room to spare. */
@@ -173,14 +177,24 @@ export class StringColumn {
     const bytes = bytesOf(this.#end - this.#garbage + room)
     let end = 0
     const lengths = this.#length
+    const starts = this.#start
+    // Strings next to each other in the old buffer stay so in the new one: copied as one run.
+    let runFrom = 0
+    let runTo = 0
     for (let slot = 0; slot < lengths.length; slot++) {
       const length = lengths[slot]
       if (length === EMPTY) continue
-      const start = this.#start[slot]
-      this.#bytes.copy(bytes, end, start, start + length)
-      this.#start[slot] = end
+      const start = starts[slot]
+      if (start !== runTo) {
+        if (runTo > runFrom) this.#bytes.copy(bytes, end - (runTo - runFrom), runFrom, runTo)
+        runFrom = start
+        runTo = start
+      }
+      runTo += length
+      starts[slot] = end
       end += length
     }
+    if (runTo > runFrom) this.#bytes.copy(bytes, end - (runTo - runFrom), runFrom, runTo)
     this.#bytes = bytes
     this.#end = end
     this.#garbage = 0
@@ -219,7 +233,11 @@ export class StringIndex {
     return at < 0 ? undefined : this.#table[at] - 1
   }
 
-  /** Indexes `slot` under `key`, which must be the slot's string in the column. */
+  /**
+   * Indexes `slot` under `key`, which must be the slot's string in the column. A key indexed
+   * already moves to `slot`; the slot it was at must still hold it then (MemoryStore deletes a
+   * key before its slot is cleared).
+   */
   set (key: string, slot: number): void {
     const hash = this.#hash(key)
     const at = this.#find(key, hash)
@@ -271,9 +289,20 @@ export class StringIndex {
     }
   }
 
+  /** The hash of the key as the column stores it, so that a key and what it reads back as agree. */
   #hash (key: string): number {
     let hash = this.#seed ^ 0x811c9dc5
-    for (let i = 0; i < key.length; i++) hash = Math.imul(hash ^ key.charCodeAt(i), 0x01000193)
+    let surrogates = false
+    for (let i = 0; i < key.length; i++) {
+      const code = key.charCodeAt(i)
+      surrogates ||= (code & 0xf800) === 0xd800
+      hash = Math.imul(hash ^ code, 0x01000193)
+    }
+    // A lone surrogate is stored as U+FFFD: hash that (equals() already compares that way).
+    if (surrogates) {
+      const stored = asStored(key)
+      if (stored !== key) return this.#hash(stored)
+    }
     return hash
   }
 
