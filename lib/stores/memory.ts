@@ -1,6 +1,6 @@
 import { userBucket } from '../crypto.js'
 import { ParsedRecords } from '../parsed.js'
-import { StringColumn, StringIndex } from './off-heap.js'
+import { grown, StringColumn, StringIndex } from './off-heap.js'
 import {
   AGAIN_MAX, type ListedSession, type PowStore, type PutConditions, type RevokeSelector, type SessionRecord, type StoredSession,
   type TokenRecord, type TokenRotation
@@ -83,13 +83,6 @@ function recordPrefix (userKey: string, fingerprint: string): Buffer {
 function recordJson<T extends { userKey: string, fingerprint: string }> (record: T): string {
   const { userKey, fingerprint } = record
   return JSON.stringify(Object.assign({ userKey, fingerprint }, record))
-}
-
-/** A copy of a typed array with a larger capacity. */
-function grown<T extends Int32Array | Float64Array | Uint8Array> (array: T, capacity: number): T {
-  const next = new (array.constructor as new (n: number) => T)(capacity)
-  next.set(array)
-  return next
 }
 
 /**

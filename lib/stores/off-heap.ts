@@ -33,9 +33,11 @@ function asStored (value: string): string {
   return Buffer.from(value, 'utf8').toString('utf8')
 }
 
-function withCapacity (array: Int32Array, capacity: number, fill: number): Int32Array {
-  const next = new Int32Array(capacity).fill(fill)
-  next.set(array.subarray(0, Math.min(array.length, capacity)))
+/** A copy of a typed array with a larger capacity; the new elements are `fill`. */
+export function grown<T extends Int32Array | Uint32Array | Float64Array | Uint8Array> (array: T, capacity: number, fill = 0): T {
+  const next = new (array.constructor as new (n: number) => T)(capacity)
+  next.set(array)
+  if (fill !== 0) next.fill(fill, array.length)
   return next
 }
 
@@ -61,10 +63,6 @@ export class StringColumn {
     this.#start = new Uint32Array(capacity)
     this.#length = new Int32Array(capacity).fill(EMPTY)
     if (options.versioned === true) this.#version = new Float64Array(capacity)
-  }
-
-  get capacity (): number {
-    return this.#length.length
   }
 
   /** Bytes held by live strings. */
@@ -137,17 +135,11 @@ export class StringColumn {
     return codes <= 0x7f || this.get(slot) === asStored(value)
   }
 
-  /** Room for `capacity` slots; new slots are empty. */
+  /** Room for `capacity` (more) slots; the new ones are empty. */
   resize (capacity: number): void {
-    const start = new Uint32Array(capacity)
-    start.set(this.#start.subarray(0, Math.min(this.#start.length, capacity)))
-    this.#start = start
-    this.#length = withCapacity(this.#length, capacity, EMPTY)
-    if (this.#version !== undefined) {
-      const version = new Float64Array(capacity)
-      version.set(this.#version.subarray(0, Math.min(this.#version.length, capacity)))
-      this.#version = version
-    }
+    this.#start = grown(this.#start, capacity)
+    this.#length = grown(this.#length, capacity, EMPTY)
+    if (this.#version !== undefined) this.#version = grown(this.#version, capacity)
   }
 
   /**
