@@ -85,7 +85,6 @@ test('Redis stopped: every request answers 503 at once without touching cookies;
 
   await server.stop()
   await waitForClosed(client)
-  t.not(client.status, 'ready', `the client noticed (${client.status})`)
   const anonymous = jar.clone()
   anonymous.cookies.clear()
   const attempts: Array<[string, CookieJar, Parameters<CookieJar['request']>[0]]> = [

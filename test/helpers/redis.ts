@@ -545,22 +545,29 @@ export async function startCluster (t: Test): Promise<RedisClusterHandle> {
 }
 
 /**
- * Resolves once `client` is 'ready'. Not `events.once(client, 'ready')`: that would reject on the
- * first 'error' event, and a reconnecting client emits one per refused attempt.
+ * Resolves at once when `client` is already `there`, else at its next `event`; rejects with
+ * `late` after `timeoutMs`. Not `events.once()`: that would reject on the first 'error' event,
+ * and a reconnecting client emits one per refused attempt.
  */
-export async function waitForReady (client: Redis, timeoutMs = 10_000): Promise<void> {
-  if (client.status === 'ready') return
+async function waitForEvent (client: Redis, there: boolean, event: 'ready' | 'close', late: () => string, timeoutMs: number): Promise<void> {
+  if (there) return
   await new Promise<void>((resolve, reject) => {
-    const onReady = (): void => {
+    const onEvent = (): void => {
       clearTimeout(timer)
       resolve()
     }
     const timer = setTimeout(() => {
-      client.off('ready', onReady)
-      reject(new Error(`ioredis client not ready within ${timeoutMs} ms (status ${client.status})`))
+      client.off(event, onEvent)
+      reject(new Error(late()))
     }, timeoutMs)
-    client.once('ready', onReady)
+    client.once(event, onEvent)
   })
+}
+
+/** Resolves once `client` is 'ready'. */
+export async function waitForReady (client: Redis, timeoutMs = 10_000): Promise<void> {
+  await waitForEvent(client, client.status === 'ready', 'ready',
+    () => `ioredis client not ready within ${timeoutMs} ms (status ${client.status})`, timeoutMs)
 }
 
 /**
@@ -570,18 +577,8 @@ export async function waitForReady (client: Redis, timeoutMs = 10_000): Promise<
  * wait for this first.
  */
 export async function waitForClosed (client: Redis, timeoutMs = 10_000): Promise<void> {
-  if (client.status !== 'ready') return
-  await new Promise<void>((resolve, reject) => {
-    const onClose = (): void => {
-      clearTimeout(timer)
-      resolve()
-    }
-    const timer = setTimeout(() => {
-      client.off('close', onClose)
-      reject(new Error(`ioredis client still ready ${timeoutMs} ms after its server stopped`))
-    }, timeoutMs)
-    client.once('close', onClose)
-  })
+  await waitForEvent(client, client.status !== 'ready', 'close',
+    () => `ioredis client still ready ${timeoutMs} ms after its server stopped`, timeoutMs)
 }
 
 /**
