@@ -81,7 +81,7 @@ async function main (): Promise<string> {
   ;(globalThis as { keep?: unknown }).keep = store
   // The users' JSON as the store keeps it (UTF-8), as benchmarks/servers/pow.ts counts it.
   const users = Math.ceil(n / perUser)
-  const userBytes = userJsonBytes(0, users) * users / n
+  const userBytes = userJsonBytes(users) * users / n
 
   const lines: string[] = []
   const perSession = (heapAfter - heapBefore) / n

@@ -47,7 +47,7 @@ if (kind === 'memory') {
     if (measure) {
       const after = memoryAfterGc()
       // The stored form of a user: its JSON as UTF-8 (what MemoryStore keeps per user).
-      const userBytes = userJsonBytes(0, prefill)
+      const userBytes = userJsonBytes(prefill)
       info.heap = {
         sessions: prefill,
         deltaBytes: after - before,

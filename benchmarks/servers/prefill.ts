@@ -13,11 +13,11 @@ export function userOf (i: number): { id: number, email: string, name: string } 
   return { id: 1000 + i, email: `user${i}@example.com`, name: `User ${i}` }
 }
 
-/** The bytes users `from..to-1` take in MemoryStore's form (their JSON as UTF-8), per user. */
-export function userJsonBytes (from: number, to: number): number {
+/** The bytes the first `n` users take in MemoryStore's form (their JSON as UTF-8), per user. */
+export function userJsonBytes (n: number): number {
   let bytes = 0
-  for (let i = from; i < to; i++) bytes += Buffer.byteLength(JSON.stringify(userOf(i)))
-  return bytes / Math.max(1, to - from)
+  for (let i = 0; i < n; i++) bytes += Buffer.byteLength(JSON.stringify(userOf(i)))
+  return bytes / Math.max(1, n)
 }
 
 // Random bytes drawn 48 KiB at a time: one randomBytes() call per session costs more than the
