@@ -16,172 +16,73 @@ export interface PowUser {}
 /** Custom metadata an application stores with a session (user agent, IP, ...). Must be JSON-serializable. */
 export type PowMetadata = Record<string, unknown>
 
-/** One stored session: what a hashed session id points at. Times are epoch milliseconds. */
-export interface SessionRecord {
-  /** `String(userId(user))`: the key of the user's credentials and session list. */
-  userKey: string
-  /** Names one browser's chain of sessions across renewals and remember-me sign-ins. */
-  fingerprint: string
-  /** When this session id was issued (login, renewal or remember-me sign-in). */
-  insertedAt: number
-  /** When the browser signed in (login or remember-me); renewals keep it. Bounds `absoluteTtl`. */
-  signedInAt: number
-  /** Application metadata given at sign-in. */
-  metadata: PowMetadata
-}
-
-/** What `PowStore.getSession` returns. */
-export interface StoredSession {
-  /** Read-only: the built-in stores hand the same object to every read of the same record. */
-  readonly record: Readonly<SessionRecord>
-  /** The user's current credentials. */
-  user: unknown
-  /** True once a later `putSession` (or `rotateToken`) with the same fingerprint replaced it. */
-  retired: boolean
-  /**
-   * When it was retired, while the session that replaced it was never read: its browser may not
-   * have received that one (a 503 after the store ran the write). It keeps its TTL until the
-   * replacement is first read; from then on it lives out the grace.
-   */
-  unclaimedSince?: number
-  /**
-   * Replaced before it was ever read. Whoever presents it got the cookie of a renewal or
-   * rotation that was done again for someone else: theft.
-   */
-  superseded?: boolean
-}
-
-/** A live, non-retired session in a user's list. */
-export interface ListedSession {
-  sidHash: string
-  record: SessionRecord
-  expiresAt: number
-}
-
-/** A stored remember-me token. */
-export interface TokenRecord {
-  userKey: string
-  fingerprint: string
-  /** The user's credentials, so the token still signs in after every session of the user has expired. */
-  user: unknown
-  /** Metadata of the session the token was created from; carried into the sessions it creates. */
-  metadata: PowMetadata
-  /** Set by `rotateToken`: when the token was used. */
-  usedAt?: number
-  /**
-   * Used, but neither the session nor the token its rotation stored has been used yet (the
-   * browser may never have received them): it may rotate again.
-   */
-  unclaimed?: boolean
-  /** The token of a rotation that was done again (`TokenRotation.again`): presenting it is theft. */
-  superseded?: boolean
-  /** How often it rotated again (`TokenRotation.again`); a store refuses more than 3. */
-  rotatedAgain?: number
-}
-
 /**
- * A condition on a write, checked atomically with it: a renewal or a new remember-me token that
- * races a revocation on another request or instance must not bring the browser back.
+ * A device as a store holds it. The store does not read `data`: what it means is written in
+ * `lib/lifecycle.ts` (and docs/sessions.md); the store keeps it, with the user's credentials,
+ * under the device's fingerprint.
  */
-export interface PutConditions {
-  /** Write only while this session (hash) still exists. */
-  session?: string
+export interface StoredDevice {
+  /** The device record, JSON text written by the lifecycle module. */
+  readonly data: string
+  /** The user's credentials, JSON text. */
+  readonly user: string
+  /** Changes with every write of the device; a write may require the version it read. */
+  readonly version: number
 }
 
-/** What a remember-me sign-in stores in the same atomic step as it uses the token. */
-export interface TokenRotation {
-  /** The new session: `record.userKey` and `record.fingerprint` are the token's. */
-  sidHash: string
-  session: SessionRecord
-  sessionTtl: number
-  /** Other sessions of the fingerprint are retired as with `putSession`, for this long once the new one is read. */
-  grace: number
-  /** The new token: same user, fingerprint and metadata. */
-  tokenHash: string
-  tokenTtl: number
+/** One device in a `DeviceChange`. */
+export interface DeviceWrite {
+  /** The device's fingerprint: with the user's bucket, its address in the store. */
+  fingerprint: string
   /**
-   * Rotate a used token again, to these new ids, when its rotation is unclaimed, it was used
-   * longer than `grace` ago and it has rotated again fewer than 3 times; the earlier new session
-   * and token become superseded.
+   * The write applies only while the device is at this version: the version read, or 0 for a
+   * device that must not exist yet. Undefined: whatever it is.
    */
-  again?: boolean
+  version?: number
+  /** The new record (JSON text), or null to delete the device. */
+  data: string | null
+  /** Milliseconds from now until the store may forget the device. Ignored for a delete. */
+  ttl: number
+  /** Orders the user's devices for `DeviceChange.limit`: the lowest goes first. */
+  usedAt: number
+}
+
+/** What `PowStore.commit` applies: all of it, atomically, or nothing. */
+export interface DeviceChange {
+  /** The user the devices belong to. */
+  userKey: string
+  devices: DeviceWrite[]
+  /** New credentials (JSON text): every device of the user reads them from now on. */
+  user?: string
+  /** After the writes, keep at most this many devices of the user: those with the lowest `usedAt` go. */
+  limit?: number
+}
+
+/** What `PowStore.commit` answers. */
+export interface CommitResult {
+  /** False, with nothing written, when a device was not at the version a write required. */
+  ok: boolean
+  /** The fingerprints of the devices that `limit` deleted. */
+  evicted: string[]
 }
 
 /**
- * How often an unclaimed session may renew again, or an unclaimed token rotate again (its answers
- * lost each time), before a store refuses: a replayed old cookie must not mint sessions forever.
- */
-export const AGAIN_MAX = 3
-
-/** Which of a user's fingerprints `PowStore.revoke` removes. */
-export type RevokeSelector = { fingerprint: string } | { except?: string }
-
-/**
- * The storage backend. Every method is async; TTLs are milliseconds. Session and token keys are
- * `<bucket>.<SHA-256 of the secret the browser holds>`, never the secret; the bucket is
- * `userBucket(userKey)`, the same for every id and token of a user, so a sharded store can keep
- * all of one user's entries together. A store must pass `test/store-contract.ts`.
+ * Where fastify-pow keeps devices. A store knows nothing of sessions: it keeps each device's
+ * record (opaque JSON) under the user's bucket (`userBucket(userKey)`) and the device's
+ * fingerprint, with a TTL, a per-user index ordered by `usedAt`, and the user's credentials;
+ * it applies a change atomically under the versions it names. Every rule (renewal, grace,
+ * claims, rotation, theft, revocation, limits) is in `lib/lifecycle.ts`, so a store is storage
+ * only. A store must pass `test/store-contract.ts`.
  */
 export interface PowStore {
-  /**
-   * Stores a session for `ttl` ms, adds it to its user's session list (pruning expired entries)
-   * and, when `user` is not `undefined`, replaces the user's credentials. Other sessions of the
-   * same user with the same fingerprint are retired and unclaimed: they keep their TTL until
-   * this session is first read by `getSession`, then stay readable for at most `grace` ms. Those
-   * that were themselves replacements (of a put that retired sessions, or of `rotateToken`) and
-   * were never read are superseded instead. A condition session that is itself retired (renewed
-   * again because its first renewal's answer was lost) renews again at most 3 times: then the put
-   * returns false.
-   * Returns false, having written nothing, when a condition does not hold.
-   */
-  putSession (
-    sidHash: string, record: SessionRecord, user: unknown, ttl: number, grace: number, conditions?: PutConditions
-  ): Promise<boolean>
-  /**
-   * The session and its user's credentials, or null when either is missing or expired. The first
-   * read of a session claims it: the sessions it retired then live out their grace, and the token
-   * whose rotation stored it is no longer unclaimed.
-   */
-  getSession (sidHash: string): Promise<StoredSession | null>
-  /**
-   * Deletes one session; deleting a user's last session also deletes the user's credentials.
-   * An unread replacement is claimed first: the sessions it retired live out the grace only.
-   */
-  deleteSession (sidHash: string): Promise<boolean>
-  /** The user's live, non-retired sessions. */
-  listSessions (userKey: string): Promise<ListedSession[]>
-  /** The credentials of every user with at least one live session. */
-  listUsers (): Promise<unknown[]>
-  /** Replaces the user's credentials (when stored) and the user held by the user's tokens. */
-  updateUser (userKey: string, user: unknown): Promise<void>
-  /**
-   * Deletes the user's sessions (retired ones included) and remember-me tokens whose fingerprint
-   * is selected. Returns the distinct fingerprints that had a session or token deleted.
-   */
-  revoke (userKey: string, selector: RevokeSelector): Promise<string[]>
-  /**
-   * Stores a remember-me token for `ttl` ms and indexes it under its user. Returns false, having
-   * written nothing, when the condition does not hold.
-   */
-  putToken (tokenHash: string, record: TokenRecord, ttl: number, conditions?: PutConditions): Promise<boolean>
-  /** The token, with `usedAt` once used, or null when missing or expired. */
-  getToken (tokenHash: string): Promise<TokenRecord | null>
-  /**
-   * Uses an unused token, in one atomic step: marks it used at `now` (it stays readable, used,
-   * until it expires), stores the new session as `putSession` would, and the new token. The user
-   * of both is the user's stored credentials when there are any (a newer update wins), else the
-   * token's. 'used' when the token was used already and 'missing' when it is gone: nothing is
-   * written then. Of concurrent rotations of one token with different new ids exactly one is
-   * 'rotated'. The same rotation again (the same new session id, a command sent twice) writes
-   * the same again and is 'rotated'; so is `again` (see `TokenRotation`). Rotating a token
-   * that an earlier rotation stored claims that earlier rotation. A superseded token is 'used'.
-   */
-  rotateToken (tokenHash: string, now: number, rotation: TokenRotation): Promise<'rotated' | 'used' | 'missing'>
-  /** Extends an unused token's lifetime to `ttl` ms from now. */
-  touchToken (tokenHash: string, ttl: number): Promise<void>
-  deleteToken (tokenHash: string): Promise<void>
-  /** Takes the named lock for `ttl` ms; true for exactly one of concurrent callers. */
-  lock (key: string, ttl: number): Promise<boolean>
+  /** The device, or null when it is missing or expired. One read, no write: every authenticated request makes it. */
+  read (bucket: string, fingerprint: string): Promise<StoredDevice | null>
+  /** The user's live devices, with their fingerprints. */
+  list (userKey: string): Promise<Array<StoredDevice & { fingerprint: string }>>
+  /** Applies the change atomically when every version it requires holds; else writes nothing. */
+  commit (change: DeviceChange): Promise<CommitResult>
+  /** The credentials (JSON text) of every user with a live device. */
+  users (): Promise<string[]>
 }
 
 export interface SessionOptions {
@@ -191,9 +92,9 @@ export interface SessionOptions {
   ttl?: number
   /** Age in ms after which a request renews the session id. Default 15 minutes; must be below `ttl`. */
   renewAfter?: number
-  /** How long in ms a rotated session id or a used remember-me token keeps working. Default 10 s. */
+  /** How long in ms a retired session id or a used remember-me token keeps working once its replacement is claimed. Default 10 s. */
   rotationGrace?: number
-  /** Hard limit in ms on a session family from sign-in, across renewals. Off by default. */
+  /** Hard limit in ms on a session from its start (a sign-in or a remember-me sign-in), across renewals. Off by default. */
   absoluteTtl?: number
   /** Cookie attributes; they override the defaults (HttpOnly, SameSite=Lax, Path=/, Secure in production). */
   cookie?: CookieSerializeOptions
@@ -202,8 +103,13 @@ export interface SessionOptions {
 export interface PersistentSessionOptions {
   /** Cookie name. Default `pow_persistent_session`. */
   cookieName?: string
-  /** Token and cookie lifetime in ms. Default 30 days. */
+  /** Token and cookie lifetime in ms, from the token's last use or renewal. Default 30 days. */
   ttl?: number
+  /**
+   * A token no longer signs in once the device's last sign-in with credentials (`signedInAt`)
+   * is older than this, in ms, however active the browser. Off by default.
+   */
+  absoluteTtl?: number
   cookie?: CookieSerializeOptions
 }
 
@@ -216,26 +122,51 @@ export interface PowOptions {
   userId?: (user: PowUser) => string | number
   /** Refreshes the user on every authenticated request; null ends the session (Pow's `reload`). */
   reloadUser?: (user: PowUser, request: FastifyRequest) => Promise<PowUser | null>
+  /** How many devices a user may have; a sign-in beyond it ends the least recently used. Default 100. */
+  maxDevices?: number
+  /** The largest session metadata `create()` accepts, in bytes of its JSON. Default 4096. */
+  maxMetadataBytes?: number
   session?: SessionOptions
   /** Remember-me; on by default, `false` turns it off. */
   persistentSession?: false | PersistentSessionOptions
 }
 
-/** A session of the signed-in user, as `request.powSession.sessions()` lists it. */
+/** A device of the signed-in user, as `request.powSession.sessions()` lists it. */
 export interface SessionInfo {
   fingerprint: string
+  /** When the device's latest session id was issued. */
   insertedAt: number
+  /** When the device last signed in with credentials (`create()`). */
   signedInAt: number
   current: boolean
+  /** The device has a live remember-me token. */
+  remembered: boolean
   metadata: PowMetadata
 }
 
 /** `request.powSession.metadata`. */
 export interface SessionMetadata extends PowMetadata {
   fingerprint: string
+  /** When the current session id was issued. */
   insertedAt: number
+  /** When this device last signed in with credentials (`create()`); renewals and remember-me keep it. */
   signedInAt: number
 }
+
+/** Why `session:deleted` fired. */
+export type DeletedReason =
+  /** `delete()`: the browser signed out. */
+  | 'sign-out'
+  /** `create()` on a browser that was signed in: its earlier device ends. */
+  | 'sign-in'
+  /** `deleteSession()`, `deleteOtherSessions()` or `credentials.deleteUserSessions()`. */
+  | 'revoked'
+  /** `reloadUser` returned null. */
+  | 'reload'
+  /** A retired or superseded secret came back: see `session:reuse` and `persistent:reuse`. */
+  | 'theft'
+  /** A sign-in beyond `maxDevices` ended the user's least recently used device. */
+  | 'evicted'
 
 /** Payload of the events on `app.pow`. */
 export interface PowEvent {
@@ -243,6 +174,8 @@ export interface PowEvent {
   user: unknown
   userKey: string
   fingerprint: string
+  /** `session:deleted` only: why. */
+  reason?: DeletedReason
 }
 
 export interface PowEvents {
@@ -250,12 +183,12 @@ export interface PowEvents {
   'session:created': [PowEvent]
   /** A session got a new id (same fingerprint). */
   'session:renewed': [PowEvent]
-  /** Sessions of a fingerprint were ended (sign-out, revocation, reload returning null). */
+  /** A device was ended; `reason` says why. */
   'session:deleted': [PowEvent]
   /** A remember-me token signed a user in and was replaced. */
   'persistent:used': [PowEvent]
-  /** A used remember-me token came back after the grace: the fingerprint was revoked. */
+  /** A used remember-me token came back after the grace: the device was revoked. */
   'persistent:reuse': [PowEvent]
-  /** A replaced session id came back after its replacement was reissued: the fingerprint was revoked. */
+  /** A superseded session id came back: the device was revoked. */
   'session:reuse': [PowEvent]
 }
