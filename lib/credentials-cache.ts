@@ -1,46 +1,17 @@
-import { hashToken, isToken, randomFingerprint, randomToken, userBucket } from './crypto.js'
-import { copyMetadata } from './parsed.js'
+import { hashSecret, isSecret, newSecret, randomFingerprint, secretDevice, userBucket } from './crypto.js'
+import { deviceDelete, deviceWrite } from './devices.js'
+import { showSession, signIn } from './lifecycle.js'
 import type { Pow } from './pow.js'
-import type { ListedSession, PowUser, SessionInfo, SessionMetadata, SessionRecord } from './types.js'
+import { toMetadata, toSessionInfos } from './session.js'
+import type { PowMetadata, PowUser, SessionInfo, SessionMetadata } from './types.js'
 
-/** Splits the metadata an application passes into the record's own fields and the custom rest. */
-export function toRecord (userKey: string, metadata: Partial<SessionMetadata> | undefined, now: number): SessionRecord {
-  const { fingerprint, insertedAt, signedInAt, ...custom } = metadata ?? {}
-  return {
-    userKey,
-    fingerprint: typeof fingerprint === 'string' && fingerprint !== '' ? fingerprint : randomFingerprint(),
-    insertedAt: typeof insertedAt === 'number' ? insertedAt : now,
-    signedInAt: typeof signedInAt === 'number' ? signedInAt : now,
-    metadata: custom
-  }
-}
-
-export function toMetadata (record: SessionRecord): SessionMetadata {
-  return { ...copyMetadata(record.metadata), fingerprint: record.fingerprint, insertedAt: record.insertedAt, signedInAt: record.signedInAt }
-}
-
-/** One entry per fingerprint, the newest session of each, oldest sign-in first. */
-export function toSessionInfos (list: ListedSession[], currentFingerprint: string | undefined): SessionInfo[] {
-  const byFingerprint = new Map<string, SessionRecord>()
-  for (const { record } of list) {
-    const seen = byFingerprint.get(record.fingerprint)
-    if (seen === undefined || seen.insertedAt < record.insertedAt) byFingerprint.set(record.fingerprint, record)
-  }
-  return [...byFingerprint.values()]
-    .sort((a, b) => a.signedInAt - b.signedInAt)
-    .map((record) => ({
-      fingerprint: record.fingerprint,
-      insertedAt: record.insertedAt,
-      signedInAt: record.signedInAt,
-      current: record.fingerprint === currentFingerprint,
-      metadata: record.metadata
-    }))
-}
+/** A user, or the user's id (what `userId(user)` returns). */
+export type UserOrId = PowUser | string | number
 
 /**
- * `app.pow.credentials`: Pow's credentials cache. Session ids are the raw ids the cookies hold;
- * the store only ever sees their hashes. Every method fails with a 503
- * `POW_ERR_STORE_UNAVAILABLE` error when the store does.
+ * `app.pow.credentials`: Pow's credentials cache, for work outside a request (admin pages,
+ * scripts, tests). Session ids are the raw ids the cookies hold; the store only ever sees their
+ * hashes. Every method fails with a 503 `POW_ERR_STORE_UNAVAILABLE` error when the store does.
  */
 export class CredentialsCache {
   #pow: Pow
@@ -49,64 +20,86 @@ export class CredentialsCache {
     this.#pow = pow
   }
 
-  /** A new random session id for `user`, for `put`. */
+  /** A new random session id for a new device of `user`, for `put`. */
   generateId (user: PowUser): string {
-    return randomToken(userBucket(this.#pow.config.userKey(user)))
+    return newSecret(userBucket(this.#pow.config.userKey(user)), randomFingerprint()).secret
   }
 
   /**
-   * Stores `user` under `sessionId` (from `generateId(user)`) for the session TTL and adds the
-   * session to the user's list. `metadata.fingerprint` (random when absent) names the browser:
-   * other sessions of the user with that fingerprint are retired: they stay valid until this one
-   * is first read, then for the rotation grace only.
+   * Signs `user` in on a new device under `sessionId` (from `generateId(user)`), for the
+   * session TTL. `metadata` is stored with it, as `create()` does.
    */
-  async put (sessionId: string, user: PowUser, metadata?: Partial<SessionMetadata>): Promise<void> {
-    const { session, userKey } = this.#pow.config
-    const key = userKey(user)
-    if (!isToken(sessionId) || !sessionId.startsWith(userBucket(key))) {
+  async put (sessionId: string, user: PowUser, metadata: PowMetadata = {}): Promise<void> {
+    const { config } = this.#pow
+    const userKey = config.userKey(user)
+    if (!isSecret(sessionId) || !sessionId.startsWith(userBucket(userKey))) {
       throw new TypeError('fastify-pow: credentials.put needs a session id from credentials.generateId(user)')
     }
-    const record = toRecord(key, metadata, Date.now())
-    await this.#pow.store.putSession(hashToken(sessionId), record, user, session.ttl, session.rotationGrace)
+    const { fingerprint } = secretDevice(sessionId)
+    const { fingerprint: _f, insertedAt: _i, signedInAt: _s, ...custom } = metadata
+    const now = Date.now()
+    const step = signIn(userKey, fingerprint, JSON.parse(JSON.stringify(custom)), { session: true, token: false }, now, config.rules,
+      () => ({ secret: sessionId, hash: hashSecret(sessionId) }))
+    const { ok } = await this.#pow.devices.commit(userKey, [deviceWrite(step.device as NonNullable<typeof step.device>, 0, now)], {
+      user: JSON.stringify(user),
+      limit: config.maxDevices
+    })
+    if (!ok) throw new TypeError('fastify-pow: credentials.put was given a session id that is stored already')
   }
 
-  /** The user and metadata stored under `sessionId`, or null. */
+  /** The user and metadata of the device `sessionId` signs in, or null. Reads only: a renewal due is left to the browser's next request. */
   async get (sessionId: string): Promise<{ user: PowUser, metadata: SessionMetadata } | null> {
-    if (!isToken(sessionId)) return null
-    const found = await this.#pow.store.getSession(hashToken(sessionId))
-    return found === null ? null : { user: found.user as PowUser, metadata: toMetadata(found.record) }
+    if (!isSecret(sessionId)) return null
+    const { bucket, fingerprint } = secretDevice(sessionId)
+    const loaded = await this.#pow.devices.read(bucket, fingerprint)
+    if (loaded === null) return null
+    const step = showSession(loaded.device, hashSecret(sessionId), undefined, Date.now(), this.#pow.config.rules,
+      () => ({ secret: '', hash: '' }))
+    return step.auth === 'session' ? { user: JSON.parse(loaded.user), metadata: toMetadata(loaded.device) } : null
   }
 
-  /** Deletes one session; the user's credentials go with their last session. */
+  /** Ends the device `sessionId` belongs to (its remember-me token too); false when there was none. */
   async delete (sessionId: string): Promise<boolean> {
-    return isToken(sessionId) && await this.#pow.store.deleteSession(hashToken(sessionId))
+    if (!isSecret(sessionId)) return false
+    const { bucket, fingerprint } = secretDevice(sessionId)
+    const loaded = await this.#pow.devices.read(bucket, fingerprint)
+    if (loaded === null) return false
+    await this.#pow.devices.commit(loaded.device.userKey, [deviceDelete(fingerprint, Date.now())])
+    return true
   }
 
-  /** The user's live sessions, one per fingerprint. */
-  async sessions (user: PowUser): Promise<Array<Omit<SessionInfo, 'current'>>> {
-    const list = await this.#pow.store.listSessions(this.#pow.config.userKey(user))
-    return toSessionInfos(list, undefined).map(({ current, ...info }) => info)
+  /** The user's devices: each browser with a working session or remember-me token. */
+  async sessions (user: UserOrId): Promise<Array<Omit<SessionInfo, 'current'>>> {
+    const listed = await this.#pow.devices.list(this.#userKey(user))
+    return toSessionInfos(this.#pow, listed, undefined).map(({ current, ...info }) => info)
   }
 
-  /** Every user with at least one live session. */
+  /** Every user with at least one device. */
   async users (): Promise<PowUser[]> {
-    return await this.#pow.store.listUsers() as PowUser[]
+    return (await this.#pow.store.users()).map((json) => JSON.parse(json) as PowUser)
   }
 
   /**
-   * Ends the user's sessions and their remember-me tokens, all but the fingerprint `except`
-   * (for example `request.powSession.metadata.fingerprint` after a password change).
-   * Returns the fingerprints that were ended.
+   * Ends the user's devices, all but the fingerprint `except` (for example
+   * `request.powSession.metadata.fingerprint` after a password change). Returns the
+   * fingerprints that were ended.
    */
-  async deleteUserSessions (user: PowUser, options: { except?: string } = {}): Promise<string[]> {
-    const userKey = this.#pow.config.userKey(user)
-    const revoked = await this.#pow.store.revoke(userKey, { except: options.except })
-    for (const fingerprint of revoked) this.#pow.notify('session:deleted', { user, userKey, fingerprint })
+  async deleteUserSessions (user: UserOrId, options: { except?: string } = {}): Promise<string[]> {
+    const userKey = this.#userKey(user)
+    const revoked = await this.#pow.devices.revokeAll(userKey, options.except)
+    const known = typeof user === 'object' ? user : null
+    for (const fingerprint of revoked) this.#pow.notify('session:deleted', { user: known, userKey, fingerprint, reason: 'revoked' })
     return revoked
   }
 
-  /** Stores new credentials for the user: every session of the user sees them on its next request. */
+  /** Stores new credentials for the user: every device of the user sees them on its next request. */
   async updateUser (user: PowUser): Promise<void> {
-    await this.#pow.store.updateUser(this.#pow.config.userKey(user), user)
+    const userKey = this.#pow.config.userKey(user)
+    await this.#pow.devices.commit(userKey, [], { user: JSON.stringify(user) })
+  }
+
+  #userKey (user: UserOrId): string {
+    if ((typeof user === 'string' && user !== '') || (typeof user === 'number' && Number.isFinite(user))) return String(user)
+    return this.#pow.config.userKey(user)
   }
 }

@@ -33,6 +33,13 @@ export const PowSignInRevokedError = createError(
   401
 )
 
+/** `create()` was given metadata whose JSON is longer than the `maxMetadataBytes` option. */
+export const PowMetadataTooLargeError = createError<[number]>(
+  'POW_ERR_METADATA_TOO_LARGE',
+  'Session metadata is larger than maxMetadataBytes (%d bytes of JSON)',
+  400
+)
+
 export function optionError (option: string, problem: string): Error & { option: string } {
   const err = new PowOptionError(option, problem) as unknown as Error & { option: string }
   err.option = option

@@ -5,7 +5,7 @@ import { optionError } from './errors.js'
 import { buildConfig } from './options.js'
 import { PowPersistentSession } from './persistent-session.js'
 import { Pow } from './pow.js'
-import { kAuthenticate, kCookies, PowSession } from './session.js'
+import { kAuthenticate, kCookies, kToken, PowSession } from './session.js'
 import { MemoryStore } from './stores/memory.js'
 import { RedisStore } from './stores/redis.js'
 import type { PowOptions } from './types.js'
@@ -47,22 +47,26 @@ const plugin: FastifyPluginAsync<PowOptions> = async function fastifyPow (fastif
   fastify.addHook('onRequest', async function powAuthenticate (request, reply) {
     const session = new PowSession(pow, request, reply)
     request.powSession = session
-    const persistent = persistentCookie === undefined ? null : new PowPersistentSession(pow, request, session)
-    request.powPersistentSession = persistent
-
     const header = request.headers.cookie
-    if (header === undefined) return
     // @fastify/cookie parses in its own onRequest hook unless the app registered it with another hook.
-    const cookies = request.cookies ?? fastify.parseCookie(header)
-    const sid = cookies[sessionCookie]
-    const token = persistent === null ? undefined : cookies[persistentCookie as string]
-    if (sid === undefined && token === undefined) return
+    const cookies = header === undefined ? undefined : request.cookies ?? fastify.parseCookie(header)
+    const sidCookie = cookies?.[sessionCookie]
+    const tokenCookie = persistentCookie === undefined ? undefined : cookies?.[persistentCookie]
+    const persistent = persistentCookie === undefined ? null : new PowPersistentSession(pow, request, session, tokenCookie !== undefined)
+    request.powPersistentSession = persistent
+    if (sidCookie === undefined && tokenCookie === undefined) return
+    const sid = sidCookie === undefined ? null : pow.verify(sidCookie)
+    const token = tokenCookie === undefined ? null : pow.verify(tokenCookie)
+    if ((sid === null && sidCookie !== undefined) || (token === null && tokenCookie !== undefined)) {
+      request.log.debug('fastify-pow: a cookie failed verification')
+    }
+    if (persistent !== null) persistent[kToken] = token
+    if (sid === null && token === null) return
     // As PendingCookies.run, without a closure per request.
     const pending = session[kCookies]
     pending.begin()
     try {
-      if (sid !== undefined) await session[kAuthenticate](sid, reload)
-      if (token !== undefined) await (persistent as PowPersistentSession)[kAuthenticate](token, reload)
+      await session[kAuthenticate](sid, token, reload)
     } catch (err) {
       pending.abort()
       throw err
@@ -78,7 +82,7 @@ export default fastifyPow
 export { MemoryStore } from './stores/memory.js'
 export { RedisStore, type RedisStoreOptions } from './stores/redis.js'
 export { userBucket } from './crypto.js'
-export { PowOptionError, PowStoreError, PowNotSignedInError, PowSignInRevokedError } from './errors.js'
+export { PowOptionError, PowStoreError, PowNotSignedInError, PowSignInRevokedError, PowMetadataTooLargeError } from './errors.js'
 export { Pow } from './pow.js'
 export { CredentialsCache } from './credentials-cache.js'
 export { PowSession, type CreateOptions } from './session.js'

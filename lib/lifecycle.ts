@@ -331,22 +331,22 @@ function rotate (device: Device, token: Secret, now: number, rules: Rules, mint:
   return { auth: 'session', device: next, write: true, session: session.secret, token: fresh.secret, event: 'rotated' }
 }
 
-/** A sign-in with credentials: a new device, its session id and, with `remember`, a token. */
+/**
+ * A sign-in with credentials: a new device with a session id, a token, or both
+ * (`powPersistentSession.create()` without a session makes one with a token only).
+ */
 export function signIn (
-  userKey: string, fingerprint: string, metadata: PowMetadata, remember: boolean, now: number, rules: Rules, mint: Mint
+  userKey: string, fingerprint: string, metadata: PowMetadata, secrets: { session: boolean, token: boolean },
+  now: number, rules: Rules, mint: Mint
 ): Step {
-  const session = mint()
-  const device: Device = {
-    userKey,
-    fingerprint,
-    signedInAt: now,
-    metadata,
-    session: { hash: session.hash, insertedAt: now, startedAt: now, expiresAt: sessionExpiry(now, now, rules) },
-    token: null,
-    retired: []
+  const device: Device = { userKey, fingerprint, signedInAt: now, metadata, session: null, token: null, retired: [] }
+  const step: Step = { auth: secrets.session ? 'session' : 'none', device, write: true }
+  if (secrets.session) {
+    const session = mint()
+    device.session = { hash: session.hash, insertedAt: now, startedAt: now, expiresAt: sessionExpiry(now, now, rules) }
+    step.session = session.secret
   }
-  const step: Step = { auth: 'session', device, write: true, session: session.secret }
-  if (remember) {
+  if (secrets.token) {
     const token = mint()
     device.token = { hash: token.hash, expiresAt: tokenExpiry(device, now, rules) }
     step.token = token.secret

@@ -1,14 +1,12 @@
 import type { CookieSerializeOptions } from '@fastify/cookie'
 import type { FastifyRequest } from 'fastify'
 import { optionError } from './errors.js'
+import type { Rules } from './lifecycle.js'
 import type { PowOptions, PowStore, PowUser } from './types.js'
 
 const MINUTE = 60_000
 const DAY = 24 * 60 * MINUTE
-export const STORE_METHODS = [
-  'putSession', 'getSession', 'deleteSession', 'listSessions', 'listUsers', 'updateUser', 'revoke',
-  'putToken', 'getToken', 'rotateToken', 'touchToken', 'deleteToken', 'lock'
-] as const
+export const STORE_METHODS = ['read', 'list', 'commit', 'users'] as const
 
 export interface CookieConfig {
   name: string
@@ -20,8 +18,12 @@ export interface Config {
   store: PowStore | undefined
   userKey: (user: unknown) => string
   reloadUser: ((user: PowUser, request: FastifyRequest) => Promise<PowUser | null>) | undefined
+  maxDevices: number
+  maxMetadataBytes: number
   session: CookieConfig & { ttl: number, renewAfter: number, rotationGrace: number, absoluteTtl: number | undefined }
-  persistent: (CookieConfig & { ttl: number }) | undefined
+  persistent: (CookieConfig & { ttl: number, absoluteTtl: number | undefined }) | undefined
+  /** The durations the lifecycle's rules read. */
+  rules: Rules
 }
 
 function isObject (value: unknown): value is Record<string, unknown> {
@@ -34,6 +36,14 @@ function duration (value: unknown, option: string, fallback: number | undefined)
   if (value === undefined) return fallback
   if (typeof value !== 'number' || !Number.isFinite(value) || value <= 0) {
     throw optionError(option, `must be a positive, finite number of milliseconds (got ${String(value)})`)
+  }
+  return value
+}
+
+function count (value: unknown, option: string, fallback: number, min: number): number {
+  if (value === undefined) return fallback
+  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < min) {
+    throw optionError(option, `must be an integer of at least ${min} (got ${String(value)})`)
   }
   return value
 }
@@ -86,6 +96,8 @@ export function buildConfig (opts: PowOptions): Config {
 
   if (opts.userId !== undefined && typeof opts.userId !== 'function') throw optionError('userId', 'must be a function')
   if (opts.reloadUser !== undefined && typeof opts.reloadUser !== 'function') throw optionError('reloadUser', 'must be a function')
+  const maxDevices = count(opts.maxDevices, 'maxDevices', 100, 1)
+  const maxMetadataBytes = count(opts.maxMetadataBytes, 'maxMetadataBytes', 4096, 2)
   const userId = opts.userId ?? ((user: PowUser) => (user as { id?: string | number }).id as string | number)
   const userKey = (user: unknown): string => {
     const id = isObject(user) ? userId(user as unknown as PowUser) : undefined
@@ -111,9 +123,10 @@ export function buildConfig (opts: PowOptions): Config {
     const pttl = duration(p?.ttl, 'persistentSession.ttl', 30 * DAY)
     // The cookie's Max-Age is in whole seconds; browsers cap it at 400 days.
     if (pttl < 1000 || pttl > 400 * DAY) throw optionError('persistentSession.ttl', 'must be from 1 second to 400 days (in milliseconds)')
+    const pAbsoluteTtl = duration(p?.absoluteTtl, 'persistentSession.absoluteTtl', undefined)
     const cookie = cookieConfig('persistentSession', p?.cookieName, 'pow_persistent_session', p?.cookie)
     cookie.options.maxAge = Math.floor(pttl / 1000)
-    persistent = { ...cookie, ttl: pttl }
+    persistent = { ...cookie, ttl: pttl, absoluteTtl: pAbsoluteTtl }
   }
 
   const sessionCookie = cookieConfig('session', session.cookieName, 'pow_session', session.cookie)
@@ -126,7 +139,17 @@ export function buildConfig (opts: PowOptions): Config {
     store,
     userKey,
     reloadUser: opts.reloadUser,
+    maxDevices,
+    maxMetadataBytes,
     session: { ...sessionCookie, ttl, renewAfter, rotationGrace, absoluteTtl },
-    persistent
+    persistent,
+    rules: {
+      ttl,
+      renewAfter,
+      grace: rotationGrace,
+      absoluteTtl,
+      tokenTtl: persistent?.ttl,
+      tokenAbsoluteTtl: persistent?.absoluteTtl
+    }
   }
 }

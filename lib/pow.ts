@@ -2,21 +2,23 @@ import { EventEmitter } from 'node:events'
 import { Signer } from '@fastify/cookie'
 import type { FastifyBaseLogger, FastifyRequest } from 'fastify'
 import { CredentialsCache } from './credentials-cache.js'
-import { hashToken, isToken } from './crypto.js'
+import { hashSecret, isSecret, SECRET_LENGTH, secretDevice } from './crypto.js'
+import { deviceDelete, Devices } from './devices.js'
 import { PowStoreError, storeError } from './errors.js'
 import { type Config, STORE_METHODS } from './options.js'
 import type { PowEvent, PowEvents, PowStore } from './types.js'
 
-// A signed token is `<47 chars>.<43 chars of base64 HMAC-SHA256>`; anything else is rejected before any HMAC.
-const TOKEN_LENGTH = 47
-const SIGNED_LENGTH = 91
+// A signed secret is `<69 chars>.<43 chars of base64 HMAC-SHA256>`; anything else is rejected before any HMAC.
+const SIGNED_LENGTH = SECRET_LENGTH + 44
 // Cookies verified lately, so that a browser's every request does not cost an HMAC and a SHA-256.
 // 1024 entries: about 350 kB at most.
 const VERIFIED_CACHE_SIZE = 1024
 
-/** A cookie value that passed verification: the token, its hash in the store, and whether it must be re-signed. */
+/** A cookie value that passed verification: the secret, its device, its hash, and whether it must be re-signed. */
 export interface Verified {
-  readonly token: string
+  readonly secret: string
+  readonly bucket: string
+  readonly fingerprint: string
   readonly hash: string
   /** Signed with an older secret: re-issue it signed with the current one. */
   readonly renew: boolean
@@ -53,6 +55,8 @@ export class Pow extends EventEmitter<PowEvents> {
   readonly rawStore: PowStore
   /** @internal the store with failures mapped to 503 */
   readonly store: PowStore
+  /** @internal the store, spoken to in devices */
+  readonly devices: Devices
   /** @internal */
   readonly config: Config
   /** @internal */
@@ -69,6 +73,7 @@ export class Pow extends EventEmitter<PowEvents> {
     this.rawStore = store
     this.log = log
     this.store = guardStore(store, this)
+    this.devices = new Devices(this.store, config.rules)
     this.#signer = new Signer(config.secrets)
     this.credentials = new CredentialsCache(this)
   }
@@ -108,10 +113,11 @@ export class Pow extends EventEmitter<PowEvents> {
   verify (signed: string): Verified | null {
     const cached = this.#verified.get(signed)
     if (cached !== undefined) return cached
-    if (signed.length !== SIGNED_LENGTH || signed.charCodeAt(TOKEN_LENGTH) !== 46 || !isToken(signed.slice(0, TOKEN_LENGTH))) return null
+    if (signed.length !== SIGNED_LENGTH || signed.charCodeAt(SECRET_LENGTH) !== 46 || !isSecret(signed.slice(0, SECRET_LENGTH))) return null
     const result = this.#signer.unsign(signed)
     if (!result.valid || result.value === null) return null
-    const verified: Verified = { token: result.value, hash: hashToken(result.value), renew: result.renew }
+    const secret = result.value
+    const verified: Verified = { secret, ...secretDevice(secret), hash: hashSecret(secret), renew: result.renew }
     const cache = this.#verified
     if (cache.size >= VERIFIED_CACHE_SIZE) cache.delete(cache.keys().next().value as string)
     cache.set(signed, verified)
@@ -119,16 +125,16 @@ export class Pow extends EventEmitter<PowEvents> {
   }
 
   /**
-   * @internal A cookie that someone else moved on from came back (`what` says which): whoever
-   * holds it, the fingerprint is revoked, a warning logged and `kind` fired. The caller clears
-   * the cookie.
+   * @internal A secret that someone else moved on from came back (`what` says which): whoever
+   * holds it, the device is revoked, a warning logged and `kind` fired. The caller clears the
+   * cookie.
    */
-  async revokeReused (event: PowEvent & { request: FastifyRequest }, kind: 'session:reuse' | 'persistent:reuse', what: string): Promise<void> {
+  async revokeStolen (event: PowEvent & { request: FastifyRequest }, kind: 'session:reuse' | 'persistent:reuse', what: string): Promise<void> {
     const { userKey, fingerprint } = event
-    const revoked = await this.store.revoke(userKey, { fingerprint })
-    event.request.log.warn({ userKey, fingerprint }, `fastify-pow: ${what}; its fingerprint was revoked`)
+    await this.devices.commit(userKey, [deviceDelete(fingerprint, Date.now())])
+    event.request.log.warn({ userKey, fingerprint }, `fastify-pow: ${what}; its device was revoked`)
     this.notify(kind, event)
-    for (const ended of revoked) this.notify('session:deleted', { ...event, fingerprint: ended })
+    this.notify('session:deleted', { ...event, reason: 'theft' })
   }
 
   /** @internal listeners must not break a request */

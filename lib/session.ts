@@ -1,26 +1,50 @@
 import type { FastifyReply, FastifyRequest } from 'fastify'
-import { toMetadata, toSessionInfos } from './credentials-cache.js'
-import { hashToken, randomFingerprint, randomToken, userBucket } from './crypto.js'
 import { PendingCookies } from './cookies.js'
-import { PowNotSignedInError, PowSignInRevokedError } from './errors.js'
+import { isFingerprint, randomFingerprint, userBucket } from './crypto.js'
+import { deviceDelete, deviceWrite, type Loaded, minter } from './devices.js'
+import { PowMetadataTooLargeError, PowNotSignedInError } from './errors.js'
+import { type Device, isLive, isRemembered, showSession, showToken, signIn, type Step } from './lifecycle.js'
+import { copyMetadata } from './parsed.js'
 import type { PowPersistentSession } from './persistent-session.js'
-import type { Pow } from './pow.js'
-import type { PowMetadata, PowUser, PutConditions, SessionInfo, SessionMetadata, SessionRecord, StoredSession } from './types.js'
+import type { Pow, Verified } from './pow.js'
+import type { DeletedReason, DeviceWrite, PowEvent, PowMetadata, PowUser, SessionInfo, SessionMetadata } from './types.js'
 
 export const kAuthenticate = Symbol('fastify-pow.authenticate')
-export const kAttach = Symbol('fastify-pow.attach')
-export const kAdopt = Symbol('fastify-pow.adopt')
-export const kRenewed = Symbol('fastify-pow.renewed')
-export const kReload = Symbol('fastify-pow.reload')
 export const kCookies = Symbol('fastify-pow.cookies')
-export const kSidHash = Symbol('fastify-pow.sidHash')
-export const kCreate = Symbol('fastify-pow.create')
+export const kDevice = Symbol('fastify-pow.device')
+export const kToken = Symbol('fastify-pow.token')
+export const kClearCookie = Symbol('fastify-pow.clearCookie')
 
 export interface CreateOptions {
   /** Also create a remember-me token for this browser. */
   persistent?: boolean
-  /** Custom metadata stored with the session (JSON-serializable). */
+  /** Custom metadata stored with the device (JSON-serializable, at most `maxMetadataBytes` as JSON). */
   metadata?: PowMetadata
+}
+
+/** The metadata `request.powSession.metadata` shows for a device. */
+export function toMetadata (device: Device): SessionMetadata {
+  return {
+    ...copyMetadata(device.metadata),
+    fingerprint: device.fingerprint,
+    insertedAt: device.session === null ? device.signedInAt : device.session.insertedAt,
+    signedInAt: device.signedInAt
+  }
+}
+
+/** The user's live devices as `sessions()` lists them, oldest sign-in first. */
+export function toSessionInfos (pow: Pow, listed: Loaded[], current: string | undefined): SessionInfo[] {
+  const now = Date.now()
+  return listed
+    .map(({ device }) => ({
+      fingerprint: device.fingerprint,
+      insertedAt: device.session === null ? device.signedInAt : device.session.insertedAt,
+      signedInAt: device.signedInAt,
+      current: device.fingerprint === current,
+      remembered: isRemembered(device, now, pow.config.rules),
+      metadata: copyMetadata(device.metadata)
+    }))
+    .sort((a, b) => a.signedInAt - b.signedInAt)
 }
 
 /**
@@ -28,8 +52,6 @@ export interface CreateOptions {
  * which has already authenticated the request when a handler runs.
  */
 export class PowSession {
-  /** @internal whether this request renewed the session */
-  [kRenewed] = false
   /** The signed-in user, or null. */
   user: PowUser | null = null
   /** @internal the cookies this request's helpers set, written when a helper call succeeds */
@@ -37,8 +59,10 @@ export class PowSession {
   #pow: Pow
   #request: FastifyRequest
   #cookies: PendingCookies
-  #record: SessionRecord | undefined = undefined
-  #sidHash: string | undefined = undefined
+  /** The device this request is signed in with. */
+  #device: Device | null = null
+  /** Devices this request's cookies named, signed in or not: a sign-in or sign-out ends them. */
+  #named: Device[] = []
 
   constructor (pow: Pow, request: FastifyRequest, reply: FastifyReply) {
     this.#pow = pow
@@ -47,20 +71,32 @@ export class PowSession {
     this[kCookies] = this.#cookies
   }
 
-  /** @internal the hash of this request's session id, when it has one */
-  get [kSidHash] (): string | undefined {
-    return this.#sidHash
+  /** @internal the device this request is signed in with */
+  get [kDevice] (): Device | null {
+    return this.#device
   }
 
-  /** `fingerprint`, `insertedAt`, `signedInAt` and the custom metadata of the session, or null. */
+  set [kDevice] (device: Device | null) {
+    this.#device = device
+  }
+
+  /** `fingerprint`, `insertedAt`, `signedInAt` and the custom metadata of this device, or null. */
   get metadata (): SessionMetadata | null {
-    return this.#record === undefined ? null : toMetadata(this.#record)
+    return this.#device === null || this.user === null ? null : toMetadata(this.#device)
   }
 
   /**
-   * Signs `user` in: ends this browser's current session (session fixation), stores a new
-   * session with a fresh id and fingerprint and sets the cookie. With `persistent` it also
-   * creates a remember-me token; without, it deletes this browser's old one.
+   * True when this device signed in with credentials (`create()`) at most `maxAgeMs` ago: for
+   * "enter your password again" before a sensitive change. Remember-me sign-ins do not count.
+   */
+  isFresh (maxAgeMs: number): boolean {
+    return this.#device !== null && this.user !== null && Date.now() - this.#device.signedInAt <= maxAgeMs
+  }
+
+  /**
+   * Signs `user` in: ends the devices this browser's cookies named (session fixation), stores a
+   * new device with a fresh fingerprint and session id and sets the cookie. With `persistent` it
+   * also creates a remember-me token; without, it clears this browser's old one.
    */
   async create (user: PowUser, options: CreateOptions = {}): Promise<void> {
     await this.#cookies.run(async () => await this.#create(user, options))
@@ -68,211 +104,205 @@ export class PowSession {
 
   async #create (user: PowUser, options: CreateOptions): Promise<void> {
     const pow = this.#pow
-    const userKey = pow.config.userKey(user)
+    const { config } = pow
+    const userKey = config.userKey(user)
     const persistent = this.#request.powPersistentSession
     if (options.persistent === true && persistent === null) {
       throw new TypeError('fastify-pow: create(user, { persistent: true }) needs the persistentSession option')
     }
-    await this.#revokeCurrent()
+    // As the store will give it back (a Date becomes its ISO string), in this request too.
+    const json = options.metadata === undefined ? '{}' : JSON.stringify(options.metadata)
+    if (Buffer.byteLength(json) > config.maxMetadataBytes) throw new PowMetadataTooLargeError(config.maxMetadataBytes)
+    const metadata = JSON.parse(json) as PowMetadata
     const now = Date.now()
-    await this.#issue({
-      userKey,
-      fingerprint: randomFingerprint(),
-      insertedAt: now,
-      signedInAt: now,
-      // As the store will give it back (a Date becomes its ISO string), in this request too.
-      metadata: options.metadata === undefined ? {} : JSON.parse(JSON.stringify(options.metadata))
-    }, user)
-    this.user = user
-    // The session is stored: listeners hear of it even if a racing revocation ends it below.
-    pow.notify('session:created', this.#event(user))
-    if (options.persistent === true) {
-      if (!await (persistent as PowPersistentSession)[kCreate](user)) {
-        // Revoked by another request while signing in: this sign-in is over too, and says so.
-        this.#set(null, undefined, undefined)
-        throw new PowSignInRevokedError()
-      }
-    } else {
-      await persistent?.delete()
+    const fingerprint = randomFingerprint()
+    const step = signIn(userKey, fingerprint, metadata, { session: true, token: options.persistent === true }, now, config.rules,
+      minter(userBucket(userKey), fingerprint))
+    const device = step.device as Device
+    // The devices this browser named end in the same step when they are the user's (a second
+    // round trip only for another user's).
+    const ended = this.#named
+    const same: DeviceWrite[] = []
+    for (const old of ended) {
+      if (old.userKey === userKey) same.push(deviceDelete(old.fingerprint, now))
+      else await pow.devices.commit(old.userKey, [deviceDelete(old.fingerprint, now)])
     }
+    const { evicted } = await pow.devices.commit(userKey, [deviceWrite(device, 0, now), ...same], {
+      user: JSON.stringify(user),
+      limit: config.maxDevices
+    })
+    for (const old of ended) this.#notifyDeleted(old, 'sign-in')
+    this.#named = [device]
+    this.#device = device
+    this.user = user
+    this.#setCookies(step, null)
+    if (step.token === undefined) persistent?.[kClearCookie]()
+    pow.notify('session:created', this.#event(user, device))
+    for (const gone of evicted) pow.notify('session:deleted', { request: this.#request, user, userKey, fingerprint: gone, reason: 'evicted' })
   }
 
-  /** Signs out: ends this browser's sessions and remember-me token server-side and clears both cookies. */
+  /** Signs out: ends this browser's device (its session and remember-me token) and clears both cookies. */
   async delete (): Promise<void> {
-    await this.#cookies.run(async () => await this.#delete())
+    await this.#cookies.run(async () => { await this.#end('sign-out') })
   }
 
-  async #delete (): Promise<void> {
-    await this.#revokeCurrent()
-    await this.#request.powPersistentSession?.delete()
+  async #end (reason: DeletedReason): Promise<void> {
+    const now = Date.now()
+    const ended = this.#named
+    for (const old of ended) await this.#pow.devices.commit(old.userKey, [deviceDelete(old.fingerprint, now)])
+    const user = this.user
+    this.#named = []
+    this.#device = null
+    this.user = null
+    for (const old of ended) this.#notifyDeleted(old, reason, user)
+    this.#request.powPersistentSession?.[kClearCookie]()
     const { name, options } = this.#pow.config.session
     this.#cookies.clear(name, options)
   }
 
-  /** Stores new credentials for the signed-in user; all the user's sessions see them. */
+  /** Stores new credentials for the signed-in user; all the user's devices see them. */
   async update (user: PowUser): Promise<void> {
-    const record = this.#requireUser('update')
-    if (this.#pow.config.userKey(user) !== record.userKey) {
+    const device = this.#requireUser('update')
+    if (this.#pow.config.userKey(user) !== device.userKey) {
       throw new TypeError('fastify-pow: update(user) must be given the signed-in user')
     }
-    await this.#pow.credentials.updateUser(user)
+    await this.#pow.devices.commit(device.userKey, [], { user: JSON.stringify(user) })
     this.user = user
   }
 
-  /** The signed-in user's live sessions, one per fingerprint (browser). */
+  /** The signed-in user's devices: each browser with a working session or remember-me token. */
   async sessions (): Promise<SessionInfo[]> {
-    const record = this.#requireUser('sessions')
-    return toSessionInfos(await this.#pow.store.listSessions(record.userKey), record.fingerprint)
+    const device = this.#requireUser('sessions')
+    return toSessionInfos(this.#pow, await this.#pow.devices.list(device.userKey), device.fingerprint)
   }
 
-  /** Ends another session of the signed-in user and its remember-me token; false when the fingerprint is not this user's. */
+  /** Ends another device of the signed-in user; false when the fingerprint is not one of this user's devices. */
   async deleteSession (fingerprint: string): Promise<boolean> {
-    const record = this.#requireUser('deleteSession')
-    if (fingerprint === record.fingerprint) {
+    const device = this.#requireUser('deleteSession')
+    if (fingerprint === device.fingerprint) {
       await this.delete()
       return true
     }
-    const revoked = await this.#pow.store.revoke(record.userKey, { fingerprint })
-    this.#notifyDeleted(revoked)
-    return revoked.length > 0
+    if (!isFingerprint(fingerprint)) return false
+    const ended = await this.#pow.devices.revoke(device.userKey, fingerprint)
+    if (ended) this.#pow.notify('session:deleted', { ...this.#event(this.user, device), fingerprint, reason: 'revoked' })
+    return ended
   }
 
-  /** Ends every other session of the signed-in user and their remember-me tokens; returns their fingerprints. */
+  /** Ends every other device of the signed-in user; returns their fingerprints. */
   async deleteOtherSessions (): Promise<string[]> {
-    const record = this.#requireUser('deleteOtherSessions')
-    const revoked = await this.#pow.store.revoke(record.userKey, { except: record.fingerprint })
-    this.#notifyDeleted(revoked)
-    return revoked
+    const device = this.#requireUser('deleteOtherSessions')
+    const ended = await this.#pow.devices.revokeAll(device.userKey, device.fingerprint)
+    for (const fingerprint of ended) this.#pow.notify('session:deleted', { ...this.#event(this.user, device), fingerprint, reason: 'revoked' })
+    return ended
   }
 
-  /** @internal verifies the session cookie, loads the session, renews it when due */
-  async [kAuthenticate] (signed: string, reloadUser: boolean): Promise<void> {
+  /**
+   * @internal Authenticates the request from its verified cookies: the session id first, then,
+   * when it signs nobody in, the remember-me token.
+   */
+  async [kAuthenticate] (sid: Verified | null, token: Verified | null, reloadUser: boolean): Promise<void> {
     const pow = this.#pow
-    const unsigned = pow.verify(signed)
-    if (unsigned === null) {
-      this.#request.log.debug('fastify-pow: session cookie failed verification')
-      return
-    }
-    const sidHash = unsigned.hash
-    // The store called directly, not through pow.store, on the path every request takes.
-    let found: StoredSession | null
-    try {
-      found = await pow.rawStore.getSession(sidHash)
-    } catch (err) {
-      throw pow.storeFailed(err)
-    }
-    pow.storeAnswered()
-    if (found === null) {
-      this.#request.log.debug('fastify-pow: session cookie points at no session')
-      return
-    }
-    const { record, retired } = found
-    const now = Date.now()
-    const config = pow.config.session
-    if (found.superseded === true) {
-      // A renewal was done again for whoever presented the old id once its grace was over, so
-      // two parties hold cookies of one session: like a reused remember-me token, theft.
-      const { userKey, fingerprint } = record
-      await pow.revokeReused({ request: this.#request, user: null, userKey, fingerprint }, 'session:reuse',
-        'a replaced session id came back after its replacement was reissued')
-      this.#cookies.clear(config.name, config.options)
-      return
-    }
-    if (config.absoluteTtl !== undefined && now - record.signedInAt >= config.absoluteTtl) return
-    let user = found.user as PowUser
-    if (reloadUser) {
-      const reloaded = await this[kReload](user, record)
-      if (reloaded === null) return
-      user = reloaded
-    }
-    this.#set(user, record, sidHash)
-    // A retired id works for the grace. Past it, an id whose replacement was never used means the
-    // answer that carried the replacement never reached the browser (a 503 after the store ran
-    // the renewal): renew again. The unused replacement is superseded.
-    const lost = retired && found.unclaimedSince !== undefined && now - found.unclaimedSince > config.rotationGrace
-    if (retired && !lost) return
-    if (lost || now - record.insertedAt >= config.renewAfter) {
-      // One renewal at a time per id. A renewal again takes a lock of its own per grace period of
-      // the app's clock: the first renewal's lock may live on in a store with a clock of its own.
-      const lock = lost ? `renew-again:${sidHash}:${Math.floor(now / config.rotationGrace)}` : `renew:${sidHash}`
-      if (await pow.store.lock(lock, config.rotationGrace)) {
-        // Only while the old session exists: a revocation that landed since the read wins.
-        if (!await this.#issue({ ...record, insertedAt: now }, undefined, { session: sidHash })) {
-          this.#set(null, undefined, undefined)
-          return
-        }
-        this[kRenewed] = true
-        pow.notify('session:renewed', this.#event(user))
+    const rules = pow.config.rules
+    if (sid !== null) {
+      // The token cookie of the same device lives on when the session renews.
+      const tokenHash = token !== null && token.fingerprint === sid.fingerprint && token.bucket === sid.bucket ? token.hash : undefined
+      const { step, loaded } = await pow.devices.settle(sid.bucket, sid.fingerprint,
+        (device, now) => showSession(device, sid.hash, tokenHash, now, rules, minter(sid.bucket, sid.fingerprint)))
+      if (loaded !== null) this.#named.push(loaded.device)
+      if (step.auth === 'theft') {
+        const { userKey, fingerprint } = step.device as Device
+        await pow.revokeStolen({ request: this.#request, user: null, userKey, fingerprint }, 'session:reuse',
+          'a superseded session id came back')
+        this.#named = []
+        this.#cookies.clear(pow.config.session.name, pow.config.session.options)
+        return
       }
-    } else if (unsigned.renew) {
-      this.#cookies.set(config.name, pow.sign(unsigned.token), config.options)
+      if (step.auth === 'session') {
+        if (!await this.#signedIn(step, (loaded as Loaded).user, reloadUser, token)) return
+        if (step.event !== undefined) pow.notify('session:renewed', this.#event(this.user, step.device as Device))
+        // Signed with an older secret: signed again with the current one.
+        if (step.session === undefined && sid.renew) {
+          this.#cookies.set(pow.config.session.name, pow.sign(sid.secret), pow.config.session.options)
+        }
+        return
+      }
+      this.#request.log.debug('fastify-pow: the session cookie names no working session')
+    }
+    if (token === null) return
+    const { step, loaded } = await pow.devices.settle(token.bucket, token.fingerprint,
+      (device, now) => showToken(device, token.hash, now, rules, minter(token.bucket, token.fingerprint)))
+    const persistent = pow.config.persistent as NonNullable<Pow['config']['persistent']>
+    if (loaded !== null && !this.#named.some((d) => d.fingerprint === loaded.device.fingerprint)) this.#named.push(loaded.device)
+    if (step.auth === 'theft') {
+      const { userKey, fingerprint } = step.device as Device
+      await pow.revokeStolen({ request: this.#request, user: null, userKey, fingerprint }, 'persistent:reuse',
+        'a used remember-me token came back after its grace')
+      this.#named = []
+    }
+    if (step.clear === true) {
+      this.#request.log.debug('fastify-pow: the remember-me cookie names no working token')
+      this.#cookies.clear(persistent.name, persistent.options)
+      return
+    }
+    if (step.auth === 'none') return
+    if (!await this.#signedIn(step, (loaded as Loaded).user, reloadUser, token)) return
+    if (step.auth === 'session') {
+      const user = this.user as PowUser
+      const device = step.device as Device
+      pow.notify('persistent:used', this.#event(user, device))
+      pow.notify('session:created', this.#event(user, device))
     }
   }
 
-  /** @internal signs in with a session the store already holds under `sessionId` (hashed: `sidHash`) */
-  [kAttach] (user: PowUser, record: SessionRecord, sessionId: string, sidHash: string): void {
-    const { name, options } = this.#pow.config.session
-    this.#cookies.set(name, this.#pow.sign(sessionId), options)
-    this.#set(user, record, sidHash)
-  }
-
-  /** @internal signs in for this request only (a used remember-me token inside its grace) */
-  [kAdopt] (user: PowUser, record: SessionRecord): void {
-    this.#set(user, record, undefined)
-  }
-
-  /** @internal Pow's `reload`: null ends the browser's sessions and tokens */
-  async [kReload] (user: PowUser, record: SessionRecord): Promise<PowUser | null> {
-    const reload = this.#pow.config.reloadUser as NonNullable<Pow['config']['reloadUser']>
-    const reloaded = await reload(user, this.#request)
-    if (reloaded !== null && reloaded !== undefined) return reloaded
-    this.#set(user, record, undefined)
-    await this.delete()
-    return null
-  }
-
-  /** Stores a new session for `record` and sets the cookie; false, with nothing stored, when a condition failed. */
-  async #issue (record: SessionRecord, user: PowUser | undefined, conditions?: PutConditions): Promise<boolean> {
-    const pow = this.#pow
-    const config = pow.config.session
-    const now = Date.now()
-    const ttl = config.absoluteTtl === undefined
-      ? config.ttl
-      : Math.min(config.ttl, record.signedInAt + config.absoluteTtl - now)
-    const token = randomToken(userBucket(record.userKey))
-    const sidHash = hashToken(token)
-    if (!await pow.store.putSession(sidHash, record, user, ttl, config.rotationGrace, conditions)) return false
-    this.#cookies.set(config.name, pow.sign(token), config.options)
-    this.#record = record
-    this.#sidHash = sidHash
+  /** The request is signed in by `step`: the user (reloaded), the device and the cookies; false when `reloadUser` ended it. */
+  async #signedIn (step: Step, user: string, reloadUser: boolean, token: Verified | null): Promise<boolean> {
+    const device = step.device as Device
+    this.#device = device
+    this.user = JSON.parse(user) as PowUser
+    if (reloadUser) {
+      const reload = this.#pow.config.reloadUser as NonNullable<Pow['config']['reloadUser']>
+      const reloaded = await reload(this.user, this.#request)
+      if (reloaded === null || reloaded === undefined) {
+        await this.#end('reload')
+        return false
+      }
+      this.user = reloaded
+    }
+    this.#setCookies(step, token)
     return true
   }
 
-  #set (user: PowUser | null, record: SessionRecord | undefined, sidHash: string | undefined): void {
-    this.user = user
-    this.#record = record
-    this.#sidHash = sidHash
-  }
-
-  async #revokeCurrent (): Promise<void> {
-    const record = this.#record
-    if (record !== undefined) {
-      const revoked = await this.#pow.store.revoke(record.userKey, { fingerprint: record.fingerprint })
-      this.#notifyDeleted(revoked)
+  /** The cookies a step asks for. */
+  #setCookies (step: Step, token: Verified | null): void {
+    const pow = this.#pow
+    const { session, persistent } = pow.config
+    if (step.session !== undefined) this.#cookies.set(session.name, pow.sign(step.session), session.options)
+    if (persistent === undefined) return
+    if (step.token !== undefined) {
+      this.#cookies.set(persistent.name, pow.sign(step.token), { ...persistent.options, maxAge: this.#tokenMaxAge(step.device as Device) })
+    } else if (token !== null && (step.tokenMoved === true || token.renew)) {
+      this.#cookies.set(persistent.name, pow.sign(token.secret), { ...persistent.options, maxAge: this.#tokenMaxAge(step.device as Device) })
     }
-    this.#set(null, undefined, undefined)
   }
 
-  #requireUser (method: string): SessionRecord {
-    if (this.#record === undefined || this.user === null) throw new PowNotSignedInError(method)
-    return this.#record
+  /** The remember-me cookie's Max-Age: until the device's token expires, in whole seconds. */
+  #tokenMaxAge (device: Device): number {
+    const expiresAt = device.token === null ? Date.now() : device.token.expiresAt
+    return Math.max(0, Math.floor((expiresAt - Date.now()) / 1000))
   }
 
-  #event (user: unknown, fingerprint = (this.#record as SessionRecord).fingerprint) {
-    return { request: this.#request, user, userKey: (this.#record as SessionRecord).userKey, fingerprint }
+  #requireUser (method: string): Device {
+    if (this.#device === null || this.user === null) throw new PowNotSignedInError(method)
+    return this.#device
   }
 
-  #notifyDeleted (fingerprints: string[]): void {
-    for (const fingerprint of fingerprints) this.#pow.notify('session:deleted', this.#event(this.user, fingerprint))
+  #event (user: unknown, device: Device): PowEvent {
+    return { request: this.#request, user, userKey: device.userKey, fingerprint: device.fingerprint }
+  }
+
+  #notifyDeleted (device: Device, reason: DeletedReason, user: unknown = this.user): void {
+    if (!isLive(device, Date.now(), this.#pow.config.rules)) return
+    this.#pow.notify('session:deleted', { ...this.#event(user, device), reason })
   }
 }

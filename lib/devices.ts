@@ -1,0 +1,107 @@
+import { newSecret, userBucket } from './crypto.js'
+import { storeError } from './errors.js'
+import { type Device, isLive, type Mint, type Rules, type Step, storeTtl } from './lifecycle.js'
+import { ParsedRecords } from './parsed.js'
+import type { CommitResult, DeviceWrite, PowStore } from './types.js'
+
+/** A device as read: the record, the user's credentials (JSON text) and the version a write must name. */
+export interface Loaded {
+  device: Device
+  user: string
+  version: number
+}
+
+// How often a step is decided again because another request wrote the device in between. Two
+// requests of one browser rarely collide twice; a third collision is answered as a store failure.
+const ATTEMPTS = 3
+
+/** New secrets for a device, as the lifecycle module asks for them. */
+export function minter (bucket: string, fingerprint: string): Mint {
+  return () => newSecret(bucket, fingerprint)
+}
+
+/** The write that stores `device` as it is now: deleted once nothing in it matters any more. */
+export function deviceWrite (device: Device, version: number | undefined, now: number): DeviceWrite {
+  const ttl = storeTtl(device, now)
+  return ttl === 0
+    ? { fingerprint: device.fingerprint, version, data: null, ttl: 0, usedAt: now }
+    : { fingerprint: device.fingerprint, version, data: JSON.stringify(device), ttl, usedAt: now }
+}
+
+/** The write that deletes a device, whatever its version. */
+export function deviceDelete (fingerprint: string, now: number): DeviceWrite {
+  return { fingerprint, data: null, ttl: 0, usedAt: now }
+}
+
+/**
+ * The store, spoken to in devices: this is where the lifecycle's steps meet storage. Reads are
+ * parsed (and cached); a step is written under the version it was decided on, and decided again
+ * on a fresh read when another request wrote the device first.
+ */
+export class Devices {
+  readonly #store: PowStore
+  readonly #rules: Rules
+  readonly #parsed = new ParsedRecords<Device>()
+
+  constructor (store: PowStore, rules: Rules) {
+    this.#store = store
+    this.#rules = rules
+  }
+
+  async read (bucket: string, fingerprint: string): Promise<Loaded | null> {
+    const stored = await this.#store.read(bucket, fingerprint)
+    return stored === null ? null : { device: this.#parsed.get(stored.data), user: stored.user, version: stored.version }
+  }
+
+  /** The user's live devices, least recently used first. */
+  async list (userKey: string): Promise<Loaded[]> {
+    const now = Date.now()
+    const listed: Loaded[] = []
+    for (const stored of await this.#store.list(userKey)) {
+      const device = this.#parsed.get(stored.data)
+      if (isLive(device, now, this.#rules)) listed.push({ device, user: stored.user, version: stored.version })
+    }
+    return listed
+  }
+
+  async commit (userKey: string, writes: DeviceWrite[], options: { user?: string, limit?: number } = {}): Promise<CommitResult> {
+    return await this.#store.commit({ userKey, devices: writes, ...options })
+  }
+
+  /**
+   * Reads the device, lets `decide` take the step and writes it back under the version read;
+   * when the version moved meanwhile (a parallel request wrote the device), reads and decides
+   * again.
+   */
+  async settle (bucket: string, fingerprint: string, decide: (device: Device | null, now: number) => Step): Promise<{ step: Step, loaded: Loaded | null }> {
+    for (let attempt = 1; ; attempt++) {
+      const loaded = await this.read(bucket, fingerprint)
+      const now = Date.now()
+      const step = decide(loaded === null ? null : loaded.device, now)
+      if (!step.write) return { step, loaded }
+      const device = step.device as Device
+      const { ok } = await this.commit(device.userKey, [deviceWrite(device, loaded === null ? 0 : loaded.version, now)])
+      if (ok) return { step, loaded }
+      if (attempt === ATTEMPTS) throw storeError()
+    }
+  }
+
+  /** Ends the user's devices but `except`; returns the fingerprints of those that were live. */
+  async revokeAll (userKey: string, except?: string): Promise<string[]> {
+    const now = Date.now()
+    const doomed = (await this.#store.list(userKey)).filter((stored) => stored.fingerprint !== except)
+    if (doomed.length === 0) return []
+    await this.commit(userKey, doomed.map((stored) => deviceDelete(stored.fingerprint, now)))
+    return doomed.filter((stored) => isLive(this.#parsed.get(stored.data), now, this.#rules)).map((stored) => stored.fingerprint)
+  }
+
+  /** Ends one device of the user; false when the user has no such live device. */
+  async revoke (userKey: string, fingerprint: string): Promise<boolean> {
+    const loaded = await this.read(userBucket(userKey), fingerprint)
+    // The bucket is shared by other users' devices: the device must be this user's.
+    if (loaded === null || loaded.device.userKey !== userKey) return false
+    const now = Date.now()
+    await this.commit(userKey, [deviceDelete(fingerprint, now)])
+    return isLive(loaded.device, now, this.#rules)
+  }
+}
