@@ -1,59 +1,12 @@
 /*
  * The session lifecycle: every rule of fastify-pow, and nothing else. Pure: no I/O, no timers,
  * no randomness (new secrets come from the `mint` the caller passes). Each function takes a
- * device as the store returned it (or null), what the request presented, `now` and the rules,
- * and returns a Step: how the request is signed in, the device to write back (under the version
- * that was read) and the cookies to set. The states and transitions below are the one
- * description; docs/sessions.md is the same table with more words.
+ * device as the store returned it (or null), what the request showed, `now` and the rules, and
+ * returns a Step: how the request is signed in, the device to write back (under the version
+ * that was read) and the cookies to set.
  *
- * Vocabulary
- * - device: one browser, named by its fingerprint. It holds at most one current session id, at
- *   most one current remember-me token, and the ids and tokens they replaced (retired).
- * - secret: what a cookie holds, a session id or a token; a device keeps only its SHA-256.
- * - renew: a current session id older than renewAfter is replaced by a new one.
- * - rotate: a remember-me sign-in; the token is used (retired) and a new session id and a new
- *   token are issued.
- * - unclaimed: the device's current secrets were issued by a renewal or a rotation whose answer
- *   may not have reached the browser; the first request that shows one of them claims them.
- * - retired: a session id or token that a renewal or rotation replaced.
- * - grace (rotationGrace): how long a retired secret still works once the device is claimed.
- * - reissue: a retired secret shown past the grace while the device is still unclaimed means
- *   the answer that carried the new secrets was lost: issue new ones again (at most
- *   REISSUE_MAX times); the unclaimed ones are superseded.
- * - superseded: a secret replaced before it was ever shown back. Showing it is theft.
- * - theft: the device is revoked and the cookie cleared.
- * - revoke: the device is deleted (sign-out, revocation, theft, eviction, a new sign-in).
- *
- * States of a session id (S) on its device, and what showing it does:
- *
- * | S is                                        | showing S                                                  |
- * |---------------------------------------------|------------------------------------------------------------|
- * | current, expired or past session.absoluteTtl | anonymous                                                 |
- * | current, unclaimed                          | claim (retired secrets get the grace from now), then as below |
- * | current, younger than renewAfter            | signed in; no write                                        |
- * | current, older than renewAfter              | renew: new current S' (unclaimed), S retired; token's expiry moves if the request showed it |
- * | retired, device claimed, within its grace   | signed in; no write                                        |
- * | retired, device claimed, past its grace     | anonymous                                                  |
- * | retired, unclaimed for at most the grace    | signed in; no write (a parallel request of the same page)  |
- * | retired, unclaimed for longer than the grace | reissue: new current S'' (unclaimed); the unclaimed S' superseded; after REISSUE_MAX reissues, anonymous |
- * | superseded                                  | theft                                                      |
- * | unknown to the device, or no device         | anonymous                                                  |
- *
- * States of a remember-me token (T), shown by a request without a working session id:
- *
- * | T is                                        | showing T                                                  |
- * |---------------------------------------------|------------------------------------------------------------|
- * | current, expired or past persistentSession.absoluteTtl | anonymous; the cookie is cleared                |
- * | current                                     | rotate: new session id and token (unclaimed), T retired as used |
- * | retired, used at most the grace ago         | signed in for this request only (a parallel request used it) |
- * | retired, its rotation unclaimed             | reissue (both secrets); after REISSUE_MAX reissues, theft  |
- * | retired, its rotation claimed               | theft                                                      |
- * | superseded                                  | theft                                                      |
- * | unknown to the device, or no device         | anonymous; the cookie is cleared                           |
- *
- * Sign-in (`create()`) makes a new device (a new fingerprint) with signedInAt = now; renewals,
- * rotations and reissues keep signedInAt. A device is listed while its session id or its token
- * works; the store forgets it once nothing it holds matters any more (`storeTtl`).
+ * The states, transitions and words are written once, in docs/sessions.md; each table row there
+ * is a branch of showSession or showToken here. Change a rule in both, in the same commit.
  */
 import type { PowMetadata } from './types.js'
 

@@ -289,7 +289,7 @@ export class PowSession {
   /** The remember-me cookie's Max-Age: until the device's token expires, in whole seconds. */
   #tokenMaxAge (device: Device): number {
     const expiresAt = device.token === null ? Date.now() : device.token.expiresAt
-    return Math.max(0, Math.floor((expiresAt - Date.now()) / 1000))
+    return Math.max(0, Math.ceil((expiresAt - Date.now()) / 1000))
   }
 
   #requireUser (method: string): Device {

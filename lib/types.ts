@@ -36,7 +36,8 @@ export interface DeviceWrite {
   fingerprint: string
   /**
    * The write applies only while the device is at this version: the version read, or 0 for a
-   * device that must not exist yet. Undefined: whatever it is.
+   * device that must not exist (an expired one does not). Undefined: whatever it is. Versions
+   * change only with writes of the device (not with `DeviceChange.user`).
    */
   version?: number
   /** The new record (JSON text), or null to delete the device. */
@@ -52,7 +53,11 @@ export interface DeviceChange {
   /** The user the devices belong to. */
   userKey: string
   devices: DeviceWrite[]
-  /** New credentials (JSON text): every device of the user reads them from now on. */
+  /**
+   * New credentials (JSON text): every device of the user reads them from now on. A change that
+   * creates a user's first device must carry them; a later new device without them reads the
+   * user's current ones. A user without devices keeps none.
+   */
   user?: string
   /** After the writes, keep at most this many devices of the user: those with the lowest `usedAt` go. */
   limit?: number
@@ -60,9 +65,12 @@ export interface DeviceChange {
 
 /** What `PowStore.commit` answers. */
 export interface CommitResult {
-  /** False, with nothing written, when a device was not at the version a write required. */
+  /** False, with nothing written (and `evicted` empty), when a device was not at the version a write required. */
   ok: boolean
-  /** The fingerprints of the devices that `limit` deleted. */
+  /**
+   * The fingerprints of the live devices that `limit` deleted, a device this change wrote
+   * included; never an expired one. Ties in `usedAt` may go either way.
+   */
   evicted: string[]
 }
 

@@ -1,6 +1,6 @@
 import type { Test } from 'tap'
-import type { PowStore, SessionRecord, TokenRecord } from '../lib/types.js'
-import { hashToken, randomFingerprint, userBucket, randomToken } from '../lib/crypto.js'
+import type { CommitResult, DeviceChange, DeviceWrite, PowStore, StoredDevice } from '../lib/types.js'
+import { randomFingerprint, userBucket } from '../lib/crypto.js'
 
 /** What a store's test file hands the contract: a fresh, empty store and a way to let time pass. */
 export interface ContractHarness {
@@ -12,28 +12,57 @@ export interface ContractHarness {
 
 // Short enough that a real server's expiry can be waited for; long enough to never race a round trip.
 const TTL = 600
-const GRACE = 200
 
 let counter = 0
 function unique (prefix: string): string {
   return `${prefix}-${process.pid}-${++counter}-${randomFingerprint().slice(0, 6)}`
 }
 
-function sessionRecord (userKey: string, fingerprint: string, metadata: Record<string, unknown> = {}): SessionRecord {
-  const now = Date.now()
-  return { userKey, fingerprint, insertedAt: now, signedInAt: now, metadata }
+/** A user key whose bucket differs from `userKey`'s (a 24-bit bucket: the first try almost always). */
+function otherBucket (userKey: string): string {
+  for (;;) {
+    const other = userBucket(unique('b'))
+    if (other !== userBucket(userKey)) return other
+  }
 }
-
-function tokenRecord (userKey: string, fingerprint: string, user: unknown): TokenRecord {
-  return { userKey, fingerprint, user, metadata: { ip: '127.0.0.1' } }
-}
-
-/** A session-id or token hash as the plugin makes them: it carries the user's bucket. */
-const sid = (userKey: string): string => hashToken(randomToken(userBucket(userKey)))
 
 /**
- * The store contract: every `PowStore` must pass it. Each subtest gets a fresh harness, so
- * none depends on another's order or leftovers.
+ * Two user keys in one bucket: a sharded store keeps them in one slot and must still tell them
+ * apart. The bucket has 24 bits, so a collision takes some 5000 hashes.
+ */
+function sameBucket (): [string, string] {
+  const seen = new Map<string, string>()
+  const base = unique('s')
+  for (let i = 0; ; i++) {
+    const key = `${base}-${i}`
+    const first = seen.get(userBucket(key))
+    if (first !== undefined) return [first, key]
+    seen.set(userBucket(key), key)
+  }
+}
+
+// The store never parses data or user, so any JSON text will do.
+const data = (n: number, meta = 'x'): string => JSON.stringify({ n, meta })
+const creds = (userKey: string, v = 1): string => JSON.stringify({ id: userKey, v })
+
+/** A device write with the defaults most subtests want: the ttl, a usedAt, no precondition. */
+function write (fingerprint: string, fields: Partial<DeviceWrite> = {}): DeviceWrite {
+  return { fingerprint, data: data(1), ttl: TTL, usedAt: Date.now(), ...fields }
+}
+
+const fingerprints = (n: number): string[] => Array.from({ length: n }, () => randomFingerprint())
+const sorted = (values: string[]): string[] => [...values].sort()
+/** A result to compare whole: evicted sorted, since its order is not part of the contract. */
+const outcome = (result: CommitResult): CommitResult => ({ ok: result.ok, evicted: sorted(result.evicted) })
+const OK = { ok: true, evicted: [] }
+const REFUSED = { ok: false, evicted: [] }
+/** What a device holds, without its version (which the store picks). */
+const held = (device: StoredDevice | null): { data: string, user: string } | null =>
+  device === null ? null : { data: device.data, user: device.user }
+
+/**
+ * The store contract: every `PowStore` must pass it. Each subtest gets a fresh harness and its
+ * own user keys, so none depends on another's order or leftovers.
  */
 export function storeContract (t: Test, makeHarness: () => Promise<ContractHarness>): void {
   async function setup (t: Test): Promise<ContractHarness> {
@@ -42,447 +71,269 @@ export function storeContract (t: Test, makeHarness: () => Promise<ContractHarne
     return harness
   }
 
-  t.test('putSession and getSession round-trip the record and the user', async (t) => {
+  t.test('commit then read round-trips data and user exactly; the version changes with every write', async (t) => {
     const { store } = await setup(t)
     const userKey = unique('u')
-    const h = sid(userKey)
-    const record = sessionRecord(userKey, 'fp1', { ip: '10.0.0.1', nested: { a: [1, 2] } })
-    const user = { id: userKey, name: 'Alice' }
-    await store.putSession(h, record, user, TTL, GRACE)
-    const found = await store.getSession(h)
-    t.same(found, { record, user, retired: false })
-    t.not(found?.user, user, 'the user read back is a copy')
-    t.equal(await store.getSession(sid(userKey)), null, 'an unknown id is null')
-  })
-
-  t.test('putSession without a user keeps the stored credentials; with one, every session sees it', async (t) => {
-    const { store } = await setup(t)
-    const userKey = unique('u')
-    const [a, b] = [sid(userKey), sid(userKey)]
-    await store.putSession(a, sessionRecord(userKey, 'fpA'), { id: userKey, v: 1 }, TTL, GRACE)
-    await store.putSession(b, sessionRecord(userKey, 'fpB'), undefined, TTL, GRACE)
-    t.same((await store.getSession(b))?.user, { id: userKey, v: 1 })
-    await store.putSession(b, sessionRecord(userKey, 'fpB'), { id: userKey, v: 2 }, TTL, GRACE)
-    t.same((await store.getSession(a))?.user, { id: userKey, v: 2 })
-  })
-
-  t.test('a put with the same fingerprint retires the older session: unclaimed until the new one is read, then for the grace only', async (t) => {
-    const { store, advance } = await setup(t)
-    const userKey = unique('u')
-    const [old, renewed, other] = [sid(userKey), sid(userKey), sid(userKey)]
-    await store.putSession(old, sessionRecord(userKey, 'fp'), { id: userKey }, TTL, GRACE)
-    await store.putSession(other, sessionRecord(userKey, 'fp-other'), undefined, TTL, GRACE)
-    const retiredAt = Date.now()
-    await store.putSession(renewed, sessionRecord(userKey, 'fp'), undefined, TTL, GRACE)
-    const before = await store.getSession(old)
-    t.equal(before?.retired, true, 'the old id still works, retired')
-    t.ok(before?.unclaimedSince !== undefined && Math.abs(before.unclaimedSince - retiredAt) < 1000, 'unclaimed since the put: nobody has used the new id yet')
-    t.notOk(before?.superseded, 'never read, but not a replacement itself: not superseded')
-    t.same((await store.listSessions(userKey)).map((s) => s.sidHash).sort(), [renewed, other].sort(), 'the list shows one session per fingerprint')
-    await advance(GRACE + 50)
-    t.ok((await store.getSession(old))?.unclaimedSince, 'past the grace, an unclaimed old id still works')
-    const fresh = await store.getSession(renewed)
-    t.equal(fresh?.retired, false, 'the first read of the new id claims it')
-    t.notOk(fresh?.superseded)
-    t.equal((await store.getSession(other))?.retired, false, 'another fingerprint is untouched')
-    const after = await store.getSession(old)
-    t.equal(after?.retired, true, 'the old id works for the grace from the claim')
-    t.equal(after?.unclaimedSince, undefined, 'claimed')
-    await advance(GRACE + 50)
-    t.equal(await store.getSession(old), null, 'the retired id dies after the grace')
-    t.ok(await store.getSession(renewed))
-    t.same((await store.listSessions(userKey)).map((s) => s.sidHash).sort(), [renewed, other].sort())
-  })
-
-  t.test('a session replaced before it was ever read is superseded; the one before stays unclaimed', async (t) => {
-    const { store } = await setup(t)
-    const userKey = unique('u')
-    const [old, lost, again] = [sid(userKey), sid(userKey), sid(userKey)]
-    await store.putSession(old, sessionRecord(userKey, 'fp'), { id: userKey }, TTL, GRACE)
-    t.ok(await store.getSession(old))
-    t.equal(await store.putSession(lost, sessionRecord(userKey, 'fp'), undefined, TTL, GRACE, { session: old }), true)
-    t.equal(await store.putSession(lost, sessionRecord(userKey, 'fp'), undefined, TTL, GRACE, { session: old }), true, 'the same put again (a command sent twice) is written')
-    t.ok((await store.getSession(old))?.unclaimedSince, 'and the old id is still unclaimed')
-    // The answer carrying `lost` never arrived: the browser comes back with `old` and renews again.
-    t.equal(await store.putSession(again, sessionRecord(userKey, 'fp'), undefined, TTL, GRACE, { session: old }), true)
-    const superseded = await store.getSession(lost)
-    t.equal(superseded?.superseded, true, 'the never-read replacement is superseded')
-    t.equal(superseded?.retired, true)
-    t.ok((await store.getSession(old))?.unclaimedSince, 'reading a superseded id claims nothing')
-    t.same((await store.listSessions(userKey)).map((s) => s.sidHash), [again], 'only the newest is listed')
-    const fresh = await store.getSession(again)
-    t.equal(fresh?.retired, false)
-    t.notOk(fresh?.superseded)
-    t.equal((await store.getSession(old))?.unclaimedSince, undefined, 'the newest one claims')
-    t.equal((await store.getSession(lost))?.superseded, true, 'the superseded one stays superseded')
-  })
-
-  t.test('sessions expire after their ttl and leave the lists', async (t) => {
-    const { store, advance } = await setup(t)
-    const userKey = unique('u')
-    const [short, long] = [sid(userKey), sid(userKey)]
-    await store.putSession(short, sessionRecord(userKey, 'fp1'), { id: userKey }, TTL / 2, GRACE)
-    await store.putSession(long, sessionRecord(userKey, 'fp2'), undefined, TTL * 2, GRACE)
-    await advance(TTL / 2 + 50)
-    t.equal(await store.getSession(short), null)
-    t.same((await store.listSessions(userKey)).map((s) => s.sidHash), [long])
-    await advance(TTL * 2)
-    t.equal(await store.getSession(long), null)
-    t.same(await store.listSessions(userKey), [])
-    t.notOk((await store.listUsers()).some((u) => (u as { id: string }).id === userKey), 'an expired user is not listed')
-  })
-
-  t.test('listSessions reports each entry with its expiry', async (t) => {
-    const { store } = await setup(t)
-    const userKey = unique('u')
-    const h = sid(userKey)
-    const record = sessionRecord(userKey, 'fp', { ua: 'x' })
-    const before = Date.now()
-    await store.putSession(h, record, { id: userKey }, TTL, GRACE)
-    const [entry] = await store.listSessions(userKey)
-    t.equal(entry.sidHash, h)
-    t.same(entry.record, record)
-    t.ok(entry.expiresAt >= before + TTL - 5 && entry.expiresAt <= Date.now() + TTL + 5, 'expiresAt is now + ttl')
-  })
-
-  t.test('deleteSession removes the session; the last one takes the credentials with it', async (t) => {
-    const { store } = await setup(t)
-    const userKey = unique('u')
-    const [a, b] = [sid(userKey), sid(userKey)]
-    await store.putSession(a, sessionRecord(userKey, 'fpA'), { id: userKey }, TTL, GRACE)
-    await store.putSession(b, sessionRecord(userKey, 'fpB'), undefined, TTL, GRACE)
-    t.equal(await store.deleteSession(a), true)
-    t.equal(await store.deleteSession(a), false, 'deleting twice reports nothing deleted')
-    t.equal(await store.getSession(a), null)
-    t.same((await store.listSessions(userKey)).map((s) => s.sidHash), [b])
-    t.ok(await store.getSession(b), 'credentials stay while a session lives')
-    await store.deleteSession(b)
-    const c = sid(userKey)
-    await store.putSession(c, sessionRecord(userKey, 'fpC'), undefined, TTL, GRACE)
-    t.equal(await store.getSession(c), null, 'the credentials went with the last session')
-  })
-
-  t.test('listUsers lists each user with a live session once', async (t) => {
-    const { store } = await setup(t)
-    const [u1, u2] = [unique('u'), unique('u')]
-    await store.putSession(sid(u1), sessionRecord(u1, 'a'), { id: u1 }, TTL, GRACE)
-    await store.putSession(sid(u1), sessionRecord(u1, 'b'), undefined, TTL, GRACE)
-    const gone = sid(u2)
-    await store.putSession(gone, sessionRecord(u2, 'a'), { id: u2 }, TTL, GRACE)
-    await store.deleteSession(gone)
-    const ids = (await store.listUsers()).map((u) => (u as { id: string }).id).filter((id) => id === u1 || id === u2)
-    t.same(ids, [u1])
-  })
-
-  t.test('updateUser replaces the credentials and the user held by tokens', async (t) => {
-    const { store } = await setup(t)
-    const userKey = unique('u')
-    const h = sid(userKey)
-    const token = sid(userKey)
-    await store.putSession(h, sessionRecord(userKey, 'fp'), { id: userKey, name: 'old' }, TTL, GRACE)
-    await store.putToken(token, tokenRecord(userKey, 'fp', { id: userKey, name: 'old' }), TTL)
-    await store.updateUser(userKey, { id: userKey, name: 'new' })
-    t.same((await store.getSession(h))?.user, { id: userKey, name: 'new' })
-    t.same((await store.getToken(token))?.user, { id: userKey, name: 'new' })
-    await store.updateUser(unique('nobody'), { id: 'x' })
-    t.pass('updating a user with nothing stored is a no-op')
-  })
-
-  t.test('revoke by fingerprint deletes its sessions, retired ones included, and its tokens', async (t) => {
-    const { store } = await setup(t)
-    const userKey = unique('u')
-    const otherUser = unique('u')
-    const [old, current, keep, foreign] = [sid(userKey), sid(userKey), sid(userKey), sid(otherUser)]
-    const [token, keepToken, foreignToken] = [sid(userKey), sid(userKey), sid(otherUser)]
-    await store.putSession(old, sessionRecord(userKey, 'fp'), { id: userKey }, TTL, GRACE)
-    await store.putSession(current, sessionRecord(userKey, 'fp'), undefined, TTL, GRACE)
-    await store.putSession(keep, sessionRecord(userKey, 'fp-keep'), undefined, TTL, GRACE)
-    await store.putSession(foreign, sessionRecord(otherUser, 'fp'), { id: otherUser }, TTL, GRACE)
-    await store.putToken(token, tokenRecord(userKey, 'fp', { id: userKey }), TTL)
-    await store.putToken(keepToken, tokenRecord(userKey, 'fp-keep', { id: userKey }), TTL)
-    await store.putToken(foreignToken, tokenRecord(otherUser, 'fp', { id: otherUser }), TTL)
-
-    t.same(await store.revoke(userKey, { fingerprint: 'fp' }), ['fp'])
-    t.equal(await store.getSession(old), null, 'the retired session is gone too')
-    t.equal(await store.getSession(current), null)
-    t.equal(await store.getToken(token), null, 'the token of the fingerprint is gone')
-    t.ok(await store.getSession(keep), 'another fingerprint stays')
-    t.ok(await store.getSession(foreign), "another user's session with the same fingerprint stays")
-    t.ok(await store.getToken(foreignToken))
-    t.ok(await store.getToken(keepToken))
-    t.same(await store.revoke(userKey, { fingerprint: 'nope' }), [], 'an unknown fingerprint revokes nothing')
-    t.same(await store.revoke(unique('nobody'), { fingerprint: 'fp' }), [])
-  })
-
-  t.test('revoke with except keeps one fingerprint; a token-only fingerprint is revoked too', async (t) => {
-    const { store } = await setup(t)
-    const userKey = unique('u')
-    const [a, b, c] = [sid(userKey), sid(userKey), sid(userKey)]
-    const [ta, tOnly] = [sid(userKey), sid(userKey)]
-    await store.putSession(a, sessionRecord(userKey, 'fpA'), { id: userKey }, TTL, GRACE)
-    await store.putSession(b, sessionRecord(userKey, 'fpB'), undefined, TTL, GRACE)
-    await store.putSession(c, sessionRecord(userKey, 'fpC'), undefined, TTL, GRACE)
-    await store.putToken(ta, tokenRecord(userKey, 'fpA', { id: userKey }), TTL)
-    await store.putToken(tOnly, tokenRecord(userKey, 'fpD', { id: userKey }), TTL)
-    const revoked = await store.revoke(userKey, { except: 'fpA' })
-    t.same(revoked.sort(), ['fpB', 'fpC', 'fpD'])
-    t.ok(await store.getSession(a))
-    t.equal(await store.getSession(b), null)
-    t.equal(await store.getSession(c), null)
-    t.equal(await store.getToken(tOnly), null)
-    t.ok(await store.getToken(ta))
-    t.same((await store.listSessions(userKey)).map((s) => s.record.fingerprint), ['fpA'])
-  })
-
-  function rotation (userKey: string, fingerprint: string, metadata: Record<string, unknown> = { ip: '127.0.0.1' }) {
-    const now = Date.now()
-    return {
-      sidHash: sid(userKey),
-      session: { userKey, fingerprint, insertedAt: now, signedInAt: now, metadata },
-      sessionTtl: TTL,
-      grace: GRACE,
-      tokenHash: sid(userKey),
-      tokenTtl: TTL
+    const bucket = userBucket(userKey)
+    const fingerprint = randomFingerprint()
+    // Quotes, backslashes, escapes and multi-byte text: what a store that builds strings or counts bytes gets wrong.
+    const samples = [
+      data(1),
+      JSON.stringify({ meta: 'héllo ✓ 日本語 🎉', quote: '"\'\\', escaped: 'a\nb\tc\u0000' }),
+      JSON.stringify({ big: 'x'.repeat(2048) + 'ü🎉'.repeat(512) })
+    ]
+    const user = JSON.stringify({ id: userKey, name: 'Zoë Łukasz 🦊', note: '"}{\\' })
+    const versions: number[] = []
+    for (const [i, sample] of samples.entries()) {
+      t.same(outcome(await store.commit({ userKey, user, devices: [write(fingerprint, { data: sample })] })), OK, `write ${i}`)
+      const found = await store.read(bucket, fingerprint)
+      t.equal(found?.data, sample, `data ${i} reads back exactly`)
+      t.equal(found?.user, user, `user reads back exactly after write ${i}`)
+      t.type(found?.version, 'number', 'the version is a number')
+      t.ok((found?.version ?? 0) > 0, `the version is positive: ${found?.version}`)
+      versions.push(found?.version ?? 0)
     }
-  }
-
-  t.test('getToken reads a token; rotateToken uses it once and stores the new session and token', async (t) => {
-    const { store } = await setup(t)
-    const userKey = unique('u')
-    const token = sid(userKey)
-    const record = tokenRecord(userKey, 'fp', { id: userKey, name: 'A' })
-    await store.putToken(token, record, TTL)
-    t.same(await store.getToken(token), record)
-    t.equal(await store.getToken(sid(userKey)), null, 'an unknown token is null')
-
-    const old = sid(userKey)
-    await store.putSession(old, sessionRecord(userKey, 'fp'), { id: userKey, name: 'A' }, TTL, GRACE)
-    const next = rotation(userKey, 'fp')
-    const usedAt = Date.now()
-    t.equal(await store.rotateToken(token, usedAt, next), 'rotated')
-    t.same(await store.getToken(token), { ...record, usedAt, unclaimed: true }, 'the old token stays, marked used, unclaimed')
-    t.equal((await store.getSession(old))?.retired, true, 'an older session of the fingerprint is retired')
-    t.same(await store.getToken(next.tokenHash), { userKey, fingerprint: 'fp', user: { id: userKey, name: 'A' }, metadata: { ip: '127.0.0.1' } })
-    t.same((await store.listSessions(userKey)).map((s) => s.sidHash), [next.sidHash])
-
-    const again = rotation(userKey, 'fp')
-    t.equal(await store.rotateToken(token, usedAt + 5, again), 'used', 'a used token does not rotate to other ids')
-    t.equal(await store.getSession(again.sidHash), null, 'and writes nothing')
-    t.equal(await store.getToken(again.tokenHash), null)
-    t.equal(await store.rotateToken(token, usedAt + 5, next), 'rotated', 'the same rotation again (a command sent twice) writes the same again')
-    t.equal((await store.getToken(token))?.usedAt, usedAt, 'keeping when it was first used')
-
-    t.same(await store.getSession(next.sidHash), { record: next.session, user: { id: userKey, name: 'A' }, retired: false }, 'the new session')
-    t.same(await store.getToken(token), { ...record, usedAt }, 'reading the new session claims the rotation')
-    t.equal(await store.rotateToken(token, usedAt + 10, next), 'used', 'then it is used for good')
-    t.equal(await store.rotateToken(token, usedAt + GRACE + 10, { ...rotation(userKey, 'fp'), again: true }), 'used', 'even with again')
-    t.equal(await store.rotateToken(sid(userKey), usedAt, rotation(userKey, 'fp')), 'missing')
+    t.equal(new Set(versions).size, versions.length, `a new version with every write: ${versions.join(', ')}`)
+    t.equal(await store.read(bucket, randomFingerprint()), null, 'an unknown fingerprint is null')
+    t.equal(await store.read(otherBucket(userKey), fingerprint), null, 'a fingerprint in the wrong bucket is null')
   })
 
-  t.test('an unclaimed rotation rotates again past the grace; the earlier new session and token are superseded', async (t) => {
+  t.test('versions: 0 creates only, a stale version is refused, a change is all or nothing, undefined always applies', async (t) => {
     const { store } = await setup(t)
     const userKey = unique('u')
-    const token = sid(userKey)
-    await store.putToken(token, tokenRecord(userKey, 'fp', { id: userKey }), TTL)
-    const first = rotation(userKey, 'fp')
-    const usedAt = Date.now()
-    t.equal(await store.rotateToken(token, usedAt, first), 'rotated')
-    const second = { ...rotation(userKey, 'fp'), again: true }
-    t.equal(await store.rotateToken(token, usedAt + GRACE / 2, second), 'used', 'not within the grace')
-    t.equal(await store.getSession(second.sidHash), null, 'which writes nothing')
-    t.equal(await store.rotateToken(token, usedAt + GRACE + 1, second), 'rotated', 'past the grace it rotates again')
-    t.equal(await store.rotateToken(token, usedAt + GRACE + 2, { ...rotation(userKey, 'fp'), again: true }), 'used', 'once: it was used again just now')
-    t.equal((await store.getToken(token))?.usedAt, usedAt + GRACE + 1)
-    t.equal((await store.getSession(first.sidHash))?.superseded, true, 'the first new session is superseded')
-    t.equal((await store.getToken(first.tokenHash))?.superseded, true, 'and the first new token')
-    t.equal(await store.rotateToken(first.tokenHash, Date.now(), rotation(userKey, 'fp')), 'used', 'which does not rotate')
-    t.same((await store.listSessions(userKey)).map((s) => s.sidHash), [second.sidHash])
-    t.equal((await store.getSession(second.sidHash))?.retired, false)
-    t.notOk((await store.getToken(token))?.unclaimed, 'reading the newest session claims the token')
-  })
+    const bucket = userBucket(userKey)
+    const [a, b, c] = fingerprints(3)
+    const user = creds(userKey)
 
-  t.test('an unclaimed token rotates again at most 3 times', async (t) => {
-    const { store } = await setup(t)
-    const userKey = unique('u')
-    const token = sid(userKey)
-    await store.putToken(token, tokenRecord(userKey, 'fp', { id: userKey }), TTL)
-    let at = Date.now()
-    t.equal(await store.rotateToken(token, at, rotation(userKey, 'fp')), 'rotated')
-    for (let i = 1; i <= 3; i++) {
-      at += GRACE + 1
-      t.equal(await store.rotateToken(token, at, { ...rotation(userKey, 'fp'), again: true }), 'rotated', `again, ${i}`)
-      t.equal((await store.getToken(token))?.rotatedAgain, i)
+    t.same(outcome(await store.commit({ userKey, user, devices: [write(a, { version: 0, data: data(1) })] })), OK, 'version 0 creates a missing device')
+    const created = await store.read(bucket, a)
+    t.same(outcome(await store.commit({ userKey, devices: [write(a, { version: 0, data: data(2) })] })), REFUSED, 'version 0 on an existing device is refused')
+    t.same(await store.read(bucket, a), created, 'and changes neither data nor version')
+
+    t.same(outcome(await store.commit({ userKey, devices: [write(b, { version: 12345, data: data(1) })] })), REFUSED, 'a version on a missing device is refused')
+    t.equal(await store.read(bucket, b), null, 'and creates nothing')
+
+    const read = created?.version ?? 0
+    t.same(outcome(await store.commit({ userKey, devices: [write(a, { version: read, data: data(3) })] })), OK, 'the version read applies')
+    const after = await store.read(bucket, a)
+    t.same(outcome(await store.commit({ userKey, devices: [write(a, { version: read, data: data(4) })] })), REFUSED, 'the same version again is stale')
+    t.same(await store.read(bucket, a), after, 'the first write stands')
+
+    // Two devices, one precondition stale: neither is written, nor the user, nor the limit applied.
+    await store.commit({ userKey, devices: [write(b, { version: 0, data: data(1) })] })
+    const stale = (await store.read(bucket, b))?.version
+    await store.commit({ userKey, devices: [write(b, { data: data(2) })] })
+    const before = [await store.read(bucket, a), await store.read(bucket, b)]
+    const change: DeviceChange = {
+      userKey,
+      user: creds(userKey, 2),
+      limit: 1,
+      devices: [write(a, { version: after?.version, data: data(5) }), write(b, { version: stale, data: data(5) }), write(c, { version: 0 })]
     }
-    const refused = { ...rotation(userKey, 'fp'), again: true }
-    t.equal(await store.rotateToken(token, at + GRACE + 1, refused), 'used', 'not a fourth time')
-    t.equal(await store.getSession(refused.sidHash), null, 'which writes nothing')
+    t.same(outcome(await store.commit(change)), REFUSED, 'one stale version refuses the whole change')
+    t.same([await store.read(bucket, a), await store.read(bucket, b)], before, 'neither device was written, nor the user changed')
+    t.equal(await store.read(bucket, c), null, 'the new device in the refused change was not created')
+    t.equal((await store.list(userKey)).length, 2, 'the limit did not run')
+
+    t.same(outcome(await store.commit({ userKey, devices: [write(a, { data: data(6) }), write(c, { data: data(6) })] })), OK, 'without a version a write applies')
+    t.equal((await store.read(bucket, a))?.data, data(6), 'to an existing device')
+    t.equal((await store.read(bucket, c))?.data, data(6), 'and to a missing one, creating it')
   })
 
-  t.test('a retired session renews again at most 3 times', async (t) => {
+  t.test('a write with data null deletes the device, with or without a version; a missing device deletes fine', async (t) => {
     const { store } = await setup(t)
     const userKey = unique('u')
-    const old = sid(userKey)
-    await store.putSession(old, sessionRecord(userKey, 'fp'), { id: userKey }, TTL, GRACE)
-    t.equal(await store.putSession(sid(userKey), sessionRecord(userKey, 'fp'), undefined, TTL, GRACE, { session: old }), true, 'renewed')
-    for (let i = 1; i <= 3; i++) {
-      t.equal(await store.putSession(sid(userKey), sessionRecord(userKey, 'fp'), undefined, TTL, GRACE, { session: old }), true, `renewed again, ${i}`)
-    }
-    const refused = sid(userKey)
-    t.equal(await store.putSession(refused, sessionRecord(userKey, 'fp'), undefined, TTL, GRACE, { session: old }), false, 'not a fourth time')
-    t.equal(await store.getSession(refused), null)
+    const bucket = userBucket(userKey)
+    const [a, b, kept] = fingerprints(3)
+    await store.commit({ userKey, user: creds(userKey), devices: [write(a), write(b), write(kept)] })
+    const version = (await store.read(bucket, a))?.version
+    t.same(outcome(await store.commit({ userKey, devices: [write(a, { version: (version ?? 0) + 1000, data: null })] })), REFUSED, 'a delete at a wrong version is refused')
+    t.ok(await store.read(bucket, a), 'and the device stays')
+    t.same(outcome(await store.commit({ userKey, devices: [write(a, { version, data: null })] })), OK, 'a delete at the version read')
+    t.same(outcome(await store.commit({ userKey, devices: [write(b, { data: null })] })), OK, 'a delete without a version')
+    t.equal(await store.read(bucket, a), null, 'the first is gone')
+    t.equal(await store.read(bucket, b), null, 'the second is gone')
+    t.same((await store.list(userKey)).map((d) => d.fingerprint), [kept], 'neither is listed; the other device stays')
+    t.same(outcome(await store.commit({ userKey, devices: [write(a, { data: null }), write(randomFingerprint(), { data: null })] })), OK, 'deleting missing devices is fine')
   })
 
-  t.test('renewing an unread replacement claims it instead of superseding it', async (t) => {
-    const { store } = await setup(t)
-    const userKey = unique('u')
-    const [old, unread, next] = [sid(userKey), sid(userKey), sid(userKey)]
-    await store.putSession(old, sessionRecord(userKey, 'fp'), { id: userKey }, TTL, GRACE)
-    await store.putSession(unread, sessionRecord(userKey, 'fp'), undefined, TTL, GRACE, { session: old })
-    // Its read (whose claim a store may send without waiting) happened; the claim had not landed.
-    t.equal(await store.putSession(next, sessionRecord(userKey, 'fp'), undefined, TTL, GRACE, { session: unread }), true)
-    const renewed = await store.getSession(unread)
-    t.equal(renewed?.retired, true, 'the renewed session is retired')
-    t.notOk(renewed?.superseded, 'not superseded')
-    t.equal((await store.getSession(old))?.unclaimedSince, undefined, 'and its own claim ran: the old one lives out the grace')
-  })
-
-  t.test('deleting an unread replacement claims it: the sessions it retired do not outlive it', async (t) => {
+  t.test('a device lives for the ttl of its latest write; expired devices are not listed, not counted, and can be created again', async (t) => {
     const { store, advance } = await setup(t)
     const userKey = unique('u')
-    const [old, unread] = [sid(userKey), sid(userKey)]
-    await store.putSession(old, sessionRecord(userKey, 'fp'), { id: userKey }, TTL, GRACE)
-    await store.putSession(unread, sessionRecord(userKey, 'fp'), undefined, TTL, GRACE, { session: old })
-    t.ok((await store.getSession(old))?.unclaimedSince)
-    t.equal(await store.deleteSession(unread), true)
-    t.equal((await store.getSession(old))?.unclaimedSince, undefined, 'the old one is claimed')
-    await advance(GRACE + 50)
-    t.equal(await store.getSession(old), null, 'and dies after the grace')
-  })
+    const bucket = userBucket(userKey)
+    const [plain, shortened, extended, added] = fingerprints(4)
+    await store.commit({
+      userKey,
+      user: creds(userKey),
+      devices: [write(plain, { usedAt: 1 }), write(shortened, { ttl: TTL * 3, usedAt: 2 }), write(extended, { ttl: TTL / 2, usedAt: 3 })]
+    })
+    // The latest write's ttl counts, whether it is shorter or longer than the one before.
+    await store.commit({ userKey, devices: [write(shortened, { ttl: TTL / 2, usedAt: 2 }), write(extended, { ttl: TTL * 2, usedAt: 3 })] })
+    for (const fp of [plain, shortened, extended]) t.ok(await store.read(bucket, fp), 'every device is readable before its ttl')
 
-  t.test('rotating the token a rotation stored claims that rotation', async (t) => {
-    const { store } = await setup(t)
-    const userKey = unique('u')
-    const token = sid(userKey)
-    await store.putToken(token, tokenRecord(userKey, 'fp', { id: userKey }), TTL)
-    const first = rotation(userKey, 'fp')
-    t.equal(await store.rotateToken(token, Date.now(), first), 'rotated')
-    t.equal((await store.getToken(token))?.unclaimed, true)
-    // The browser dropped its session cookie before using the new session: the new token signs it in.
-    const second = rotation(userKey, 'fp')
-    t.equal(await store.rotateToken(first.tokenHash, Date.now(), second), 'rotated')
-    t.notOk((await store.getToken(token))?.unclaimed, 'the first token is claimed')
-    t.equal(await store.rotateToken(token, Date.now(), first), 'used', 'and no longer rotates')
-    t.equal((await store.getToken(first.tokenHash))?.unclaimed, true, 'the second rotation is unclaimed')
-  })
-
-  t.test('rotateToken keeps newer stored credentials and fills in missing ones', async (t) => {
-    const { store } = await setup(t)
-    const userKey = unique('u')
-    const [token, other] = [sid(userKey), sid(userKey)]
-    await store.putToken(token, tokenRecord(userKey, 'fpA', { id: userKey, v: 'token' }), TTL)
-    const first = rotation(userKey, 'fpA')
-    t.equal(await store.rotateToken(token, Date.now(), first), 'rotated')
-    t.same((await store.getSession(first.sidHash))?.user, { id: userKey, v: 'token' }, 'no credentials stored: the token\'s user')
-
-    await store.updateUser(userKey, { id: userKey, v: 'newer' })
-    await store.putToken(other, tokenRecord(userKey, 'fpB', { id: userKey, v: 'older' }), TTL)
-    const second = rotation(userKey, 'fpB')
-    t.equal(await store.rotateToken(other, Date.now(), second), 'rotated')
-    t.same((await store.getSession(second.sidHash))?.user, { id: userKey, v: 'newer' }, 'a newer update wins')
-    t.same((await store.getToken(second.tokenHash))?.user, { id: userKey, v: 'newer' }, 'in the new token too')
-  })
-
-  t.test('of concurrent rotations of one token exactly one rotates', async (t) => {
-    const { store } = await setup(t)
-    const userKey = unique('u')
-    const token = sid(userKey)
-    await store.putToken(token, tokenRecord(userKey, 'fp', { id: userKey }), TTL)
-    const rotations = Array.from({ length: 20 }, () => rotation(userKey, 'fp'))
-    const outcomes = await Promise.all(rotations.map((r) => store.rotateToken(token, Date.now(), r)))
-    t.equal(outcomes.filter((o) => o === 'rotated').length, 1)
-    t.equal(outcomes.filter((o) => o === 'used').length, 19)
-    t.equal((await store.listSessions(userKey)).length, 1, 'one session')
-  })
-
-  t.test('a revoked token does not rotate', async (t) => {
-    const { store } = await setup(t)
-    const userKey = unique('u')
-    const token = sid(userKey)
-    await store.putToken(token, tokenRecord(userKey, 'fp', { id: userKey }), TTL)
-    await store.revoke(userKey, { fingerprint: 'fp' })
-    const next = rotation(userKey, 'fp')
-    t.equal(await store.rotateToken(token, Date.now(), next), 'missing')
-    t.equal(await store.getSession(next.sidHash), null)
-    t.same(await store.listSessions(userKey), [])
-  })
-
-  t.test('tokens expire; touchToken extends an unused token only; deleteToken deletes', async (t) => {
-    const { store, advance } = await setup(t)
-    const userKey = unique('u')
-    const [plain, touched, used, deleted] = [sid(userKey), sid(userKey), sid(userKey), sid(userKey)]
-    for (const h of [plain, touched, used, deleted]) await store.putToken(h, tokenRecord(userKey, 'fp', { id: userKey }), TTL)
-    await store.rotateToken(used, Date.now(), rotation(userKey, 'fp2'))
-    await store.deleteToken(deleted)
-    t.equal(await store.getToken(deleted), null)
-    await advance(TTL / 2)
-    await store.touchToken(touched, TTL)
-    await store.touchToken(used, TTL)
-    await store.touchToken(sid(userKey), TTL)
     await advance(TTL / 2 + 100)
-    t.equal(await store.getToken(plain), null, 'an untouched token expired')
-    t.equal(await store.getToken(used), null, 'a used token is not extended')
-    t.ok(await store.getToken(touched), 'the touched token lives on')
+    t.equal(await store.read(bucket, shortened), null, 'a shortened ttl ends the device sooner')
+    t.ok(await store.read(bucket, extended), 'an extended ttl outlives the first one')
+    t.ok(await store.read(bucket, plain), 'a device within its ttl lives')
+    t.same((await store.list(userKey)).map((d) => d.fingerprint), [plain, extended], 'the list leaves the expired device out')
+
+    await advance(TTL / 2)
+    t.equal(await store.read(bucket, plain), null, 'a device is gone after its ttl')
+    t.same((await store.list(userKey)).map((d) => d.fingerprint), [extended])
+    // Two expired devices and one live: a limit of 2 leaves room for a new one, and expired ones are no eviction.
+    t.same(outcome(await store.commit({ userKey, devices: [write(added, { usedAt: 4 })], limit: 2 })), OK, 'expired devices do not count toward the limit')
+    t.same(outcome(await store.commit({ userKey, devices: [write(plain, { version: 0, usedAt: 5 })], limit: 3 })), OK, 'version 0 creates a device that expired')
+    t.same((await store.list(userKey)).map((d) => d.fingerprint), [extended, added, plain])
   })
 
-  t.test('lock: one of concurrent callers gets it, and it frees itself after its ttl', async (t) => {
+  t.test('list: every live device of the user, with what read gives, ordered by usedAt; never another user\'s', async (t) => {
+    const { store } = await setup(t)
+    const [userKey, neighbour] = sameBucket()
+    const stranger = unique('u')
+    const bucket = userBucket(userKey)
+    const fps = fingerprints(4)
+    // Written out of usedAt order, in separate changes and in one.
+    await store.commit({ userKey, user: creds(userKey), devices: [write(fps[0], { usedAt: 300, data: data(0) })] })
+    await store.commit({ userKey, devices: [write(fps[1], { usedAt: 100, data: data(1) }), write(fps[2], { usedAt: 400, data: data(2) })] })
+    await store.commit({ userKey, devices: [write(fps[3], { usedAt: 200, data: data(3) })] })
+    await store.commit({ userKey: neighbour, user: creds(neighbour), devices: [write(randomFingerprint(), { usedAt: 250 })] })
+    await store.commit({ userKey: stranger, user: creds(stranger), devices: [write(randomFingerprint(), { usedAt: 150 })] })
+
+    const listed = await store.list(userKey)
+    t.same(listed.map((d) => d.fingerprint), [fps[1], fps[3], fps[0], fps[2]], 'ordered by usedAt ascending, the user\'s devices only')
+    for (const device of listed) {
+      const read = await store.read(bucket, device.fingerprint)
+      t.same({ ...held(device), version: device.version }, { ...held(read), version: read?.version }, `the listed ${device.fingerprint} is what read gives: data, user, version`)
+    }
+    // A rewrite moves the device in the order: the index follows usedAt, not the first write.
+    await store.commit({ userKey, devices: [write(fps[1], { usedAt: 500, data: data(1) })] })
+    t.same((await store.list(userKey)).map((d) => d.fingerprint), [fps[3], fps[0], fps[2], fps[1]], 'a new usedAt reorders')
+    t.equal((await store.list(neighbour)).length, 1, 'a user in the same bucket lists only its own device')
+    t.same(await store.list(unique('u')), [], 'an unknown user lists nothing')
+  })
+
+  t.test('user credentials: a change with user sets them for every device of the user, one without keeps them', async (t) => {
+    const { store } = await setup(t)
+    const [userKey, neighbour] = sameBucket()
+    const bucket = userBucket(userKey)
+    const [a, b, c, d, n] = fingerprints(5)
+    const users = async (): Promise<string[]> => [
+      ...await Promise.all([a, b, c, d].map(async (fp) => (await store.read(bucket, fp))?.user ?? 'missing')),
+      ...(await store.list(userKey)).map((device) => device.user)
+    ]
+
+    await store.commit({ userKey, user: creds(userKey, 1), devices: [write(a)] })
+    await store.commit({ userKey: neighbour, user: creds(neighbour, 1), devices: [write(n)] })
+    await store.commit({ userKey, devices: [write(b)] })
+    t.equal((await store.read(bucket, b))?.user, creds(userKey, 1), 'a new device written without user reads the user\'s credentials')
+    await store.commit({ userKey, user: creds(userKey, 2), devices: [write(c)] })
+    t.equal((await store.read(bucket, a))?.user, creds(userKey, 2), 'a device written earlier reads the new credentials')
+    t.equal((await store.read(bucket, b))?.user, creds(userKey, 2), 'so does one written without them')
+    await store.commit({ userKey, devices: [write(d)] })
+    t.same(await users(), Array(8).fill(creds(userKey, 2)), 'a change without user keeps them, for read and list')
+
+    // An update: new credentials and no device written.
+    t.same(outcome(await store.commit({ userKey, user: creds(userKey, 3), devices: [] })), OK, 'an update without devices')
+    t.same(await users(), Array(8).fill(creds(userKey, 3)), 'every device of the user reads the update')
+    t.equal((await store.read(userBucket(neighbour), n))?.user, creds(neighbour, 1), 'a user in the same bucket keeps its own')
+    t.same((await store.list(neighbour)).map((device) => device.user), [creds(neighbour, 1)])
+  })
+
+  t.test('limit: the devices with the lowest usedAt go, and evicted names exactly them', async (t) => {
+    const { store } = await setup(t)
+    const userKey = unique('u')
+    const other = unique('u')
+    const bucket = userBucket(userKey)
+    const fps = fingerprints(5)
+    const rewritten = fps[0]
+    const [added, next, last, low, high] = fingerprints(5)
+    await store.commit({ userKey: other, user: creds(other), devices: [write(randomFingerprint(), { usedAt: 0 })] })
+    // Devices at usedAt 1..5; the first is rewritten below with a later usedAt.
+    for (const [i, fp] of fps.entries()) await store.commit({ userKey, user: creds(userKey), devices: [write(fp, { usedAt: i + 1 })] })
+
+    t.same(outcome(await store.commit({ userKey, devices: [write(added, { usedAt: 10 }), write(rewritten, { usedAt: 9 })], limit: 3 })), { ok: true, evicted: sorted([fps[1], fps[2], fps[3]]) }, 'the lowest usedAt go; a rewrite\'s usedAt counts, not the first')
+    t.same((await store.list(userKey)).map((d) => d.fingerprint), [fps[4], rewritten, added], 'the rest stay')
+    for (const fp of fps.slice(1, 4)) t.equal(await store.read(bucket, fp), null, 'an evicted device is gone')
+    t.equal((await store.list(other)).length, 1, 'another user\'s older device is not the user\'s limit')
+
+    t.same(outcome(await store.commit({ userKey, devices: [write(next, { usedAt: 11 })], limit: 10 })), OK, 'below the limit, nothing is evicted')
+    t.same(outcome(await store.commit({ userKey, devices: [write(last, { usedAt: 20 })], limit: 1 })), { ok: true, evicted: sorted([fps[4], rewritten, added, next]) }, 'limit 1 keeps only the written device with the highest usedAt')
+    t.same((await store.list(userKey)).map((d) => d.fingerprint), [last])
+    // The limit runs after the writes: a device the change wrote below the others is evicted like them, and named.
+    t.same(outcome(await store.commit({ userKey, devices: [write(low, { usedAt: 15 }), write(high, { usedAt: 30 })], limit: 1 })), { ok: true, evicted: sorted([low, last]) }, 'a device written in the change with a low usedAt is evicted and reported')
+    t.equal(await store.read(bucket, low), null)
+  })
+
+  t.test('users: the credentials of every user with a live device, once each', async (t) => {
     const { store, advance } = await setup(t)
-    const key = unique('lock')
-    const results = await Promise.all(Array.from({ length: 20 }, () => store.lock(key, GRACE)))
-    t.equal(results.filter(Boolean).length, 1)
-    t.equal(await store.lock(unique('lock'), GRACE), true, 'another key is free')
-    await advance(GRACE + 50)
-    t.equal(await store.lock(key, GRACE), true, 'free again after the ttl')
+    const [two, updated, deleted, expired, neverStored] = [unique('two'), unique('upd'), unique('del'), unique('exp'), unique('none')]
+    await store.commit({ userKey: two, user: creds(two), devices: [write(randomFingerprint()), write(randomFingerprint())] })
+    await store.commit({ userKey: updated, user: creds(updated, 1), devices: [write(randomFingerprint())] })
+    await store.commit({ userKey: updated, user: creds(updated, 2), devices: [] })
+    const gone = randomFingerprint()
+    await store.commit({ userKey: deleted, user: creds(deleted), devices: [write(gone)] })
+    await store.commit({ userKey: deleted, devices: [write(gone, { data: null })] })
+    await store.commit({ userKey: expired, user: creds(expired), devices: [write(randomFingerprint(), { ttl: TTL / 2 })] })
+    // Credentials alone are no user: an update for a user without devices lists nobody.
+    await store.commit({ userKey: neverStored, user: creds(neverStored), devices: [] })
+    t.same(sorted(await store.users()), sorted([creds(two), creds(updated, 2), creds(expired)]), 'one entry per user, the latest credentials')
+    await advance(TTL / 2 + 100)
+    t.same(sorted(await store.users()), sorted([creds(two), creds(updated, 2)]), 'a user whose devices all expired is gone')
   })
 
-  t.test('putToken with a condition writes only while the named session exists', async (t) => {
+  t.test('concurrent commits under one version: exactly one applies', async (t) => {
     const { store } = await setup(t)
     const userKey = unique('u')
-    const [session, gone, token, blocked] = [sid(userKey), sid(userKey), sid(userKey), sid(userKey)]
-    await store.putSession(session, sessionRecord(userKey, 'fp'), { id: userKey }, TTL, GRACE)
-    t.equal(await store.putToken(token, tokenRecord(userKey, 'fp', { id: userKey }), TTL, { session }), true)
-    t.ok(await store.getToken(token))
-    t.equal(await store.putToken(blocked, tokenRecord(userKey, 'fp', { id: userKey }), TTL, { session: gone }), false)
-    t.equal(await store.getToken(blocked), null, 'nothing written when the session is missing')
+    const bucket = userBucket(userKey)
+    const fingerprint = randomFingerprint()
+    await store.commit({ userKey, user: creds(userKey), devices: [write(fingerprint, { data: data(-1) })] })
+    const version = (await store.read(bucket, fingerprint))?.version
+    const results = await Promise.all(Array.from({ length: 20 }, async (_, i) =>
+      await store.commit({ userKey, devices: [write(fingerprint, { version, data: data(i) })] })))
+    const winners = results.flatMap((result, i) => result.ok ? [i] : [])
+    t.equal(winners.length, 1, `exactly one commit applies, not ${winners.length}`)
+    t.equal((await store.read(bucket, fingerprint))?.data, data(winners[0]), 'and the device holds its data')
   })
 
-  t.test('putSession with a condition writes only while the named session exists', async (t) => {
+  t.test('concurrent creates under a limit: every device is kept or reported evicted, once', async (t) => {
     const { store } = await setup(t)
     const userKey = unique('u')
-    const [old, gone, renewed, blocked] = [sid(userKey), sid(userKey), sid(userKey), sid(userKey)]
-    await store.putSession(old, sessionRecord(userKey, 'fp'), { id: userKey }, TTL, GRACE)
-    t.equal(await store.putSession(renewed, sessionRecord(userKey, 'fp'), undefined, TTL, GRACE, { session: old }), true)
-    t.equal((await store.getSession(old))?.retired, true, 'the condition session was retired as usual')
-    t.equal(await store.putSession(blocked, sessionRecord(userKey, 'fp'), undefined, TTL, GRACE, { session: gone }), false)
-    t.equal(await store.getSession(blocked), null, 'nothing written when the session is missing')
-    t.equal((await store.getSession(renewed))?.retired, false, 'and nothing retired')
+    const fps = fingerprints(20)
+    const results = await Promise.all(fps.map(async (fp, i) =>
+      await store.commit({ userKey, user: creds(userKey), devices: [write(fp, { version: 0, usedAt: i + 1 })], limit: 5 })))
+    t.equal(results.filter((result) => result.ok).length, 20, 'every create applies')
+    const evicted = results.flatMap((result) => result.evicted)
+    const kept = (await store.list(userKey)).map((d) => d.fingerprint)
+    // Whatever order the commits ran in, the five highest usedAt never had five above them.
+    t.same(kept, fps.slice(15), 'the five highest usedAt remain')
+    t.equal(new Set(evicted).size, evicted.length, `no device reported evicted twice: ${evicted.length} reports`)
+    t.same(sorted(evicted), sorted(fps.slice(0, 15)), 'every other device reported evicted, and nothing else')
   })
 
-  t.test("a hash must carry its user's bucket", async (t) => {
-    const { store } = await setup(t)
-    const [alice, bob] = [unique('u'), unique('u')]
-    await t.rejects(store.putSession(sid(bob), sessionRecord(alice, 'fp'), { id: alice }, TTL, GRACE), TypeError)
-    await t.rejects(store.putToken(sid(bob), tokenRecord(alice, 'fp', { id: alice }), TTL), TypeError)
-    const token = sid(alice)
-    await store.putToken(token, tokenRecord(alice, 'fp', { id: alice }), TTL)
-    await t.rejects(store.rotateToken(token, Date.now(), { ...rotation(alice, 'fp'), sidHash: sid(bob) }), TypeError)
-    t.same(await store.listSessions(alice), [], 'nothing stored')
-  })
-
-  t.test('many concurrent puts for one user all land in the list', async (t) => {
+  t.test('what a store returns or was given is not its state: changing it later changes nothing stored', async (t) => {
     const { store } = await setup(t)
     const userKey = unique('u')
-    const ids = Array.from({ length: 50 }, () => sid(userKey))
-    await Promise.all(ids.map((h, i) => store.putSession(h, sessionRecord(userKey, `fp${i}`), { id: userKey }, TTL, GRACE)))
-    t.same((await store.listSessions(userKey)).map((s) => s.sidHash).sort(), ids.sort())
+    const bucket = userBucket(userKey)
+    const fingerprint = randomFingerprint()
+    const change: DeviceChange = { userKey, user: creds(userKey), devices: [write(fingerprint, { data: data(1) })] }
+    await store.commit(change)
+    const version = (await store.read(bucket, fingerprint))?.version
+    // An in-process store that kept these objects would now hold what the caller did to them.
+    change.devices[0].data = data(2)
+    change.user = creds(userKey, 2)
+    change.devices.push(write(randomFingerprint()))
+    // A frozen result refuses the edit: as good as a copy.
+    const tamper = (value: object): void => {
+      try { Object.assign(value, { data: data(3), user: 'tampered', version: -1, fingerprint: 'tampered' }) } catch {}
+    }
+    tamper(await store.read(bucket, fingerprint) ?? {})
+    const listed = await store.list(userKey)
+    listed.forEach(tamper)
+    try { listed.length = 0 } catch {}
+    const expected = { data: data(1), user: creds(userKey) }
+    const read = await store.read(bucket, fingerprint)
+    t.same(held(read), expected, 'read after the edits')
+    t.equal(read?.version, version, 'at the same version')
+    t.same((await store.list(userKey)).map((d) => ({ fingerprint: d.fingerprint, ...held(d) })), [{ fingerprint, ...expected }], 'list after the edits')
   })
 }
