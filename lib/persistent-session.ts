@@ -62,7 +62,7 @@ export class PowPersistentSession {
     const device = step.device as Device
     if (this.#session.user !== null) this.#session[kDevice] = device
     const { name, options } = pow.config.persistent as NonNullable<Pow['config']['persistent']>
-    const maxAge = Math.ceil(((device.token as NonNullable<Device["token"]>).expiresAt - Date.now()) / 1000)
+    const maxAge = Math.ceil(((device.token as NonNullable<Device['token']>).expiresAt - Date.now()) / 1000)
     this.#cookies.set(name, pow.sign(step.token as string), { ...options, maxAge })
     this.#hasCookie = true
   }

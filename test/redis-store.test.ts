@@ -1,9 +1,10 @@
 import { once } from 'node:events'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { test } from 'tap'
-import { hashToken, randomToken, userBucket } from '../lib/crypto.js'
-import { RedisStore, type SessionRecord } from '../lib/index.js'
-import { startCluster, startRedis } from './helpers/redis.js'
+import { test, type Test } from 'tap'
+import { randomFingerprint, userBucket } from '../lib/crypto.js'
+import { RedisStore } from '../lib/stores/redis.js'
+import type { DeviceWrite } from '../lib/types.js'
+import { readyClient, startCluster, startRedis, waitForClosed, waitForReady, type RedisServer } from './helpers/redis.js'
 import { storeContract } from './store-contract.js'
 
 let namespaces = 0
@@ -39,52 +40,373 @@ test('RedisStore rejects bad arguments', async (t) => {
   t.throws(() => new RedisStore(fake, { commandTimeout: 2 ** 31 }), /commandTimeout.*at most 2147483647/, 'longer than a Node.js timer can wait')
 })
 
-test('a session stored without a copy of the credentials (by an older version) reads them from the user key', async (t) => {
+const USER = JSON.stringify({ id: 1, name: 'Ada' })
+
+/** A device write as the lifecycle makes them: the record names the device, so reads can be told apart. */
+function write (fingerprint: string, usedAt: number, fields: Partial<DeviceWrite> = {}): DeviceWrite {
+  return { fingerprint, data: JSON.stringify({ device: fingerprint }), ttl: 60_000, usedAt, ...fields }
+}
+
+/** `count` new fingerprints. */
+function fingerprints (count: number): string[] {
+  return Array.from({ length: count }, () => randomFingerprint())
+}
+
+/** P in the key layout: `<namespace>:{<bucket>}:`. */
+function prefixOf (userKey: string, namespace = 'pow'): string {
+  return `${namespace}:{${userBucket(userKey)}}:`
+}
+
+interface Commands {
+  /** Commands a client sent, each as [name, ...args], name in lower case. */
+  sent: string[][]
+  /** Commands a script ran. */
+  scripted: string[][]
+}
+
+/**
+ * The commands `server` ran while `run` ran, seen through MONITOR. A marker command sent from a
+ * connection of its own after `run` ends the recording: MONITOR output comes in the server's
+ * order, so everything before it is in.
+ */
+async function commandsDuring (t: Test, server: RedisServer, run: () => Promise<unknown>): Promise<Commands> {
+  const markers = await readyClient(server)
+  const monitor = await markers.monitor()
+  t.teardown(() => monitor.disconnect())
+  const marker = `end-of-recording-${randomFingerprint()}`
+  const seen: Commands = { sent: [], scripted: [] }
+  const ended = new Promise<void>((resolve) => {
+    monitor.on('monitor', (_time: string, args: string[], source: string) => {
+      const command = [args[0].toLowerCase(), ...args.slice(1)]
+      if (command[0] === 'echo' && command[1] === marker) resolve()
+      else (source === 'lua' ? seen.scripted : seen.sent).push(command)
+    })
+  })
+  await run()
+  await markers.echo(marker)
+  await ended
+  monitor.disconnect()
+  markers.disconnect()
+  return seen
+}
+
+test('the key layout: a hash per device, a zset per user, all under the user\'s bucket', async (t) => {
   const server = await startRedis(t)
-  const client = server.client()
-  await once(client, 'ready')
+  const client = await readyClient(server)
   const store = new RedisStore(client)
-  const userKey = 'old-format'
-  const sidHash = hashToken(randomToken(userBucket(userKey)))
-  const now = Date.now()
-  await store.putSession(sidHash, { userKey, fingerprint: 'fp', insertedAt: now, signedInAt: now, metadata: {} }, { id: 7 }, 60_000, 1000)
-  const key = `pow:{${userBucket(userKey)}}:s:${sidHash.slice(5)}`
-  t.equal(await client.hdel(key, 'user'), 1, 'the copy removed, as an older version wrote it')
-  t.same((await store.getSession(sidHash))?.user, { id: 7 }, 'the user comes from the credentials key')
-  await client.del(`pow:{${userBucket(userKey)}}:u:${userKey}`)
-  t.equal(await store.getSession(sidHash), null, 'and without either it is no session')
+  const userKey = 'layout'
+  const P = prefixOf(userKey)
+  const [a, b] = fingerprints(2)
+  t.same(await store.commit({ userKey, devices: [write(a, 100), write(b, 50)], user: USER }), { ok: true, evicted: [] })
+  t.same(await client.hgetall(P + 'd:' + a), { data: JSON.stringify({ device: a }), user: USER, v: '1', u: userKey })
+  t.same(await client.zrange(P + 'ud:' + userKey, '0', '-1', 'WITHSCORES'), [b, '50', a, '100'], 'fingerprints by usedAt')
+  await store.commit({ userKey, devices: [write(a, 200, { version: 1, data: '{"n":2}' })] })
+  t.same(await client.hmget(P + 'd:' + a, 'data', 'v', 'user'), ['{"n":2}', '2', USER], 'a write bumps v and keeps the credentials')
+  t.equal(await client.zscore(P + 'ud:' + userKey, a), '200')
+  t.same((await client.keys('*')).sort(), [P + 'd:' + a, P + 'd:' + b, P + 'ud:' + userKey].sort(), 'no other key')
+
+  await store.commit({ userKey, devices: [write(a, 0, { data: null }), write(b, 0, { data: null })] })
+  t.same(await client.keys('*'), [], 'deleting every device leaves no key')
 })
 
-test('a session stored without the marks field (by an older version) reads its marks from their own fields', async (t) => {
+test('a read is one HMGET and nothing else: no script, no write', async (t) => {
   const server = await startRedis(t)
-  const client = server.client()
-  await once(client, 'ready')
+  const client = await readyClient(server)
   const store = new RedisStore(client)
-  const userKey = 'old-marks'
-  const record = (insertedAt: number): SessionRecord => ({ userKey, fingerprint: 'fp', insertedAt, signedInAt: insertedAt, metadata: {} })
-  const first = hashToken(randomToken(userBucket(userKey)))
-  const second = hashToken(randomToken(userBucket(userKey)))
-  const now = Date.now()
-  await store.putSession(first, record(now), { id: 8 }, 60_000, 1000)
-  // A renewal: the first session is retired and unclaimed, the second unread.
-  t.ok(await store.putSession(second, record(now + 1), undefined, 60_000, 1000, { session: first }))
-  const key = (hash: string): string => `pow:{${userBucket(userKey)}}:s:${hash.slice(5)}`
-  t.match(await client.hget(key(first), 'm'), /^1,\d+,,$/, 'the marks field: retired, unclaimed since')
-  t.equal(await client.hget(key(second), 'm'), ',,1,', 'the marks field: unread')
-  const expected = await store.getSession(first)
-  t.equal(expected?.retired, true)
-  t.type(expected?.unclaimedSince, 'number')
+  const userKey = 'reader'
+  const bucket = userBucket(userKey)
+  const [fp, missing] = fingerprints(2)
+  await store.commit({ userKey, devices: [write(fp, 1)], user: USER })
 
-  t.equal(await client.hdel(key(first), 'm'), 1, 'the field removed, as an older version wrote the hash')
-  t.same(await store.getSession(first), expected, 'the same session read back from x, n, p and sup')
-  await client.hdel(key(second), 'm')
-  const replacement = await store.getSession(second)
-  t.equal(replacement?.retired, false, 'the replacement reads as live')
-  // Its first read claimed it (sent without waiting): the retired one lives out the grace now.
-  await sleep(50)
-  t.same(await client.hget(key(first), 'm'), '1,,,', 'the claim rewrote the marks field of the retired session')
-  t.equal(await client.hget(key(second), 'm'), '', 'and of the replacement: no marks left')
-  t.ok(await client.pttl(key(first)) <= 1000, 'the retired session is cut to the grace')
+  const dirty = async (): Promise<string> => /rdb_changes_since_last_save:(\d+)/.exec(await server.info('persistence'))![1]
+  const before = await dirty()
+  const seen = await commandsDuring(t, server, async () => {
+    t.same(await store.read(bucket, fp), { data: JSON.stringify({ device: fp }), user: USER, version: 1 })
+    t.equal(await store.read(bucket, missing), null, 'a missing device is null')
+    t.equal(await store.read('no/t', fp), null, 'a bucket userBucket() cannot make is no device')
+    t.equal(await store.read(bucket + 'x', fp), null)
+  })
+  t.same(seen.sent, [
+    ['hmget', `pow:{${bucket}}:d:${fp}`, 'data', 'user', 'v'],
+    ['hmget', `pow:{${bucket}}:d:${missing}`, 'data', 'user', 'v']
+  ], 'one HMGET per read; none for a malformed bucket')
+  t.same(seen.scripted, [], 'no script ran')
+  t.equal(await dirty(), before, 'nothing was written')
+})
+
+test('a commit is one EVALSHA; a list is one EVALSHA; EVAL only when the server lost the script', async (t) => {
+  const server = await startRedis(t)
+  const client = await readyClient(server)
+  const store = new RedisStore(client)
+  const userKey = 'writer'
+  const [first, second, third] = fingerprints(3)
+
+  const cold = await commandsDuring(t, server, () => store.commit({ userKey, devices: [write(first, 1, { version: 0 })], user: USER, limit: 10 }))
+  t.same(cold.sent.map(([name]) => name), ['time', 'evalsha', 'eval'], 'the first write: the clock is measured, the script loaded')
+
+  const warm = await commandsDuring(t, server, () => store.commit({ userKey, devices: [write(second, 2, { version: 0 })], user: USER, limit: 10 }))
+  t.same(warm.sent.map(([name]) => name), ['evalsha'], 'then a commit is one EVALSHA')
+  t.equal(warm.sent[0][2], '2', 'keys: the user\'s index and the device written')
+  t.same(warm.sent[0].slice(3, 5), [`pow:{${userBucket(userKey)}}:ud:${userKey}`, `pow:{${userBucket(userKey)}}:d:${second}`])
+
+  const listed = await commandsDuring(t, server, async () => {
+    t.same((await store.list(userKey)).map((d) => d.fingerprint), [first, second])
+  })
+  t.same(listed.sent.map(([name]) => name), ['evalsha', 'eval'], 'the list script is loaded on its first use')
+  const listedAgain = await commandsDuring(t, server, () => store.list(userKey))
+  t.same(listedAgain.sent.map(([name]) => name), ['evalsha'], 'then a list is one EVALSHA')
+
+  await client.script('FLUSH')
+  const flushed = await commandsDuring(t, server, () => store.commit({ userKey, devices: [write(third, 3)], user: USER }))
+  t.same(flushed.sent.map(([name]) => name), ['evalsha', 'eval'], 'after SCRIPT FLUSH, EVAL once')
+  t.equal((await store.list(userKey)).length, 3)
+})
+
+test('every key of a user is in the user\'s cluster slot', async (t) => {
+  const handle = await startCluster(t)
+  const cluster = await handle.readyCluster()
+  const store = new RedisStore(cluster)
+  const users = Array.from({ length: 12 }, (_, i) => `slot-user-${i}`)
+  for (const userKey of users) {
+    const devices = fingerprints(4)
+    t.same((await store.commit({ userKey, devices: devices.map((fp, i) => write(fp, i)), user: USER })).ok, true)
+    // Keys the scripts build themselves: the credentials copied to every device, an eviction.
+    const changed = await store.commit({ userKey, devices: [write(randomFingerprint(), 10)], user: JSON.stringify({ id: userKey }), limit: 3 })
+    t.same(changed.evicted, devices.slice(0, 2), 'the two least recently used devices evicted')
+  }
+  // Every key, found node by node.
+  const byNode = await Promise.all(cluster.nodes('master').map(async (node) => await node.keys('pow:*')))
+  const all = byNode.flat()
+  t.equal(all.length, users.length * 4, 'three devices and an index per user')
+  for (const userKey of users) {
+    const tag = `{${userBucket(userKey)}}`
+    const mine = all.filter((key) => key.includes(tag))
+    t.equal(mine.length, 4)
+    t.equal(byNode.filter((keys) => keys.some((key) => key.includes(tag))).length, 1, `${userKey}: one node holds every key`)
+    const slot = await cluster.cluster('KEYSLOT', tag)
+    const slots = await Promise.all(mine.map(async (key) => await cluster.cluster('KEYSLOT', key)))
+    t.same([...new Set(slots)], [slot], `${userKey}: every key in slot ${String(slot)}`)
+  }
+  t.ok(byNode.every((keys) => keys.length > 0), 'the users spread over the three masters')
+  const listed = (await store.users()).map((user) => JSON.parse(user).id as string).sort()
+  t.same(listed, [...users].sort(), 'users() finds every user on every master, once')
+})
+
+test('keys have TTLs: each device its write\'s ttl; the index the longest written', async (t) => {
+  const server = await startRedis(t)
+  const client = await readyClient(server)
+  const store = new RedisStore(client)
+  const userKey = 'ttl'
+  const P = prefixOf(userKey)
+  const index = P + 'ud:' + userKey
+  const [a, b, c, d] = fingerprints(4)
+
+  await store.commit({ userKey, devices: [write(a, 1, { ttl: 60_000 })], user: USER })
+  const ttlA = await client.pttl(P + 'd:' + a)
+  t.ok(ttlA > 59_000 && ttlA <= 60_000, `the device: ${ttlA} ms`)
+  t.ok(await client.pttl(index) > 59_000, 'the index: as long')
+
+  await store.commit({ userKey, devices: [write(b, 2, { ttl: 5_000 })] })
+  t.ok(await client.pttl(P + 'd:' + b) <= 5_000)
+  t.ok(await client.pttl(index) > 59_000, 'a shorter device does not shorten the index')
+
+  await store.commit({ userKey, devices: [write(c, 3, { ttl: 120_000.4 })] })
+  const ttlC = await client.pttl(P + 'd:' + c)
+  t.ok(ttlC > 119_000 && ttlC <= 120_001, `a fractional ttl is rounded up: ${ttlC} ms`)
+  t.ok(await client.pttl(index) > 119_000, 'a longer device lengthens the index')
+
+  await store.commit({ userKey, devices: [write(a, 4, { ttl: 1_000 })] })
+  t.ok(await client.pttl(P + 'd:' + a) <= 1_000, 'a write sets the ttl it carries, shorter too')
+
+  await store.commit({ userKey, devices: [write(d, 5, { ttl: 0 })] })
+  await sleep(10)
+  t.equal(await store.read(userBucket(userKey), d), null, 'a ttl of 0 is 1 ms: the device is gone at once')
+
+  const keys = await client.keys('*')
+  const ttls = await Promise.all(keys.map(async (key) => await client.pttl(key)))
+  t.ok(ttls.every((ms) => ms > 0), 'no key without a TTL')
+  await t.rejects(store.commit({ userKey, devices: [write(d, 6, { ttl: NaN })] }), TypeError, 'a NaN ttl is refused before anything is sent')
+  await t.rejects(store.commit({ userKey, devices: [write(d, Infinity)] }), TypeError)
+  await t.rejects(store.commit({ userKey, devices: [], limit: -1 }), TypeError)
+})
+
+test('the index is pruned of expired devices by list, by a limit and by new credentials', async (t) => {
+  const server = await startRedis(t)
+  const client = await readyClient(server)
+  const store = new RedisStore(client)
+
+  t.test('list', async (t) => {
+    const userKey = 'prune-list'
+    const index = prefixOf(userKey) + 'ud:' + userKey
+    const [short, long] = fingerprints(2)
+    await store.commit({ userKey, devices: [write(short, 1, { ttl: 50 }), write(long, 2)], user: USER })
+    await sleep(100)
+    t.equal(await client.zcard(index), 2, 'the expired device\'s member is still there')
+    t.same((await store.list(userKey)).map((d) => d.fingerprint), [long], 'list leaves it out')
+    t.same(await client.zrange(index, '0', '-1'), [long], 'and removes it')
+  })
+
+  t.test('a limit does not count expired devices', async (t) => {
+    const userKey = 'prune-limit'
+    const index = prefixOf(userKey) + 'ud:' + userKey
+    const [b, c, expired, d] = fingerprints(4)
+    // The expired device was used last: evicting by score alone would evict b, which is live.
+    await store.commit({ userKey, devices: [write(b, 1), write(c, 2), write(expired, 10, { ttl: 50 })], user: USER })
+    await sleep(100)
+    const result = await store.commit({ userKey, devices: [write(d, 11)], limit: 3 })
+    t.same(result, { ok: true, evicted: [] }, 'three live devices fit a limit of three')
+    t.same(await client.zrange(index, '0', '-1'), [b, c, d])
+
+    const e = randomFingerprint()
+    await store.commit({ userKey, devices: [write(c, 1, { ttl: 50 })] })
+    await sleep(100)
+    t.same(await store.commit({ userKey, devices: [write(e, 12)], limit: 2 }), { ok: true, evicted: [b] },
+      'evicted lists the live devices evicted only')
+    t.same(await client.zrange(index, '0', '-1'), [d, e])
+  })
+
+  t.test('new credentials', async (t) => {
+    const userKey = 'prune-user'
+    const P = prefixOf(userKey)
+    const index = P + 'ud:' + userKey
+    const [gone, kept, last] = fingerprints(3)
+    // The device used last expires: the credentials held are found on another one.
+    await store.commit({ userKey, devices: [write(gone, 1, { ttl: 50 }), write(kept, 2), write(last, 3, { ttl: 50 })], user: USER })
+    await sleep(100)
+    const renamed = JSON.stringify({ id: 1, name: 'Ada L.' })
+    await store.commit({ userKey, devices: [], user: renamed })
+    t.same(await client.zrange(index, '0', '-1'), [kept], 'the expired devices left the index')
+    t.equal(await client.hget(P + 'd:' + kept, 'user'), renamed)
+    t.equal(await client.exists(P + 'd:' + gone, P + 'd:' + last), 0, 'and were not brought back')
+  })
+})
+
+test('credentials are copied to every device only when they change', async (t) => {
+  const server = await startRedis(t)
+  const client = await readyClient(server)
+  const store = new RedisStore(client)
+  const userKey = 'fifty'
+  const P = prefixOf(userKey)
+  const devices = fingerprints(50)
+  await store.commit({ userKey, devices: devices.map((fp, i) => write(fp, i)), user: USER, limit: 100 })
+  const userFields = async (): Promise<Array<string | null>> => await Promise.all(devices.map(async (fp) => await client.hget(P + 'd:' + fp, 'user')))
+  t.same(new Set(await userFields()), new Set([USER]))
+
+  const signIn = randomFingerprint()
+  const same = await commandsDuring(t, server, () => store.commit({ userKey, devices: [write(signIn, 100, { version: 0 })], user: USER, limit: 100 }))
+  const writes = same.scripted.filter(([name]) => name !== 'hget' && name !== 'zrange' && name !== 'time' && name !== 'zcard' && name !== 'pttl')
+  t.same([...new Set(writes.map(([, key]) => key))].sort(), [P + 'd:' + signIn, P + 'ud:' + userKey].sort(),
+    'a sign-in with the credentials held writes its device and the index only')
+  t.ok(same.scripted.length < 15, `and runs a handful of commands, not one per device (${same.scripted.length})`)
+  t.equal(await client.hget(P + 'd:' + signIn, 'user'), USER)
+
+  const renamed = JSON.stringify({ id: 1, name: 'Ada Lovelace' })
+  const changed = await commandsDuring(t, server, () => store.commit({ userKey, devices: [write(devices[0], 101, { version: 1 })], user: renamed }))
+  const copied = changed.scripted.filter(([name, , field]) => name === 'hset' && field === 'user').map(([, key]) => key)
+  t.ok(devices.every((fp) => copied.includes(P + 'd:' + fp)), 'new credentials are copied to every device')
+  t.same(new Set(await userFields()), new Set([renamed]))
+  t.equal((await store.read(userBucket(userKey), signIn))?.user, renamed)
+  t.same(new Set((await store.list(userKey)).map((d) => d.user)), new Set([renamed]))
+})
+
+test('a new device takes the credentials a sibling holds when the change carries none', async (t) => {
+  const server = await startRedis(t)
+  const client = await readyClient(server)
+  const store = new RedisStore(client)
+  const userKey = 'sibling'
+  const [first, second] = fingerprints(2)
+  await store.commit({ userKey, devices: [write(first, 1)], user: USER })
+  t.same((await store.commit({ userKey, devices: [write(second, 2)] })).ok, true)
+  t.equal((await store.read(userBucket(userKey), second))?.user, USER)
+
+  const lonely = 'no-devices'
+  await t.rejects(store.commit({ userKey: lonely, devices: [write(first, 1)] }), /needs the user's credentials/,
+    'no credentials anywhere: a programming error')
+  t.same(await client.keys(prefixOf(lonely) + '*'), [], 'and nothing was written')
+})
+
+test('a client with a keyPrefix: every key carries it, the keys scripts build too', async (t) => {
+  const server = await startRedis(t)
+  // '[' and ']' are special in SCAN patterns: users() must escape them.
+  const keyPrefix = 'app[1]:'
+  const client = await readyClient(server, { keyPrefix })
+  const raw = await readyClient(server)
+  const store = new RedisStore(client)
+  const userKey = 'prefixed'
+  const [a, b, c] = fingerprints(3)
+  await store.commit({ userKey, devices: [write(a, 1), write(b, 2)], user: USER })
+  const renamed = JSON.stringify({ id: 2 })
+  t.same(await store.commit({ userKey, devices: [write(c, 3)], user: renamed, limit: 2 }), { ok: true, evicted: [a] })
+  const P = keyPrefix + prefixOf(userKey)
+  t.same((await raw.keys('*')).sort(), [P + 'd:' + b, P + 'd:' + c, P + 'ud:' + userKey].sort(),
+    'the evicted device is gone; every key is prefixed')
+  t.equal(await raw.hget(P + 'd:' + b, 'user'), renamed, 'the credentials were copied under the prefix')
+  t.same((await store.list(userKey)).map((d) => d.fingerprint), [b, c])
+  t.equal((await store.read(userBucket(userKey), c))?.user, renamed)
+  t.same(await store.users(), [renamed], 'users() finds the prefixed keys, once per user')
+  t.same(await new RedisStore(raw).users(), [], 'a store without the prefix sees none of them')
+})
+
+test('a write that reaches Redis past its deadline does nothing', async (t) => {
+  const server = await startRedis(t)
+  const client = await readyClient(server)
+  const userKey = 'late'
+  const P = prefixOf(userKey)
+
+  t.test('its caller timed out: the script runs after the stall and does nothing', async (t) => {
+    const store = new RedisStore(client, { commandTimeout: 300 })
+    const [warm, fp] = fingerprints(2)
+    await store.commit({ userKey, devices: [write(warm, 1)], user: USER })
+    await server.pause(1000)
+    const started = performance.now()
+    await t.rejects(store.commit({ userKey, devices: [write(fp, 2)], user: USER }), /timed out after 300 ms/)
+    t.ok(performance.now() - started < 400, 'failed at the timeout, not at the end of the stall')
+    await sleep(1000)
+    t.equal(await client.exists(P + 'd:' + fp), 0, 'the device was never written')
+    t.same(await client.zrange(P + 'ud:' + userKey, '0', '-1'), [warm], 'nor indexed')
+  })
+
+  t.test('its caller is still waiting: the store throws', async (t) => {
+    const store = new RedisStore(client, { commandTimeout: 2000 })
+    // The store measures the server's clock with TIME: told it is 10 s behind, it sends
+    // deadlines already past on the server, as if the command had been delayed that long.
+    const time = client.time.bind(client)
+    client.time = (async () => {
+      const [seconds, micros] = await time()
+      return [String(Number(seconds) - 10), micros]
+    }) as typeof client.time
+    t.teardown(() => { client.time = time })
+    const fp = randomFingerprint()
+    await t.rejects(store.commit({ userKey, devices: [write(fp, 3)], user: USER }), /after its deadline; it did nothing/)
+    t.equal(await client.exists(P + 'd:' + fp), 0, 'nothing written')
+    t.equal(await store.read(userBucket(userKey), fp), null)
+  })
+})
+
+test('commands fail fast while the client is not connected, and work again once it is', async (t) => {
+  const server = await startRedis(t)
+  const client = await readyClient(server)
+  const store = new RedisStore(client, { commandTimeout: 2000 })
+  const userKey = 'outage'
+  const fp = randomFingerprint()
+  await store.commit({ userKey, devices: [write(fp, 1)], user: USER })
+  await server.stop()
+  await waitForClosed(client)
+  const calls: Array<[string, () => Promise<unknown>]> = [
+    ['read', () => store.read(userBucket(userKey), fp)],
+    ['list', () => store.list(userKey)],
+    ['commit', () => store.commit({ userKey, devices: [write(fp, 2)] })],
+    ['users', () => store.users()]
+  ]
+  for (const [name, call] of calls) {
+    const started = performance.now()
+    await t.rejects(call(), /Redis connection is/, `${name} fails`)
+    t.ok(performance.now() - started < 100, `${name} fails at once, not after the timeout`)
+  }
+  await server.start()
+  await waitForReady(client)
+  t.equal((await store.read(userBucket(userKey), fp)), null, 'the server lost its data (no persistence) and answers again')
+  t.not(client.status, 'end', 'the store never closed the client')
 })
 
 test('commandTimeout: one timer fails each stalled command at its own deadline; answers in time are kept', async (t) => {
@@ -93,17 +415,17 @@ test('commandTimeout: one timer fails each stalled command at its own deadline; 
   await once(client, 'ready')
   const store = new RedisStore(client, { commandTimeout: 200 })
   const userKey = 'timer'
-  const sidHash = hashToken(randomToken(userBucket(userKey)))
-  const now = Date.now()
-  await store.putSession(sidHash, { userKey, fingerprint: 'fp', insertedAt: now, signedInAt: now, metadata: {} }, { id: 9 }, 60_000, 1000)
-  t.same((await store.getSession(sidHash))?.user, { id: 9 }, 'answered in time')
+  const bucket = userBucket(userKey)
+  const fp = randomFingerprint()
+  await store.commit({ userKey, devices: [write(fp, 1)], user: USER })
+  t.equal((await store.read(bucket, fp))?.user, USER, 'answered in time')
 
   await server.pause(500)
   const started = performance.now()
   const settled = async (delay: number): Promise<{ error: string, after: number }> => {
     await sleep(delay)
     const sent = performance.now()
-    return await store.getSession(sidHash).then(
+    return await store.read(bucket, fp).then(
       () => ({ error: 'answered', after: performance.now() - sent }),
       (err: Error) => ({ error: err.message, after: performance.now() - sent }))
   }
@@ -115,7 +437,7 @@ test('commandTimeout: one timer fails each stalled command at its own deadline; 
   }
   // Past the stall, the late answers to the failed commands change nothing; new commands answer.
   await sleep(Math.max(0, 550 - (performance.now() - started)))
-  t.same((await store.getSession(sidHash))?.user, { id: 9 }, 'answered again after the stall')
+  t.equal((await store.read(bucket, fp))?.user, USER, 'answered again after the stall')
 
   // Many commands in flight, a stall in their midst: those answered before it keep their answer,
   // the others fail at their own deadlines (past a thousand answered ones at the head of the queue).
@@ -123,7 +445,7 @@ test('commandTimeout: one timer fails each stalled command at its own deadline; 
   for (let i = 0; i < 3000; i++) {
     if (i === 1500) await server.pause(400)
     const sent = performance.now()
-    outcomes.push(store.getSession(sidHash).then(
+    outcomes.push(store.read(bucket, fp).then(
       (found) => ({ ok: found !== null, after: performance.now() - sent }),
       () => ({ ok: false, after: performance.now() - sent })))
   }
