@@ -62,20 +62,7 @@ async function main (): Promise<string> {
   const store = new MemoryStore()
   const before = withCensus ? census() : new Map()
   const heapBefore = memoryAfterGc()
-  // fill() writes session i for user i; with several sessions per user, a thin wrapper moves
-  // session i to user i / perUser (same id, with that user's bucket).
-  const wrapper = {
-    putSession: async (sidHash: string, record: Pow.SessionRecord, user: unknown, ttl: number, grace: number) => {
-      if (perUser === 1) return await store.putSession(sidHash, record, user, ttl, grace)
-      const u = user as { id: number, email: string, name: string }
-      const shared = Math.floor((u.id - 1000) / perUser)
-      const sharedUser = { id: 1000 + shared, email: `user${shared}@example.com`, name: `User ${shared}` }
-      const userKey = String(sharedUser.id)
-      const hash = userBucket(userKey) + sidHash.slice(4)
-      return await store.putSession(hash, { ...record, userKey }, sharedUser, ttl, grace)
-    }
-  } as unknown as Pow.PowStore
-  await fill(wrapper, n, 1, userBucket)
+  await fill(store, n, 1, userBucket, (i) => Math.floor(i / perUser))
   const heapAfter = memoryAfterGc()
   const after = withCensus ? census() : new Map<string, { bytes: number, count: number }>()
   ;(globalThis as { keep?: unknown }).keep = store

@@ -39,20 +39,26 @@ export function copyMetadata (metadata: PowMetadata): PowMetadata {
  * may change. Two generations of maps, so that a miss costs no eviction: when the newer one is
  * full, the older one goes.
  */
-export class ParsedRecords<T> {
+export class ParsedRecords<T extends { fingerprint: string }> {
   #current = new Map<string, T>()
   #previous = new Map<string, T>()
+  readonly #decode: (json: string, fingerprint: string) => T
 
-  /** The value of this JSON text, cached under the text. */
-  get (json: string): T {
-    const cached = this.#current.get(json)
-    if (cached !== undefined) return cached
-    const older = this.#previous.get(json)
-    if (older !== undefined) {
-      this.#keep(json, older)
-      return older
+  constructor (decode: (json: string, fingerprint: string) => T) {
+    this.#decode = decode
+  }
+
+  /** The record of this JSON text at `fingerprint`, cached under the text. */
+  get (json: string, fingerprint: string): T {
+    let value = this.#current.get(json)
+    if (value === undefined) {
+      value = this.#previous.get(json)
+      if (value !== undefined) this.#keep(json, value)
     }
-    const value = JSON.parse(json) as T
+    // A record's text names secrets of its device only, so it never fits two fingerprints;
+    // checked all the same, as the text alone is the key.
+    if (value !== undefined && value.fingerprint === fingerprint) return value
+    value = this.#decode(json, fingerprint)
     if (json.length <= MAX_CACHED_LENGTH) this.#keep(json, value)
     return value
   }

@@ -1,12 +1,13 @@
 /**
  * Sessions written straight into a store for the growth figures: what n logins of n distinct
- * users would write (same record, user and TTLs as fastify-pow's defaults), without HTTP.
+ * users would write (the same device records, users and TTLs as fastify-pow's defaults), without HTTP.
  */
 import { createHash, randomBytes } from 'node:crypto'
+import { deviceWrite } from '../../lib/devices.js'
 import type * as Pow from '../../lib/index.js'
+import { type Device, type Minted, type Rules, signIn } from '../../lib/lifecycle.js'
 
 const TTL = 30 * 60_000
-const GRACE = 10_000
 
 /** The i-th stored user: a distinct user per session, about the size of USER. */
 export function userOf (i: number): { id: number, email: string, name: string } {
@@ -33,28 +34,41 @@ function random (bytes: number, encoding: BufferEncoding): string {
   return pool.toString(encoding, poolAt - bytes, poolAt)
 }
 
-/** What a login writes: a session of a new browser of user i; the id hash in the store's format. */
-async function putOne (store: Pow.PowStore, i: number, now: number, userBucket: (key: string) => string): Promise<void> {
-  const user = userOf(i)
+// The default options' durations, as the lifecycle reads them.
+const RULES: Rules = { ttl: TTL, renewAfter: 15 * 60_000, grace: 10_000, absoluteTtl: undefined, tokenTtl: 30 * 24 * 60 * 60_000, tokenAbsoluteTtl: undefined }
+
+/**
+ * What a login writes: a new device of user `owner(i)` with its session id, built by the
+ * lifecycle as `create()` builds it, so the records the store keeps are the real ones.
+ */
+async function putOne (store: Pow.PowStore, i: number, now: number, userBucket: (key: string) => string, owner: (i: number) => number): Promise<void> {
+  const user = userOf(owner(i))
   const userKey = String(user.id)
-  // As a login makes it: randomToken() then hashToken() (lib/crypto.ts), so the key strings the
-  // store keeps are built the same way.
-  const token = userBucket(userKey) + random(32, 'base64url')
-  const sidHash = token.slice(0, 4) + '.' + createHash('sha256').update(token).digest('base64url')
-  const record = { userKey, fingerprint: random(16, 'base64url'), insertedAt: now, signedInAt: now, metadata: {} }
-  if (!await store.putSession(sidHash, record, user, TTL, GRACE)) throw new Error('prefill: putSession refused a write')
+  const bucket = userBucket(userKey)
+  const fingerprint = random(16, 'base64url')
+  const mint = (): Minted => {
+    const secret = bucket + fingerprint + random(32, 'base64url')
+    return { secret, hash: createHash('sha256').update(secret).digest('base64url') }
+  }
+  const step = signIn(userKey, fingerprint, {}, { session: true, token: false }, now, RULES, mint)
+  const { ok } = await store.commit({ userKey, devices: [deviceWrite(step.device as Device, 0, now)], user: JSON.stringify(user) })
+  if (!ok) throw new Error('prefill: the store refused a new device')
 }
 
-/** Stores n sessions of n distinct users through `store.putSession`, `concurrency` at a time. */
-export async function fill (store: Pow.PowStore, n: number, concurrency: number, userBucket: (key: string) => string): Promise<void> {
+/**
+ * Stores n sessions through `store.commit`, `concurrency` at a time: session i is a new device
+ * of user `owner(i)` (by default user i, n distinct users).
+ */
+export async function fill (
+  store: Pow.PowStore, n: number, concurrency: number, userBucket: (key: string) => string, owner: (i: number) => number = (i) => i
+): Promise<void> {
   const now = Date.now()
   let next = 0
   const worker = async (): Promise<void> => {
-    while (next < n) await putOne(store, next++, now, userBucket)
+    while (next < n) await putOne(store, next++, now, userBucket, owner)
   }
   await Promise.all(Array.from({ length: Math.min(concurrency, Math.max(n, 1)) }, worker))
 }
-
 
 /**
  * The memory in use after two full collections (needs node --expose-gc): the V8 heap and the
