@@ -1,8 +1,8 @@
 // Type tests: compiled by `npm run typecheck` (part of `npm test`); an unmet @ts-expect-error fails it.
 import Fastify, { type FastifyRequest } from 'fastify'
 import pow, {
-  fastifyPow, MemoryStore, PowOptionError, PowSignInRevokedError, PowStoreError, type PowStore, type PowUser, type SessionInfo,
-  type StoredSession, type TokenRecord
+  fastifyPow, MemoryStore, PowMetadataTooLargeError, PowOptionError, PowSignInRevokedError, PowStoreError, type DeletedReason, type DeviceChange,
+  type PowStore, type PowUser, type SessionInfo, type StoredDevice
 } from '../../lib/index.js'
 
 declare module '../../lib/types.js' {
@@ -16,8 +16,10 @@ app.register(pow, {
   secret: 'x'.repeat(32),
   userId: (user) => user.email,
   reloadUser: async (user, request: FastifyRequest) => (request.ip === '' ? null : user),
+  maxDevices: 10,
+  maxMetadataBytes: 1024,
   session: { ttl: 1, renewAfter: 1, rotationGrace: 1, absoluteTtl: 1, cookieName: '__Host-s', cookie: { sameSite: 'strict' } },
-  persistentSession: { ttl: 1, cookieName: 'r', cookie: { domain: 'example.com' } }
+  persistentSession: { ttl: 1, absoluteTtl: 1, cookieName: 'r', cookie: { domain: 'example.com' } }
 })
 // @ts-expect-error secret is required
 app.register(pow, {})
@@ -36,6 +38,10 @@ app.get('/', async (request) => {
   // @ts-expect-error create needs the merged user type
   await request.powSession.create({ name: 'x' })
   const sessions: SessionInfo[] = await request.powSession.sessions()
+  const remembered: boolean = sessions[0].remembered
+  const fresh: boolean = request.powSession.isFresh(5 * 60_000)
+  void remembered
+  void fresh
   const fingerprint: string | undefined = request.powSession.metadata?.fingerprint
   const deleted: boolean = await request.powSession.deleteSession(sessions[0].fingerprint)
   const others: string[] = await request.powSession.deleteOtherSessions()
@@ -49,13 +55,17 @@ app.get('/', async (request) => {
 const users: PowUser[] = await app.pow.credentials.users()
 await app.pow.credentials.put('id', { id: 1, email: 'a' }, { device: 'x' })
 const revoked: string[] = await app.pow.credentials.deleteUserSessions(users[0], { except: 'fp' })
+// Admin calls take a user id as well as a user.
+await app.pow.credentials.deleteUserSessions(42)
+await app.pow.credentials.sessions('42')
+app.pow.on('session:deleted', (event) => { const reason: DeletedReason | undefined = event.reason; void reason })
 app.pow.on('persistent:reuse', (event) => { const fp: string = event.fingerprint; void fp })
 app.pow.on('session:reuse', (event) => { const fp: string = event.fingerprint; void fp })
-const stored: StoredSession = { record: { userKey: 'u', fingerprint: 'f', insertedAt: 0, signedInAt: 0, metadata: {} }, user: {}, retired: true, unclaimedSince: 1, superseded: false }
-const token: Partial<TokenRecord> = { unclaimed: true, superseded: false }
-const revokedError: boolean = new Error() instanceof PowSignInRevokedError
+const stored: StoredDevice = { data: '{}', user: '{}', version: 1 }
+const change: DeviceChange = { userKey: 'u', devices: [{ fingerprint: 'f', version: 0, data: '{}', ttl: 1000, usedAt: 0 }], limit: 10 }
+const revokedError: boolean = new Error() instanceof PowSignInRevokedError || new Error() instanceof PowMetadataTooLargeError
 void stored
-void token
+void change
 void revokedError
 // @ts-expect-error unknown event
 app.pow.on('session:exploded', () => {})
