@@ -5,6 +5,7 @@ import fastifyRedis from '@fastify/redis'
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest, type FastifyServerOptions } from 'fastify'
 import pow, { type PersistentSessionOptions, type PowStore, type SessionOptions } from '../lib/index.js'
 import { pages } from './pages.js'
+import { deviceMetadata, readDeviceMetadata } from './user-agent.js'
 import { type PublicUser, UserStore } from './users.js'
 
 // A standalone app would type `request.powSession.user` by merging its user into PowUser:
@@ -130,7 +131,8 @@ export async function buildApp (options: BuildAppOptions = {}): Promise<FastifyI
     await request.powSession.create(user, {
       // Remember-me needs the persistentSession option; without it the checkbox is ignored.
       persistent: remember === true && request.powPersistentSession !== null,
-      metadata: { userAgent: request.headers['user-agent'] ?? null, ip: request.ip }
+      // Parsed and cut: the raw header is whatever the client sends (up to Node's 16 kB).
+      metadata: deviceMetadata(request.headers['user-agent'], request.ip)
     })
     return { user }
   })
@@ -151,8 +153,14 @@ export async function buildApp (options: BuildAppOptions = {}): Promise<FastifyI
             user: userSchema,
             session: {
               type: 'object',
-              required: ['fingerprint', 'insertedAt'],
-              properties: { fingerprint: { type: 'string' }, insertedAt: { type: 'number' } }
+              required: ['fingerprint', 'insertedAt', 'signedInAt'],
+              properties: {
+                fingerprint: { type: 'string' },
+                // When this browser's current session id was issued (renewals move it).
+                insertedAt: { type: 'number' },
+                // When this browser last signed in with a password; remember-me sign-ins keep it.
+                signedInAt: { type: 'number' }
+              }
             }
           }
         },
@@ -163,7 +171,8 @@ export async function buildApp (options: BuildAppOptions = {}): Promise<FastifyI
     const user = signedIn(request)
     const metadata = request.powSession.metadata
     if (metadata === null) throw new Error('a signed-in request has session metadata')
-    return { user, session: { fingerprint: metadata.fingerprint, insertedAt: metadata.insertedAt } }
+    const { fingerprint, insertedAt, signedInAt } = metadata
+    return { user, session: { fingerprint, insertedAt, signedInAt } }
   })
 
   app.patch<{ Body: UpdateMeBody }>('/api/me', {
@@ -198,11 +207,17 @@ export async function buildApp (options: BuildAppOptions = {}): Promise<FastifyI
               type: 'array',
               items: {
                 type: 'object',
-                required: ['fingerprint', 'current', 'insertedAt', 'userAgent', 'ip'],
+                required: ['fingerprint', 'current', 'remembered', 'insertedAt', 'signedInAt', 'browser', 'os', 'userAgent', 'ip'],
                 properties: {
                   fingerprint: { type: 'string' },
                   current: { type: 'boolean' },
+                  // A remember-me token of this browser works: it is listed (and can be signed
+                  // out) even when its session idled out, since it signs back in on its next visit.
+                  remembered: { type: 'boolean' },
                   insertedAt: { type: 'number' },
+                  signedInAt: { type: 'number' },
+                  browser: { type: 'string' },
+                  os: { type: 'string' },
                   userAgent: { type: ['string', 'null'] },
                   ip: { type: ['string', 'null'] }
                 }
@@ -219,9 +234,10 @@ export async function buildApp (options: BuildAppOptions = {}): Promise<FastifyI
       sessions: sessions.map((session) => ({
         fingerprint: session.fingerprint,
         current: session.current,
+        remembered: session.remembered,
         insertedAt: session.insertedAt,
-        userAgent: typeof session.metadata.userAgent === 'string' ? session.metadata.userAgent : null,
-        ip: typeof session.metadata.ip === 'string' ? session.metadata.ip : null
+        signedInAt: session.signedInAt,
+        ...readDeviceMetadata(session.metadata)
       }))
     }
   })

@@ -3,7 +3,7 @@ import fastifyFormbody from '@fastify/formbody'
 import fastifyRateLimit from '@fastify/rate-limit'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { SessionInfo } from '../lib/index.js'
-import { describeUserAgent } from './user-agent.js'
+import { deviceMetadata, readDeviceMetadata } from './user-agent.js'
 import type { PublicUser, UserStore } from './users.js'
 
 export interface PagesOptions {
@@ -46,6 +46,7 @@ ul.devices li > div { flex: 1 1 18rem; min-width: 0; }
 ul.devices li:first-child { border-top: 0; }
 .device-name { font-weight: 600; }
 .badge { display: inline-block; font-size: .75rem; font-weight: 600; background: #dafbe1; color: #116329; border-radius: 2em; padding: 0 .5rem; margin-left: .25rem; }
+.badge.remembered { background: #ddf4ff; color: #0a3069; }
 form.inline { display: inline; margin: 0; }
 `
 
@@ -92,17 +93,23 @@ async function requireUserPage (request: FastifyRequest, reply: FastifyReply): P
 }
 
 function deviceItem (session: SessionInfo, csrf: string): string {
-  const { browser, os } = describeUserAgent(typeof session.metadata.userAgent === 'string' ? session.metadata.userAgent : null)
-  const ip = typeof session.metadata.ip === 'string' ? session.metadata.ip : 'unknown'
+  const { browser, os, ip } = readDeviceMetadata(session.metadata)
   const action = session.current
     ? ''
     : `<form class="inline" method="post" action="/sessions/${encodeURIComponent(session.fingerprint)}/delete">
         <input type="hidden" name="_csrf" value="${escapeHtml(csrf)}"><button class="danger" type="submit">Sign out</button></form>`
-  return `<li data-fingerprint="${escapeHtml(session.fingerprint)}"${session.current ? ' data-current="true"' : ''}>
+  const badges = (session.current ? ' <span class="badge">This device</span>' : '') +
+    (session.remembered ? ' <span class="badge remembered">Remembered</span>' : '')
+  // A remembered browser is listed even when its session idled out: its next visit signs it in
+  // again without a password, so it is as signed in as the others, and must be signable out.
+  const remembered = session.remembered
+    ? '\n    <div class="muted">Stays signed in with “Remember me” until it is signed out.</div>'
+    : ''
+  return `<li data-fingerprint="${escapeHtml(session.fingerprint)}"${session.current ? ' data-current="true"' : ''}${session.remembered ? ' data-remembered="true"' : ''}>
   <div>
-    <div class="device-name">${escapeHtml(browser)} on ${escapeHtml(os)}${session.current ? ' <span class="badge">This device</span>' : ''}</div>
-    <div class="muted">IP ${escapeHtml(ip)}</div>
-    <div class="muted">Signed in ${time(session.signedInAt)} · last renewed ${time(session.insertedAt)}</div>
+    <div class="device-name">${escapeHtml(browser)} on ${escapeHtml(os)}${badges}</div>
+    <div class="muted">IP ${escapeHtml(ip ?? 'unknown')}</div>
+    <div class="muted">Signed in ${time(session.signedInAt)} · last renewed ${time(session.insertedAt)}</div>${remembered}
   </div>
   ${action}
 </li>`
@@ -193,7 +200,8 @@ ${notice}
     if (user === null) return reply.redirect('/login?error=1', 303)
     await request.powSession.create(user, {
       persistent: remember === 'on' && request.powPersistentSession !== null,
-      metadata: { userAgent: request.headers['user-agent'] ?? null, ip: request.ip }
+      // Parsed and cut, as the JSON login does: the raw header is whatever the client sends.
+      metadata: deviceMetadata(request.headers['user-agent'], request.ip)
     })
     return reply.redirect('/', 303)
   })
@@ -232,7 +240,7 @@ ${notice}
       csrf,
       body: `<div class="card">
 <h1>Your devices</h1>
-<p class="muted">Browsers signed in to ${escapeHtml(user.email)}. Signing a device out also ends its “Remember me”.</p>
+<p class="muted">Browsers signed in to ${escapeHtml(user.email)}, including those that “Remember me” signs back in after a pause. Signing a device out also ends its “Remember me”.</p>
 <ul class="devices">
 ${sessions.map((session) => deviceItem(session, csrf)).join('\n')}
 </ul>

@@ -4,10 +4,15 @@ import path from 'node:path'
 import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core'
 import t0, { test } from 'tap'
 import { buildApp } from '../examples/app.js'
+import { fakeClock } from './helpers/clock.js'
 
 const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium'
 const ARTIFACTS = path.resolve('artifacts')
 const FLAGS = ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync']
+const MINUTE = 60_000
+// The plugin's default idle timeout, which the example keeps.
+const SESSION_TTL = 30 * MINUTE
+const SAFARI_IOS = 'Mozilla/5.0 (iPhone; CPU iPhone OS 18_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/18.0 Mobile/15E148 Safari/604.1'
 
 if (!existsSync(CHROMIUM)) {
   const message = `Chromium not found at ${CHROMIUM}: install it with \`apt-get install -y chromium\` (.ci/run does this)`
@@ -87,8 +92,7 @@ if (!existsSync(CHROMIUM)) {
     await mkdir(ARTIFACTS, { recursive: true })
     const first = await newPage()
     const second = await newPage(undefined, 'Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:128.0) Gecko/20100101 Firefox/128.0')
-    const phone = await newPage({ width: 390, height: 844 },
-      'Mozilla/5.0 (iPhone; CPU iPhone OS 18_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/18.0 Mobile/15E148 Safari/604.1')
+    const phone = await newPage({ width: 390, height: 844 }, SAFARI_IOS)
     t.teardown(async () => { await first.context.close(); await second.context.close(); await phone.context.close() })
     await signIn(first.page, 'alice@example.com', 'alice-password', true)
     await signIn(second.page, 'alice@example.com', 'alice-password', true)
@@ -96,10 +100,11 @@ if (!existsSync(CHROMIUM)) {
 
     await first.page.goto(`${base}/sessions`)
     t.equal(await first.page.locator('ul.devices li').count(), 3)
-    t.equal(await first.page.locator('li[data-current=true] .badge').textContent(), 'This device')
+    t.equal(await first.page.locator('li[data-current=true] .badge:not(.remembered)').textContent(), 'This device')
     t.match(await first.page.locator('li[data-current=true] .device-name').textContent(), /^Headless Chrome \d+ on Linux/)
     t.equal(await first.page.locator('.device-name', { hasText: 'Firefox 128 on Windows' }).count(), 1)
     t.equal(await first.page.locator('.device-name', { hasText: 'Safari 18 on iOS' }).count(), 1)
+    t.equal(await first.page.locator('li[data-remembered=true]').count(), 2, 'the two browsers that chose remember-me are marked')
     await first.page.screenshot({ path: path.join(ARTIFACTS, 'devices.png'), fullPage: true })
 
     await phone.page.goto(`${base}/sessions`)
@@ -109,7 +114,7 @@ if (!existsSync(CHROMIUM)) {
 
     const secondFingerprint = await second.page.evaluate(async () => {
       const html = await (await fetch('/sessions')).text()
-      return /<li data-fingerprint="([^"]+)" data-current="true">/.exec(html)?.[1]
+      return /<li data-fingerprint="([^"]+)" data-current="true"/.exec(html)?.[1]
     })
     t.ok(secondFingerprint)
     await Promise.all([
@@ -128,6 +133,44 @@ if (!existsSync(CHROMIUM)) {
     t.equal(await first.page.locator('ul.devices li').count(), 1)
     await phone.page.reload()
     t.equal(new URL(phone.page.url()).pathname, '/login')
+  })
+
+  test('a remembered phone whose session idled out stays on the devices page until it is signed out', async (t) => {
+    await mkdir(ARTIFACTS, { recursive: true })
+    const laptop = await newPage()
+    const phone = await newPage({ width: 390, height: 844 }, SAFARI_IOS)
+    t.teardown(async () => { await laptop.context.close(); await phone.context.close() })
+    // Only the server's Date is faked (it runs in this process); Chromium keeps its own clock,
+    // so its cookies do not expire: the phone still holds both of its cookies afterwards.
+    const clock = fakeClock(t, Date.now())
+    await signIn(laptop.page, 'alice@example.com', 'alice-password', false)
+    await signIn(phone.page, 'alice@example.com', 'alice-password', true)
+
+    // The laptop is used (its session renews); the phone is put away past the idle timeout.
+    clock.tick(SESSION_TTL / 2 + MINUTE)
+    await laptop.page.goto(`${base}/`)
+    clock.tick(SESSION_TTL / 2 + MINUTE)
+    const phoneCookies = await phone.context.cookies()
+    const sessionOnly = phoneCookies.filter((c) => c.name === 'pow_session').map((c) => `${c.name}=${c.value}`).join('; ')
+    const probe = await fetch(`${base}/api/me`, { headers: { cookie: sessionOnly } })
+    t.equal(probe.status, 401, 'the phone\'s session idled out (its remember-me cookie was not shown)')
+
+    await laptop.page.goto(`${base}/sessions`)
+    t.equal(await laptop.page.locator('ul.devices li').count(), 2, 'the phone is still listed')
+    const item = laptop.page.locator('li[data-remembered=true]')
+    t.equal(await item.count(), 1)
+    t.match(await item.locator('.device-name').textContent(), /^Safari 18 on iOS Remembered$/)
+    t.match(await item.textContent(), /Stays signed in with “Remember me”/)
+    t.ok(await item.locator('button', { hasText: 'Sign out' }).isVisible(), 'with its Sign out button')
+    t.ok(await laptop.page.locator('button', { hasText: 'Sign out all other devices' }).isVisible())
+    await laptop.page.screenshot({ path: path.join(ARTIFACTS, 'devices-remembered.png'), fullPage: true })
+
+    await Promise.all([laptop.page.waitForURL(`${base}/sessions`), item.locator('button').click()])
+    t.equal(await laptop.page.locator('ul.devices li').count(), 1, 'signed out')
+    t.match(await laptop.page.textContent('main'), /No other device is signed in/)
+    await phone.page.goto(`${base}/`)
+    t.equal(new URL(phone.page.url()).pathname, '/login', 'the phone\'s remember-me cookie no longer signs it in')
+    t.notOk((await phone.context.cookies()).some((c) => c.name === 'pow_persistent_session'), 'and was cleared')
   })
 
   test('sign out', async (t) => {
