@@ -1,12 +1,14 @@
 // MemoryStore's off-heap parts (lib/stores/off-heap.ts): the string column and the hash index,
 // each against a plain Array / Map doing the same operations; then the point of them, a
-// MemoryStore whose sessions take (almost) no V8 heap.
+// MemoryStore whose devices take (almost) no V8 heap.
 import { setFlagsFromString } from 'node:v8'
 import { runInNewContext } from 'node:vm'
 import { test } from 'tap'
 import { StringColumn, StringIndex } from '../lib/stores/off-heap.js'
 import { MemoryStore } from '../lib/index.js'
-import { hashToken, randomToken, userBucket } from '../lib/crypto.js'
+import { randomFingerprint, userBucket } from '../lib/crypto.js'
+import { deviceWrite, minter } from '../lib/devices.js'
+import { signIn as signInDevice, type Device } from '../lib/lifecycle.js'
 
 /** A deterministic pseudo-random sequence (mulberry32), so that a failure can be replayed. */
 function random (seed: number): () => number {
@@ -203,44 +205,58 @@ function memory (): { heap: number, buffers: number } {
   return { heap: heapUsed, buffers: arrayBuffers }
 }
 
-/** Stores a session of a new browser of user `userKey`; its hash. */
+const RULES = { ttl: 60_000, renewAfter: 30_000, grace: 10_000, absoluteTtl: undefined, tokenTtl: 30 * 86_400_000, tokenAbsoluteTtl: undefined }
+
+/** Stores a new device of user `userKey`, as a sign-in writes it (a session id and a token); its fingerprint. */
 async function signIn (store: MemoryStore, userKey: string, i: number): Promise<string> {
   const now = Date.now()
-  const hash = hashToken(randomToken(userBucket(userKey)))
-  await store.putSession(hash, {
-    userKey, fingerprint: `f${i}`, insertedAt: now, signedInAt: now, metadata: {}
-  }, { id: userKey, email: `user${i}@example.com`, name: `User ${i}` }, 60_000, 1000)
-  return hash
+  const fingerprint = randomFingerprint()
+  const step = signInDevice(userKey, fingerprint, {}, { session: true, token: true }, now, RULES, minter(userBucket(userKey), fingerprint))
+  await store.commit({
+    userKey,
+    user: JSON.stringify({ id: userKey, email: `user${i}@example.com`, name: `User ${i}` }),
+    devices: [deviceWrite(step.device as Device, 0, now)]
+  })
+  return fingerprint
 }
 
-test('a MemoryStore keeps its sessions off the V8 heap', async (t) => {
+/** Ends a device of `userKey`. */
+async function signOut (store: MemoryStore, userKey: string, fingerprint: string): Promise<void> {
+  await store.commit({ userKey, devices: [{ fingerprint, data: null, ttl: 0, usedAt: Date.now() }] })
+}
+
+test('a MemoryStore keeps its devices off the V8 heap', async (t) => {
   const store = new MemoryStore()
   const before = memory()
   const n = 50_000
   for (let i = 0; i < n; i++) await signIn(store, String(1000 + i), i)
   const after = memory()
-  const heapPerSession = (after.heap - before.heap) / n
-  const buffersPerSession = (after.buffers - before.buffers) / n
+  const heapPerDevice = (after.heap - before.heap) / n
+  const buffersPerDevice = (after.buffers - before.buffers) / n
   // Kept on the heap, each session was about 560 bytes (its hash, record and user as strings,
   // Map entries): that is what made every scavenge slower as sessions grew.
-  t.ok(heapPerSession < 40, `V8 heap: ${heapPerSession.toFixed(1)} B per session`)
-  t.ok(buffersPerSession > 150, `buffers: ${buffersPerSession.toFixed(1)} B per session hold them`)
-  t.equal(store.size.sessions, n)
+  t.ok(heapPerDevice < 40, `V8 heap: ${heapPerDevice.toFixed(1)} B per device`)
+  t.ok(buffersPerDevice > 300, `buffers: ${buffersPerDevice.toFixed(1)} B per device hold them`)
+  t.same(store.size, { devices: n, users: n, heap: n })
 })
 
-test('a MemoryStore gives its buffers back once most sessions are gone', async (t) => {
+test('a MemoryStore gives its buffers back once most devices are gone', async (t) => {
   const store = new MemoryStore()
   const before = memory()
-  const hashes: string[] = []
-  for (let i = 0; i < 50_000; i++) hashes.push(await signIn(store, String(1000 + i), i))
+  const devices: Array<[string, string]> = []
+  for (let i = 0; i < 50_000; i++) {
+    const userKey = String(1000 + i)
+    devices.push([userKey, await signIn(store, userKey, i)])
+  }
   const full = memory().buffers - before.buffers
-  for (const hash of hashes.slice(10)) await store.deleteSession(hash)
+  for (const [userKey, fingerprint] of devices.slice(10)) await signOut(store, userKey, fingerprint)
   // A write evicts and compacts.
   await signIn(store, 'one more', 0)
   const left = memory().buffers - before.buffers
-  t.equal(store.size.sessions, 11)
-  t.ok(full > 10_000_000, `50k sessions: ${(full / 1e6).toFixed(1)} MB of buffers`)
-  t.ok(left < full / 20, `11 sessions after the compaction: ${(left / 1e6).toFixed(2)} MB`)
+  t.same(store.size, { devices: 11, users: 11, heap: 11 })
+  t.ok(store.slots.devices < 64 && store.slots.users < 64, `slots compacted: ${JSON.stringify(store.slots)}`)
+  t.ok(full > 10_000_000, `50k devices: ${(full / 1e6).toFixed(1)} MB of buffers`)
+  t.ok(left < full / 20, `11 devices after the compaction: ${(left / 1e6).toFixed(2)} MB`)
 })
 
 test('user keys with lone surrogates: stored as UTF-8 (U+FFFD), found and let go of as the same key', async (t) => {
@@ -255,23 +271,30 @@ test('user keys with lone surrogates: stored as UTF-8 (U+FFFD), found and let go
 
   const store = new MemoryStore()
   const bad = 'user\ud800'
-  const hash = await signIn(store, bad, 1)
-  t.same((await store.getSession(hash))?.record.userKey, bad, 'the record keeps the key as JSON (escaped), exactly')
-  await store.deleteSession(hash)
-  t.equal(store.size.users, 0, 'the user goes with its last session')
+  const fingerprint = await signIn(store, bad, 1)
+  const stored = await store.read(userBucket(bad), fingerprint)
+  t.equal(JSON.parse(stored?.data as string).userKey, bad, 'the record keeps the key as JSON (escaped), exactly')
+  t.equal(JSON.parse(stored?.user as string).id, bad, 'and so do the credentials')
+  t.equal((await store.list(bad)).length, 1, 'the user is found by the key')
+  await signOut(store, bad, fingerprint)
+  t.equal(store.size.users, 0, 'the user goes with its last device')
   // Many such users come and go, with others staying, across compactions: every staying user
   // is still found (a stale index entry would become a hole in a probe run at a compaction).
   const staying = new Map<string, string>()
   for (let i = 0; i < 600; i++) {
     const key = i % 3 === 0 ? `bad${i}\udc00` : `user${i}`
-    const h = await signIn(store, key, i)
-    if (i % 3 !== 0 && i % 10 === 1) staying.set(key, h)
-    else if (i % 7 !== 0) await store.deleteSession(h)
+    const fp = await signIn(store, key, i)
+    if (i % 3 !== 0 && i % 10 === 1) staying.set(key, fp)
+    else if (i % 7 !== 0) await signOut(store, key, fp)
   }
-  for (const [key, h] of staying) await store.deleteSession(h).then(async () => await signIn(store, key, 0))
+  for (const [key, fp] of staying) {
+    await signOut(store, key, fp)
+    staying.set(key, await signIn(store, key, 0))
+  }
   let found = 0
-  for (const key of staying.keys()) if ((await store.listSessions(key)).length === 1) found++
-  t.equal(found, staying.size, `all ${staying.size} staying users' sessions are listed`)
-  const users = await store.listUsers() as Array<{ id: string }>
-  t.equal(new Set(users.map((u) => u.id)).size, users.length, 'listUsers lists each user once')
+  for (const [key, fp] of staying) if ((await store.list(key)).map((d) => d.fingerprint).join() === fp) found++
+  t.equal(found, staying.size, `all ${staying.size} staying users' devices are listed`)
+  const users = (await store.users()).map((json) => JSON.parse(json) as { id: string })
+  t.equal(new Set(users.map((u) => u.id)).size, users.length, 'users() lists each user once')
+  t.equal(users.length, store.size.users, 'every user with a device')
 })

@@ -24,7 +24,22 @@ const cases: Array<[string, unknown, string]> = [
   ['persistent ttl over 400 days', { persistentSession: { ttl: 401 * 86_400_000 } }, 'persistentSession.ttl'],
   ['persistentSession not an object', { persistentSession: true }, 'persistentSession'],
   ['store without the interface', { store: { get: () => null } }, 'store'],
-  ['store missing one method', { store: Object.assign(Object.create(MemoryStore.prototype), { lock: undefined }) }, 'store'],
+  ['store missing one method', { store: Object.assign(Object.create(MemoryStore.prototype), { commit: undefined }) }, 'store'],
+  ['a store of the old interface', { store: { getSession: async () => null, putSession: async () => {}, lock: async () => true, rotateToken: async () => null } }, 'store'],
+  ['zero maxDevices', { maxDevices: 0 }, 'maxDevices'],
+  ['negative maxDevices', { maxDevices: -1 }, 'maxDevices'],
+  ['fractional maxDevices', { maxDevices: 1.5 }, 'maxDevices'],
+  ['infinite maxDevices', { maxDevices: Infinity }, 'maxDevices'],
+  ['NaN maxDevices', { maxDevices: NaN }, 'maxDevices'],
+  ['string maxDevices', { maxDevices: '10' }, 'maxDevices'],
+  ['maxMetadataBytes below 2 (the JSON of {})', { maxMetadataBytes: 1 }, 'maxMetadataBytes'],
+  ['fractional maxMetadataBytes', { maxMetadataBytes: 100.5 }, 'maxMetadataBytes'],
+  ['infinite maxMetadataBytes', { maxMetadataBytes: Infinity }, 'maxMetadataBytes'],
+  ['string maxMetadataBytes', { maxMetadataBytes: '4kB' }, 'maxMetadataBytes'],
+  ['zero persistent absoluteTtl', { persistentSession: { absoluteTtl: 0 } }, 'persistentSession.absoluteTtl'],
+  ['negative persistent absoluteTtl', { persistentSession: { absoluteTtl: -1 } }, 'persistentSession.absoluteTtl'],
+  ['infinite persistent absoluteTtl', { persistentSession: { absoluteTtl: Infinity } }, 'persistentSession.absoluteTtl'],
+  ['string persistent absoluteTtl', { persistentSession: { absoluteTtl: '90d' } }, 'persistentSession.absoluteTtl'],
   ['userId not a function', { userId: 'id' }, 'userId'],
   ['reloadUser not a function', { reloadUser: true }, 'reloadUser'],
   ['bad cookie name', { session: { cookieName: 'bad name;' } }, 'session.cookieName'],
@@ -50,14 +65,35 @@ for (const [name, options, option] of cases) {
   })
 }
 
+test('a store that lacks methods is named with what it misses', async (t) => {
+  const app = Fastify()
+  t.teardown(() => app.close())
+  app.register(pow, { secret: SECRET, store: { read: async () => null, users: async () => [] } as never })
+  await t.rejects(async () => { await app.ready() }, { option: 'store', message: /missing list, commit/ })
+})
+
+test('the smallest maxDevices and maxMetadataBytes are accepted', async (t) => {
+  const app = Fastify()
+  t.teardown(() => app.close())
+  await app.register(pow, { secret: SECRET, maxDevices: 1, maxMetadataBytes: 2 })
+  app.post('/login', async (request) => {
+    await request.powSession.create({ id: 1 } as never)
+    return { metadata: request.powSession.metadata }
+  })
+  const login = await app.inject({ method: 'POST', url: '/login' })
+  t.equal(login.statusCode, 200, 'a sign-in without metadata fits in 2 bytes ({})')
+})
+
 test('valid options start the app and answer requests', async (t) => {
   const app = Fastify()
   t.teardown(() => app.close())
   await app.register(pow, {
     secret: [SECRET, SECRET + '-old'],
     store: new MemoryStore(),
+    maxDevices: 5,
+    maxMetadataBytes: 1024,
     session: { ttl: 60_000, renewAfter: 30_000, rotationGrace: 1000, absoluteTtl: 3_600_000, cookieName: 'sid' },
-    persistentSession: { ttl: 86_400_000, cookieName: 'remember' }
+    persistentSession: { ttl: 86_400_000, absoluteTtl: 7 * 86_400_000, cookieName: 'remember' }
   })
   app.get('/', async (request) => ({ user: request.powSession.user }))
   t.same((await app.inject('/')).json(), { user: null })

@@ -1,45 +1,81 @@
 import { once } from 'node:events'
 import { test, type Test } from 'tap'
+import { secretDevice } from '../lib/crypto.js'
 import { MemoryStore, type PowStore, RedisStore } from '../lib/index.js'
+import type { Device } from '../lib/lifecycle.js'
 import { copyMetadata, ParsedRecords } from '../lib/parsed.js'
-import type { SessionRecord } from '../lib/types.js'
 import { buildApp } from './helpers/app.js'
+import { fakeClock } from './helpers/clock.js'
 import { CookieJar } from './helpers/jar.js'
 import { startRedis } from './helpers/redis.js'
 
+// Records as a store keeps them: without the fingerprint, which is the store's address.
 const recordText = (i: number): string =>
-  JSON.stringify({ userKey: String(i), fingerprint: `fp${i}`, insertedAt: i, signedInAt: i, metadata: { i } })
+  JSON.stringify({ userKey: String(i), signedInAt: i, metadata: { i }, session: null })
 
-test('ParsedRecords: one parse per JSON text while it is cached, equal to JSON.parse', async (t) => {
-  const records = new ParsedRecords()
-  const first = records.get(recordText(1))
-  t.same(first, JSON.parse(recordText(1)))
-  t.equal(records.get(recordText(1)), first, 'the same text read again: the cached object')
-  t.equal(records.get(recordText(1)), first, 'an equal string built anew (as a Redis reply is) hits too')
+interface CachedRecord { fingerprint: string, userKey: string, metadata: { i: number } }
 
-  records.forget(recordText(1))
-  const again = records.get(recordText(1))
-  t.not(again, first, 'forgotten: parsed again')
-  t.same(again, first)
+/** A cache whose decoder counts its calls: each call is a parse. */
+function counted (): { records: ParsedRecords<CachedRecord>, parses: () => number } {
+  let parses = 0
+  const records = new ParsedRecords<CachedRecord>((json, fingerprint) => {
+    parses++
+    return { ...JSON.parse(json), fingerprint }
+  })
+  return { records, parses: () => parses }
+}
+
+test('ParsedRecords: one parse per JSON text while it is cached, equal to decoding it', async (t) => {
+  const { records, parses } = counted()
+  const first = records.get(recordText(1), 'fp1')
+  t.same(first, { ...JSON.parse(recordText(1)), fingerprint: 'fp1' }, 'the decoded record, with its fingerprint')
+  t.equal(records.get(recordText(1), 'fp1'), first, 'the same text read again: the cached object')
+  t.equal(records.get([recordText(1).slice(0, 10), recordText(1).slice(10)].join(''), 'fp1'), first, 'an equal string built anew (as a Redis reply is) hits too')
+  t.equal(parses(), 1, 'parsed once')
+  const changed = records.get(recordText(1).replace('"i":1', '"i":2'), 'fp1')
+  t.not(changed, first, 'another text is another record: a device written again is parsed anew')
+  t.same(changed.metadata, { i: 2 })
+  t.equal(records.get(recordText(1), 'fp1'), first, 'and the first text still finds its own')
+  t.equal(parses(), 2)
+})
+
+test('ParsedRecords: the same text at another fingerprint is never the cached record', async (t) => {
+  const { records, parses } = counted()
+  const a = records.get(recordText(1), 'fpA')
+  const b = records.get(recordText(1), 'fpB')
+  t.equal(a.fingerprint, 'fpA')
+  t.equal(b.fingerprint, 'fpB', 'decoded again for the other fingerprint')
+  t.equal(a.fingerprint, 'fpA', 'without changing the record given before')
+  t.equal(parses(), 2)
 })
 
 test('ParsedRecords: bounded; the oldest entries go first, a re-read keeps one', async (t) => {
-  const records = new ParsedRecords()
-  const kept = records.get(recordText(0))
-  const dropped = records.get(recordText(1))
+  const { records } = counted()
+  const kept = records.get(recordText(0), 'fp0')
+  const dropped = records.get(recordText(1), 'fp1')
   for (let i = 2; i < 2000; i++) {
-    records.get(recordText(i))
-    if (i % 100 === 0) t.equal(records.get(recordText(0)), kept, `a record read now and then stays (after ${i})`)
+    records.get(recordText(i), `fp${i}`)
+    if (i % 100 === 0) t.equal(records.get(recordText(0), 'fp0'), kept, `a record read now and then stays (after ${i})`)
   }
-  t.not(records.get(recordText(1)), dropped, 'a record not read for 2000 others was let go')
+  t.not(records.get(recordText(1), 'fp1'), dropped, 'a record not read for 2000 others was let go')
+  t.same(records.get(recordText(1), 'fp1'), dropped, 'and is parsed again, equal')
 })
 
-test('ParsedRecords: a record of more than 2 kB of JSON is parsed on every read, not kept', async (t) => {
-  const records = new ParsedRecords()
-  const big = JSON.stringify({ userKey: '1', fingerprint: 'fp', insertedAt: 1, signedInAt: 1, metadata: { note: 'x'.repeat(2100) } })
-  const first = records.get(big)
-  t.same(first, JSON.parse(big))
-  t.not(records.get(big), first, 'parsed again')
+test('ParsedRecords: a record of more than 4 kB of JSON is parsed on every read, not kept', async (t) => {
+  const { records, parses } = counted()
+  const sized = (length: number): string => {
+    const json = JSON.stringify({ note: '' })
+    return JSON.stringify({ note: 'x'.repeat(length - json.length) })
+  }
+  t.equal(sized(4096).length, 4096)
+  const atLimit = records.get(sized(4096), 'fp')
+  t.equal(records.get(sized(4096), 'fp'), atLimit, '4096 characters: cached')
+  t.equal(parses(), 1)
+  const big = sized(4097)
+  const first = records.get(big, 'fp')
+  t.same(first, { ...JSON.parse(big), fingerprint: 'fp' })
+  t.not(records.get(big, 'fp'), first, '4097 characters: parsed again')
+  t.equal(parses(), 3)
 })
 
 test('copyMetadata: a deep copy, exactly what parsing the JSON again gives', async (t) => {
@@ -96,17 +132,28 @@ test('a handler that changes the user or the metadata it was given changes nothi
   }
 })
 
-test('a session deleted from MemoryStore leaves nothing in its parsed cache', async (t) => {
+test('a cached device record is never changed by a step: renewals, claims and rotations copy it', async (t) => {
+  const clock = fakeClock(t)
   const store = new MemoryStore()
   const app = await buildApp(t, { store })
   const jar = new CookieJar(app)
-  await jar.request({ method: 'POST', url: '/login', payload: { id: 1 } })
-  const sid = (await app.pow.rawStore.listSessions('1'))[0]
-  const before = (await store.getSession(sid.sidHash))?.record as SessionRecord
-  t.equal((await store.getSession(sid.sidHash))?.record, before, 'read twice: parsed once')
-  await jar.request({ method: 'POST', url: '/login', payload: { id: 1 } })
-  await store.putSession(sid.sidHash, before, undefined, 60_000, 1000)
-  t.not((await store.getSession(sid.sidHash))?.record, before, 'stored again after its delete: parsed anew')
+  await jar.request({ method: 'POST', url: '/login', payload: { id: 1, persistent: true } })
+  const { bucket, fingerprint } = secretDevice((jar.get('pow_session') as string).split('.')[0])
+  const read = async (): Promise<Device> => (await app.pow.devices.read(bucket, fingerprint))?.device as Device
+  const before = await read()
+  t.equal(await read(), before, 'read twice: parsed once')
+  const snapshot = JSON.stringify(before)
+
+  clock.tick(16 * 60_000)
+  t.equal((await jar.request('/me')).statusCode, 200, 'a renewal')
+  t.equal((await jar.request('/me')).statusCode, 200, 'its claim')
+  jar.delete('pow_session')
+  t.equal((await jar.request('/me')).statusCode, 200, 'a remember-me sign-in')
+  t.equal(JSON.stringify(before), snapshot, 'the record parsed before them is as it was')
+  const after = await read()
+  t.not(after, before, 'the device written since is parsed anew')
+  t.not(after.session?.hash, before.session?.hash)
+  t.equal(after.signedInAt, before.signedInAt)
 })
 
 test('metadata given to create() reads back as JSON: in the same request, later, and after a remember-me sign-in', async (t) => {

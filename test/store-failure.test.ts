@@ -57,9 +57,10 @@ test('a store method that throws synchronously is a 503 too', async (t) => {
   const store = new MemoryStore()
   const app = await buildApp(t, { store })
   const jar = await signIn(app, 1)
-  store.getSession = () => { throw new Error('boom') }
+  store.read = () => { throw new Error('boom') }
   const response = await jar.request('/me')
   t.equal(response.statusCode, 503)
+  t.equal(response.json().code, 'POW_ERR_STORE_UNAVAILABLE')
 })
 
 test('app.pow.credentials reports a failing store as a 503 error', async (t) => {
@@ -109,7 +110,7 @@ test('a store failing as a remember-me token is used is a 503 that loses nothing
   const jar = await signIn(app, 1, { persistent: true })
   jar.delete('pow_session')
   const before = jar.header()
-  failing.add('rotateToken')
+  failing.add('commit')
   const response = await jar.request('/me')
   t.equal(response.statusCode, 503)
   t.equal(response.headers['set-cookie'], undefined)
@@ -119,25 +120,101 @@ test('a store failing as a remember-me token is used is a 503 that loses nothing
   t.equal((await me(jar)).status, 200, 'well after the grace, the same token still signs in: it was never used')
 })
 
-test('a login whose remember-me token cannot be stored is a 503 that sets no cookie', async (t) => {
+test('a login whose commit fails is a 503 that sets no cookie and stores nothing', async (t) => {
   const { store, failing } = partlyFailingStore()
   const app = await buildApp(t, { store })
-  failing.add('putToken')
-  const response = await app.inject({ method: 'POST', url: '/login', payload: { id: 1, persistent: true } })
+  const jar = await signIn(app, 1, { persistent: true })
+  const before = jar.header()
+  failing.add('commit')
+  const response = await jar.request({ method: 'POST', url: '/login', payload: { id: 2, persistent: true } })
   t.equal(response.statusCode, 503)
   t.equal(response.headers['set-cookie'], undefined)
+  t.equal(jar.header(), before)
+  failing.clear()
+  t.same(await app.pow.credentials.sessions(2), [], 'no device of the new user')
+  t.equal((await me(jar)).user?.id, 1, 'the browser is still signed in as before')
 })
 
-test('a renewal whose remember-me token cannot be extended still succeeds', async (t) => {
+test('a renewal whose commit fails is a 503 that leaves the cookies; the next request renews', async (t) => {
   const clock = fakeClock(t)
   const { store, failing } = partlyFailingStore()
   const app = await buildApp(t, { store })
   const jar = await signIn(app, 1, { persistent: true })
+  const before = jar.header()
   clock.tick(16 * 60_000)
-  failing.add('touchToken')
+  failing.add('commit')
   const response = await jar.request('/me')
-  t.equal(response.statusCode, 200)
-  t.ok(response.cookies.some((c) => c.name === 'pow_session'), 'the renewed id is set')
+  t.equal(response.statusCode, 503)
+  t.equal(response.headers['set-cookie'], undefined, 'neither the session id nor the token cookie is touched')
+  t.equal(jar.header(), before)
   failing.clear()
-  t.equal((await me(jar)).status, 200)
+  const renewal = await jar.request('/me')
+  t.equal(renewal.statusCode, 200, 'the same id still works: nothing was written')
+  t.same(renewal.cookies.map((c) => c.name).sort(), ['pow_persistent_session', 'pow_session'], 'and renews now, moving the token')
+})
+
+/**
+ * A MemoryStore on which another request writes the device between this request's read and its
+ * commit, `times` times: every such commit is refused, as under a parallel request.
+ */
+function racingStore (times: number): { store: PowStore, calls: string[] } {
+  const inner = new MemoryStore()
+  const calls: string[] = []
+  let races = 0
+  let armed = false
+  const store: PowStore = {
+    read: async (bucket, fingerprint) => {
+      calls.push('read')
+      const found = await inner.read(bucket, fingerprint)
+      armed = found !== null && races < times
+      return found
+    },
+    list: async (userKey) => await inner.list(userKey),
+    users: async () => await inner.users(),
+    commit: async (change) => {
+      calls.push('commit')
+      if (armed) {
+        armed = false
+        races++
+        // The other request: it writes every device of this change as it is, which moves its version.
+        const current = await inner.list(change.userKey)
+        await inner.commit({ userKey: change.userKey, devices: current.filter((d) => change.devices.some((w) => w.fingerprint === d.fingerprint)).map((d) => ({ fingerprint: d.fingerprint, data: d.data, ttl: 600_000, usedAt: Date.now() })) })
+      }
+      const result = await inner.commit(change)
+      if (!result.ok) calls.push('refused')
+      return result
+    }
+  }
+  return { store, calls }
+}
+
+test('a renewal that loses a race reads the device again and decides again', async (t) => {
+  const clock = fakeClock(t)
+  const { store, calls } = racingStore(1)
+  const app = await buildApp(t, { store })
+  const jar = await signIn(app, 1)
+  clock.tick(16 * 60_000)
+  calls.length = 0
+  const renewal = await jar.request('/me')
+  t.equal(renewal.statusCode, 200)
+  t.equal(renewal.cookies.length, 1, 'renewed on the second try')
+  t.same(calls, ['read', 'commit', 'refused', 'read', 'commit'], 'the refused commit, a fresh read, a commit')
+  t.equal((await me(jar)).status, 200, 'the new id works')
+})
+
+test('a renewal that loses the race three times is a 503 that leaves the cookies', async (t) => {
+  const clock = fakeClock(t)
+  const { store, calls } = racingStore(3)
+  const app = await buildApp(t, { store })
+  const jar = await signIn(app, 1)
+  const before = jar.header()
+  clock.tick(16 * 60_000)
+  calls.length = 0
+  const renewal = await jar.request('/me')
+  t.equal(renewal.statusCode, 503)
+  t.equal(renewal.json().code, 'POW_ERR_STORE_UNAVAILABLE')
+  t.equal(renewal.headers['set-cookie'], undefined)
+  t.same(calls, ['read', 'commit', 'refused', 'read', 'commit', 'refused', 'read', 'commit', 'refused'], 'three attempts, no more')
+  t.equal(jar.header(), before)
+  t.equal((await me(jar)).status, 200, 'the next request renews')
 })

@@ -1,6 +1,6 @@
 import Fastify, { type FastifyInstance } from 'fastify'
 import type { Test } from 'tap'
-import pow, { MemoryStore, type PowOptions, type PowStore } from '../../lib/index.js'
+import pow, { type CommitResult, MemoryStore, type PowOptions, type PowStore } from '../../lib/index.js'
 import { STORE_METHODS } from '../../lib/options.js'
 import { CookieJar } from './jar.js'
 
@@ -8,18 +8,25 @@ export const SECRET = 'test-secret-that-is-long-enough-0123456789'
 
 export interface TestUser { id: number, name: string }
 
-/** A store that records which methods were called, over a real MemoryStore. */
-export function recordingStore (inner: PowStore = new MemoryStore()): PowStore & { calls: string[], writes: () => string[] } {
+/**
+ * A store that records which methods were called, over a real MemoryStore. `writes()` are the
+ * commits (a refused one, a lost race, included); `refused()` counts those that applied nothing,
+ * so that `writes().length - refused()` is what was written.
+ */
+export function recordingStore (inner: PowStore = new MemoryStore()): PowStore & { calls: string[], writes: () => string[], refused: () => number } {
   const calls: string[] = []
-  const reads = new Set(['getSession', 'listSessions', 'listUsers', 'getToken'])
+  let refused = 0
   const store = {
     calls,
-    writes: () => calls.filter((c) => !reads.has(c))
-  } as unknown as PowStore & { calls: string[], writes: () => string[] }
+    writes: () => calls.filter((c) => c === 'commit'),
+    refused: () => refused
+  } as unknown as PowStore & { calls: string[], writes: () => string[], refused: () => number }
   for (const method of STORE_METHODS) {
-    (store as unknown as Record<string, unknown>)[method] = (...args: unknown[]) => {
+    (store as unknown as Record<string, unknown>)[method] = async (...args: unknown[]) => {
       calls.push(method)
-      return (inner[method] as (...a: unknown[]) => Promise<unknown>).apply(inner, args)
+      const result = await (inner[method] as (...a: unknown[]) => Promise<unknown>).apply(inner, args)
+      if (method === 'commit' && !(result as CommitResult).ok) refused++
+      return result
     }
   }
   return store
