@@ -40,11 +40,12 @@ export class CredentialsCache {
     const now = Date.now()
     const step = signIn(userKey, fingerprint, JSON.parse(JSON.stringify(custom)), { session: true, token: false }, now, config.rules,
       () => ({ secret: sessionId, hash: hashSecret(sessionId) }))
-    const { ok } = await this.#pow.devices.commit(userKey, [deviceWrite(step.device as NonNullable<typeof step.device>, 0, now)], {
+    const { ok, evicted } = await this.#pow.devices.commit(userKey, [deviceWrite(step.device as NonNullable<typeof step.device>, 0, now)], {
       user: JSON.stringify(user),
       limit: config.maxDevices
     })
     if (!ok) throw new TypeError('fastify-pow: credentials.put was given a session id that is stored already')
+    this.#pow.notifyEvicted({ user, userKey }, evicted)
   }
 
   /** The user and metadata of the device `sessionId` signs in, or null. Reads only: a renewal due is left to the browser's next request. */

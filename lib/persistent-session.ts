@@ -57,7 +57,11 @@ export class PowPersistentSession {
       const now = Date.now()
       const fingerprint = randomFingerprint()
       step = signIn(userKey, fingerprint, {}, { session: false, token: true }, now, rules, minter(userBucket(userKey), fingerprint))
-      await pow.devices.commit(userKey, [deviceWrite(step.device as Device, 0, now)], { user: JSON.stringify(user), limit: pow.config.maxDevices })
+      const { evicted } = await pow.devices.commit(userKey, [deviceWrite(step.device as Device, 0, now)], {
+        user: JSON.stringify(user),
+        limit: pow.config.maxDevices
+      })
+      pow.notifyEvicted({ request: this.#request, user, userKey }, evicted)
     }
     const device = step.device as Device
     if (this.#session.user !== null) this.#session[kDevice] = device

@@ -137,6 +137,11 @@ export class Pow extends EventEmitter<PowEvents> {
     this.notify('session:deleted', { ...event, reason: 'theft' })
   }
 
+  /** @internal the devices a sign-in's `maxDevices` ended */
+  notifyEvicted (event: Omit<PowEvent, 'fingerprint' | 'reason'>, fingerprints: string[]): void {
+    for (const fingerprint of fingerprints) this.notify('session:deleted', { ...event, fingerprint, reason: 'evicted' })
+  }
+
   /** @internal listeners must not break a request */
   notify<K extends keyof PowEvents> (event: K, ...args: PowEvents[K]): void {
     if (this.listenerCount(event) === 0) return

@@ -138,7 +138,7 @@ export class PowSession {
     this.#setCookies(step, null)
     if (step.token === undefined) persistent?.[kClearCookie]()
     pow.notify('session:created', this.#event(user, device))
-    for (const gone of evicted) pow.notify('session:deleted', { request: this.#request, user, userKey, fingerprint: gone, reason: 'evicted' })
+    pow.notifyEvicted({ request: this.#request, user, userKey }, evicted)
   }
 
   /** Signs out: ends this browser's device (its session and remember-me token) and clears both cookies. */
@@ -221,8 +221,9 @@ export class PowSession {
       if (step.auth === 'session') {
         if (!await this.#signedIn(step, (loaded as Loaded).user, reloadUser, token)) return
         if (step.event !== undefined) pow.notify('session:renewed', this.#event(this.user, step.device as Device))
-        // Signed with an older secret: signed again with the current one.
-        if (step.session === undefined && sid.renew) {
+        // Signed with an older secret: signed again with the current one. Only the current id: a
+        // retired one must not come back into the cookie over its replacement.
+        if (step.session === undefined && sid.renew && step.device?.session?.hash === sid.hash) {
           this.#cookies.set(pow.config.session.name, pow.sign(sid.secret), pow.config.session.options)
         }
         return
@@ -281,7 +282,7 @@ export class PowSession {
     if (persistent === undefined) return
     if (step.token !== undefined) {
       this.#cookies.set(persistent.name, pow.sign(step.token), { ...persistent.options, maxAge: this.#tokenMaxAge(step.device as Device) })
-    } else if (token !== null && (step.tokenMoved === true || token.renew)) {
+    } else if (token !== null && (step.tokenMoved === true || token.renew) && (step.device as Device).token?.hash === token.hash) {
       this.#cookies.set(persistent.name, pow.sign(token.secret), { ...persistent.options, maxAge: this.#tokenMaxAge(step.device as Device) })
     }
   }

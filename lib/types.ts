@@ -59,7 +59,10 @@ export interface DeviceChange {
    * user's current ones. A user without devices keeps none.
    */
   user?: string
-  /** After the writes, keep at most this many devices of the user: those with the lowest `usedAt` go. */
+  /**
+   * After the writes, keep at most this many devices of the user: those with the lowest
+   * `usedAt` go, never one this change writes.
+   */
   limit?: number
 }
 
@@ -67,10 +70,7 @@ export interface DeviceChange {
 export interface CommitResult {
   /** False, with nothing written (and `evicted` empty), when a device was not at the version a write required. */
   ok: boolean
-  /**
-   * The fingerprints of the live devices that `limit` deleted, a device this change wrote
-   * included; never an expired one. Ties in `usedAt` may go either way.
-   */
+  /** The fingerprints of the live devices that `limit` deleted; never an expired one. Ties in `usedAt` may go either way. */
   evicted: string[]
 }
 

@@ -132,11 +132,17 @@ export class MemoryStore implements PowStore {
     if (change.user !== undefined) this.#userJson.set(user, change.user)
     const evicted: string[] = []
     if (change.limit !== undefined) {
-      while (this.#count[user] > change.limit) {
-        const oldest = this.#first[user]
-        evicted.push((this.#key.get(oldest) as string).slice(4))
-        // The user's slot goes with its last device; the loop stops before that (limit >= 1).
-        this.#release(oldest)
+      // The devices this change writes stay, so the user's slot does too.
+      const written = new Set(change.devices.map((write) => write.fingerprint))
+      let slot = this.#first[user]
+      while (this.#count[user] > change.limit && slot !== NONE) {
+        const next = this.#next[slot]
+        const fingerprint = (this.#key.get(slot) as string).slice(4)
+        if (!written.has(fingerprint)) {
+          evicted.push(fingerprint)
+          this.#release(slot)
+        }
+        slot = next
       }
     }
     return { ok: true, evicted }
