@@ -1,7 +1,6 @@
 import { Signer } from '@fastify/cookie'
 import fc from 'fast-check'
-import { isToken } from '../../lib/crypto.js'
-import { STORE_METHODS } from '../../lib/options.js'
+import { BUCKET_LENGTH, FINGERPRINT_LENGTH, isSecret, SECRET_LENGTH } from '../../lib/crypto.js'
 
 /**
  * Generators and oracles for test/fuzz.test.ts: cookie headers (arbitrary, and valid signed
@@ -17,6 +16,11 @@ export const runs = (n: number): number => Math.max(1, Math.round(n * SCALE))
 
 const BASE64URL = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_'
 const BASE64 = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/'
+
+/** A signed cookie value: the secret, a dot, and 43 characters of base64 HMAC-SHA256 (113 characters). */
+export const SIGNED_LENGTH = SECRET_LENGTH + 44
+/** `<bucket><fingerprint>`: the part of a secret that names the device the store reads. */
+const DEVICE_LENGTH = BUCKET_LENGTH + FINGERPRINT_LENGTH
 
 // ---------------------------------------------------------------------------------------------
 // Cookie values and headers
@@ -43,15 +47,15 @@ export const cookieValue: fc.Arbitrary<string> = fc.oneof(
   { arbitrary: fc.string({ unit: 'grapheme', maxLength: 20 }).map(latin1OfUtf8), weight: 1 },
   { arbitrary: fc.string({ unit: 'grapheme', maxLength: 20 }).map(encodeURIComponent), weight: 1 },
   { arbitrary: fc.array(char, { maxLength: 30 }).map((a) => a.join('')), weight: 3 },
-  // The shape the plugin accepts: `<47 base64url chars>.<43 base64 chars>` (91 characters), but forged.
+  // The shape the plugin accepts: `<69 base64url chars>.<43 base64 chars>` (113 characters), but forged.
   {
     arbitrary: fc.tuple(
-      fc.string({ unit: fc.constantFrom(...BASE64URL.split('')), minLength: 47, maxLength: 47 }),
+      fc.string({ unit: fc.constantFrom(...BASE64URL.split('')), minLength: SECRET_LENGTH, maxLength: SECRET_LENGTH }),
       fc.string({ unit: fc.constantFrom(...BASE64.split('')), minLength: 43, maxLength: 43 })
     ).map(([id, sig]) => `${id}.${sig}`),
     weight: 3
   },
-  { arbitrary: fc.string({ unit: fc.constantFrom(...BASE64URL.split(''), '.'), minLength: 85, maxLength: 97 }), weight: 1 }
+  { arbitrary: fc.string({ unit: fc.constantFrom(...BASE64URL.split(''), '.'), minLength: SIGNED_LENGTH - 6, maxLength: SIGNED_LENGTH + 6 }), weight: 1 }
 )
 
 /** Huge values: up to the 16 KiB a Node.js server accepts for all headers together. */
@@ -122,7 +126,7 @@ export type Mutation =
   | { op: 'wrong-secret', secret: number }
   | { op: 'resign-length', delta: number }
   | { op: 'resign-charset', at: number, ch: string }
-  | { op: 'resign-unknown', tail: string }
+  | { op: 'resign-unknown', keep: 'bucket' | 'device', tail: string }
   | { op: 'pad', n: number }
   | { op: 'noncanonical', k: number }
   | { op: 'quote' }
@@ -151,9 +155,13 @@ export const mutation: fc.Arbitrary<Mutation> = fc.oneof(
   fc.record({ op: fc.constant('swap-id' as const), other: fc.nat({ max: 10 }) }),
   fc.record({ op: fc.constant('swap-sig' as const), other: fc.nat({ max: 10 }) }),
   fc.record({ op: fc.constant('wrong-secret' as const), secret: fc.nat({ max: WRONG_SECRETS.length - 1 }) }),
-  fc.record({ op: fc.constant('resign-length' as const), delta: fc.integer({ min: -47, max: 60 }).filter((d) => d !== 0) }),
+  fc.record({ op: fc.constant('resign-length' as const), delta: fc.integer({ min: -SECRET_LENGTH, max: 60 }).filter((d) => d !== 0) }),
   fc.record({ op: fc.constant('resign-charset' as const), at, ch: fc.constantFrom('+', '/', '=', '.', ' ', 'é', '%', ';', '😀'.slice(0, 1)) }),
-  fc.record({ op: fc.constant('resign-unknown' as const), tail: fc.string({ unit: fc.constantFrom(...BASE64URL.split('')), minLength: 43, maxLength: 43 }) }),
+  fc.record({
+    op: fc.constant('resign-unknown' as const),
+    keep: fc.constantFrom('bucket' as const, 'device' as const),
+    tail: fc.string({ unit: fc.constantFrom(...BASE64URL.split('')), minLength: SECRET_LENGTH - BUCKET_LENGTH, maxLength: SECRET_LENGTH - BUCKET_LENGTH })
+  }),
   fc.record({ op: fc.constant('pad' as const), n: fc.integer({ min: 1, max: 2 }) }),
   fc.record({ op: fc.constant('noncanonical' as const), k: fc.integer({ min: 1, max: 3 }) }),
   fc.record({ op: fc.constant('quote' as const) }),
@@ -232,8 +240,12 @@ export function applyMutation (value: string, m: Mutation, ctx: MutationContext)
     case 'resign-length':
       return new Signer(ctx.secret).sign(m.delta > 0 ? id + id.repeat(2).slice(0, m.delta) : id.slice(0, Math.max(0, id.length + m.delta)))
     case 'resign-charset': return new Signer(ctx.secret).sign(replaceAt(id, m.at, m.ch))
-    // Correctly signed, correctly shaped, but no session or token has this id.
-    case 'resign-unknown': return new Signer(ctx.secret).sign(id.slice(0, 4) + m.tail)
+    // Correctly signed, correctly shaped, but no session id or token is this secret: either its
+    // device does not exist (a new fingerprint), or the device exists and does not know the secret.
+    case 'resign-unknown': {
+      const kept = m.keep === 'bucket' ? BUCKET_LENGTH : DEVICE_LENGTH
+      return new Signer(ctx.secret).sign(id.slice(0, kept) + m.tail.slice(0, SECRET_LENGTH - kept))
+    }
     case 'pad': return value + '='.repeat(m.n)
     case 'noncanonical': {
       // The last base64 character of a 32-byte HMAC carries 2 unused bits: other characters decode to the same bytes.
@@ -250,11 +262,11 @@ export function applyMutation (value: string, m: Mutation, ctx: MutationContext)
   }
 }
 
-/** Verifies a cookie value the way the plugin does, with `secret`: `<token>.<HMAC>`, 91 characters. */
+/** Verifies a cookie value the way the plugin does, with `secret`: `<secret>.<HMAC>`, 113 characters. */
 export function wellSigned (value: string | undefined, secret: string): boolean {
-  if (value === undefined || value.length !== 91) return false
+  if (value === undefined || value.length !== SIGNED_LENGTH) return false
   const result = new Signer(secret).unsign(value)
-  return result.valid && result.value !== null && isToken(result.value)
+  return result.valid && result.value !== null && isSecret(result.value)
 }
 
 export interface HeaderSpec {
@@ -308,11 +320,8 @@ export function buildHeader (spec: HeaderSpec, browsers: Browser[], secret: stri
   return { header: joinPairs([...spec.noiseBefore, ...pairs, ...spec.noiseAfter], spec.sep, false), original, mutated: value }
 }
 
-/** The store call that looks a remember-me token up (`getToken`; `claimToken` in stores before it). */
-export const TOKEN_LOOKUP = (STORE_METHODS as readonly string[]).includes('getToken') ? 'getToken' : 'claimToken'
-
-/** Store calls that change nothing (a `claimToken` that finds nothing changes nothing either). */
-const READS = new Set(['getSession', 'getToken', 'listSessions', 'listUsers'])
+/** Store calls that change nothing. Every other call (`commit`, or one a future store interface adds) counts as a write. */
+const READS = new Set(['read', 'list', 'users'])
 
 /** The calls in `calls` that may write. */
 export const writesOf = (calls: string[]): string[] => calls.filter((c) => !READS.has(c))
@@ -326,18 +335,19 @@ export type Expectation =
  * What the plugin must do with a cookie header, judged on the values the cookie parser yields
  * (so a re-encoding that decodes to the same value is the same cookie): the session cookie of a
  * browser authenticates as that browser with one store read; otherwise a browser's remember-me
- * cookie signs it in; otherwise the request is anonymous, and the store sees a lookup only for a
- * correctly signed, correctly shaped value (that points at nothing).
+ * cookie signs it in; otherwise the request is anonymous, and the store sees a `read` of the
+ * device a value names only for a correctly signed, correctly shaped value (one read per cookie;
+ * it points at nothing, so nothing is written).
  */
 export function expectation (cookies: Record<string, string | undefined>, browsers: Browser[], secret: string): Expectation {
   const sid = cookies[SESSION]
   const tok = cookies[PERSISTENT]
   const bySession = sid === undefined ? undefined : browsers.find((b) => b.sid === sid)
   if (bySession !== undefined) return { auth: 'session', browser: bySession }
-  const calls: string[] = wellSigned(sid, secret) ? ['getSession'] : []
+  const calls: string[] = wellSigned(sid, secret) ? ['read'] : []
   const byToken = tok === undefined ? undefined : browsers.find((b) => b.tok === tok)
   if (byToken !== undefined) return { auth: 'remember', browser: byToken }
-  if (wellSigned(tok, secret)) calls.push(TOKEN_LOOKUP)
+  if (wellSigned(tok, secret)) calls.push('read')
   return { auth: 'anonymous', calls }
 }
 
