@@ -68,6 +68,7 @@ function writeScript (lua: string): Script {
 // KEYS: the user's index, then the device of each write. ARGV: P, userKey, '1' when the change
 // carries credentials, the credentials, the limit or '', then six for each write (fingerprint,
 // version or '', 'set' or 'del', record, ttl, usedAt), the deadline last.
+// The limit evicts by usedAt, lowest first, never a device the change writes.
 // Returns {0} when a version did not hold (nothing written), else {1, evicted...}.
 const COMMIT = writeScript(`
 local P, index, userKey = ARGV[1], KEYS[1], ARGV[2]
@@ -113,6 +114,7 @@ elseif fresh then
 end
 
 local longest, longestArg = 0, false
+local written = {}
 for i = 1, n do
   local a = 5 + (i - 1) * 6
   local key, fp = KEYS[i + 1], ARGV[a + 1]
@@ -129,6 +131,7 @@ for i = 1, n do
     redis.call('HINCRBY', key, 'v', 1)
     redis.call('PEXPIRE', key, ARGV[a + 5])
     redis.call('ZADD', index, ARGV[a + 6], fp)
+    written[fp] = true
     local ttl = tonumber(ARGV[a + 5])
     if ttl > longest then longest, longestArg = ttl, ARGV[a + 5] end
   end
@@ -151,12 +154,25 @@ local limit = tonumber(ARGV[5])
 if limit and redis.call('ZCARD', index) > limit then
   -- Expired devices do not count: an expired one with a high usedAt must not push out a live one.
   local members = redis.call('ZRANGE', index, 0, -1)
+  local live = {}
   for i = 1, #members do
-    if redis.call('EXISTS', P .. 'd:' .. members[i]) == 0 then redis.call('ZREM', index, members[i]) end
+    if redis.call('EXISTS', P .. 'd:' .. members[i]) == 1 then
+      live[#live + 1] = members[i]
+    else
+      redis.call('ZREM', index, members[i])
+    end
   end
-  while redis.call('ZCARD', index) > limit do
-    local fp = redis.call('ZPOPMIN', index)[1]
-    if redis.call('DEL', P .. 'd:' .. fp) == 1 then out[#out + 1] = fp end
+  -- The devices this change writes stay, whatever their usedAt: it may tie, or come from an
+  -- instance whose clock is behind.
+  local count = #live
+  for i = 1, #live do
+    if count <= limit then break end
+    if not written[live[i]] then
+      redis.call('ZREM', index, live[i])
+      redis.call('DEL', P .. 'd:' .. live[i])
+      out[#out + 1] = live[i]
+      count = count - 1
+    end
   end
 end
 
