@@ -40,7 +40,7 @@ export class CredentialsCache {
     const now = Date.now()
     const step = signIn(userKey, fingerprint, JSON.parse(JSON.stringify(custom)), { session: true, token: false }, now, config.rules,
       () => ({ secret: sessionId, hash: hashSecret(sessionId) }))
-    const { ok, evicted } = await this.#pow.devices.commit(userKey, [deviceWrite(step.device as NonNullable<typeof step.device>, 0, now)], {
+    const { ok, evicted } = await this.#pow.devices.commit(userKey, [deviceWrite(step.device as NonNullable<typeof step.device>, 0, now, config.rules)], {
       user: JSON.stringify(user),
       limit: config.maxDevices
     })

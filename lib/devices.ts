@@ -42,8 +42,8 @@ function decode (data: string, fingerprint: string): Device {
 }
 
 /** The write that stores `device` as it is now: deleted once nothing in it matters any more. */
-export function deviceWrite (device: Device, version: number | undefined, now: number): DeviceWrite {
-  const ttl = storeTtl(device, now)
+export function deviceWrite (device: Device, version: number | undefined, now: number, rules: Rules): DeviceWrite {
+  const ttl = storeTtl(device, now, rules)
   return ttl === 0
     ? { fingerprint: device.fingerprint, version, data: null, ttl: 0, usedAt: now }
     : { fingerprint: device.fingerprint, version, data: encode(device), ttl, usedAt: now }
@@ -101,7 +101,7 @@ export class Devices {
       const step = decide(loaded === null ? null : loaded.device, now)
       if (!step.write) return { step, loaded }
       const device = step.device as Device
-      const { ok } = await this.commit(device.userKey, [deviceWrite(device, loaded === null ? 0 : loaded.version, now)])
+      const { ok } = await this.commit(device.userKey, [deviceWrite(device, loaded === null ? 0 : loaded.version, now, this.#rules)])
       if (ok) return { step, loaded }
       if (attempt === ATTEMPTS) throw storeError()
     }

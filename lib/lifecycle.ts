@@ -143,18 +143,35 @@ export function isRemembered (device: Device, now: number, rules: Rules): boolea
   return tokenWorks(device, now, rules)
 }
 
-/** Retired secrets still worth keeping: working, or superseded or used (theft is told by them), newest last. */
-function keep (retired: Retired[], now: number): Retired[] {
-  const kept = retired.filter((r) => r.expiresAt > now && (r.kind === 'token' || r.superseded === true || r.until === undefined || r.until > now))
+/**
+ * Until when a retired secret matters; past it, it is as unknown as one never issued. A session
+ * id: while it could sign in. A used token: to its own expiry (theft is told by it), and at
+ * least its grace (a parallel request may still show it). A superseded one: to its expiry.
+ */
+function mattersUntil (r: Retired, rules: Rules): number {
+  if (r.superseded === true) return r.expiresAt
+  // "At most the grace ago" includes the grace's last millisecond.
+  if (r.kind === 'token') return Math.max(r.expiresAt, r.at + rules.grace + 1)
+  return r.until === undefined ? r.expiresAt : Math.min(r.expiresAt, r.until)
+}
+
+/** The retired secrets that still matter, at most RETIRED_MAX of them, the newest. */
+function keep (retired: Retired[], now: number, rules: Rules): Retired[] {
+  const kept = retired.filter((r) => mattersUntil(r, rules) > now)
   return kept.length > RETIRED_MAX ? kept.slice(kept.length - RETIRED_MAX) : kept
 }
 
+/** The retired secret of this kind and hash, if it still matters. */
+function findRetired (device: Device, kind: Retired['kind'], hash: string, now: number, rules: Rules): Retired | undefined {
+  return device.retired.find((r) => r.kind === kind && r.hash === hash && mattersUntil(r, rules) > now)
+}
+
 /** How long a store keeps the device, in ms from now; 0 when nothing in it matters any more. */
-export function storeTtl (device: Device, now: number): number {
+export function storeTtl (device: Device, now: number, rules: Rules): number {
   let until = 0
   if (device.session !== null) until = Math.max(until, device.session.expiresAt)
   if (device.token !== null) until = Math.max(until, device.token.expiresAt)
-  for (const r of device.retired) until = Math.max(until, r.expiresAt)
+  for (const r of device.retired) until = Math.max(until, mattersUntil(r, rules))
   return Math.max(0, until - now)
 }
 
@@ -164,7 +181,7 @@ function claim (device: Device, now: number, rules: Rules): Device {
     ? r
     : { ...r, until: Math.min(r.expiresAt, now + rules.grace) })
   const { unclaimedSince, reissued, ...rest } = device
-  return { ...rest, retired: keep(retired, now) }
+  return { ...rest, retired: keep(retired, now, rules) }
 }
 
 function retire (secret: Secret, kind: Retired['kind'], now: number, superseded = false): Retired {
@@ -180,7 +197,7 @@ function renew (device: Device, session: Session, now: number, rules: Rules, min
     ...device,
     session: { hash: fresh.hash, insertedAt: now, startedAt: session.startedAt, expiresAt: sessionExpiry(session.startedAt, now, rules) },
     unclaimedSince: now,
-    retired: keep([...device.retired, retire(session, 'session', now)], now)
+    retired: keep([...device.retired, retire(session, 'session', now)], now, rules)
   }
   const step: Step = { auth: 'session', device: next, write: true, session: fresh.secret, event: 'renewed' }
   // The token the request showed lives on from now: its cookie is set again only here, once per renewal.
@@ -201,7 +218,8 @@ function renew (device: Device, session: Session, now: number, rules: Rules, min
  */
 function reissue (device: Device, now: number, rules: Rules, mint: Mint, withToken: boolean): Step {
   const current = device.session as Session
-  const startedAt = withToken ? now : current.startedAt
+  // The same session the lost answer began (a renewal's or a rotation's): its start stays.
+  const startedAt = current.startedAt
   const retired = [...device.retired, retire(current, 'session', now, true)]
   const fresh = mint()
   const next: Device = {
@@ -218,7 +236,7 @@ function reissue (device: Device, now: number, rules: Rules, mint: Mint, withTok
     next.token = { hash: token.hash, expiresAt: tokenExpiry(device, now, rules) }
     step.token = token.secret
   }
-  next.retired = keep(retired, now)
+  next.retired = keep(retired, now, rules)
   return step
 }
 
@@ -235,14 +253,14 @@ export function showSession (device: Device | null, hash: string, tokenHash: str
     if (now - session.insertedAt >= rules.renewAfter) return renew(claimed, session, now, rules, mint, tokenHash)
     return { auth: 'session', device: claimed, write: claimed !== device }
   }
-  const retired = device.retired.find((r) => r.kind === 'session' && r.hash === hash)
+  const retired = findRetired(device, 'session', hash, now, rules)
   if (retired === undefined) return ANONYMOUS
   if (retired.superseded === true) return theft(device)
-  if (retired.expiresAt <= now) return ANONYMOUS
-  if (device.unclaimedSince === undefined) {
-    return retired.until !== undefined && retired.until > now ? { auth: 'session', device, write: false } : ANONYMOUS
-  }
-  if (now - device.unclaimedSince <= rules.grace) return { auth: 'session', device, write: false }
+  // Its replacement was claimed: the grace, whatever has been renewed since.
+  if (retired.until !== undefined) return { auth: 'session', device, write: false }
+  const since = device.unclaimedSince
+  if (since === undefined) return ANONYMOUS
+  if (now - since <= rules.grace) return { auth: 'session', device, write: false }
   if ((device.reissued ?? 0) >= REISSUE_MAX || !sessionWorks(device.session, now, rules)) return ANONYMOUS
   return reissue(device, now, rules, mint, false)
 }
@@ -256,11 +274,14 @@ export function showToken (device: Device | null, hash: string, now: number, rul
     const claimed = device.unclaimedSince === undefined ? device : claim(device, now, rules)
     return rotate(claimed, token, now, rules, mint)
   }
-  const retired = device.retired.find((r) => r.kind === 'token' && r.hash === hash)
+  const retired = findRetired(device, 'token', hash, now, rules)
   if (retired === undefined) return CLEAR
   if (retired.superseded === true) return theft(device)
   if (now - retired.at <= rules.grace) return { auth: 'once', device, write: false }
-  if (retired.until === undefined && device.unclaimedSince !== undefined && (device.reissued ?? 0) < REISSUE_MAX && tokenWorks(device, now, rules)) {
+  if (retired.until === undefined && device.unclaimedSince !== undefined) {
+    // Its rotation's answer was lost: again, unless too often (a replay) or remember-me has ended.
+    if ((device.reissued ?? 0) >= REISSUE_MAX) return theft(device)
+    if (!tokenWorks(device, now, rules)) return CLEAR
     return reissue(device, now, rules, mint, true)
   }
   return theft(device)
@@ -279,7 +300,7 @@ function rotate (device: Device, token: Secret, now: number, rules: Rules, mint:
     token: { hash: fresh.hash, expiresAt: tokenExpiry(device, now, rules) },
     unclaimedSince: now,
     reissued: 0,
-    retired: keep(retired, now)
+    retired: keep(retired, now, rules)
   }
   return { auth: 'session', device: next, write: true, session: session.secret, token: fresh.secret, event: 'rotated' }
 }
@@ -313,13 +334,13 @@ export function remember (device: Device, now: number, rules: Rules, mint: Mint)
   const next: Device = {
     ...device,
     token: { hash: token.hash, expiresAt: tokenExpiry(device, now, rules) },
-    retired: keep(device.retired.filter((r) => r.kind !== 'token'), now)
+    retired: keep(device.retired.filter((r) => r.kind !== 'token'), now, rules)
   }
   return { auth: 'session', device: next, write: true, token: token.secret }
 }
 
 /** `powPersistentSession.delete()`: the device forgets its token and the tokens it used. */
-export function forget (device: Device, now: number): Step {
-  const next: Device = { ...device, token: null, retired: keep(device.retired.filter((r) => r.kind !== 'token'), now) }
+export function forget (device: Device, now: number, rules: Rules): Step {
+  const next: Device = { ...device, token: null, retired: keep(device.retired.filter((r) => r.kind !== 'token'), now, rules) }
   return { auth: 'none', device: next, write: true }
 }

@@ -57,7 +57,7 @@ export class PowPersistentSession {
       const now = Date.now()
       const fingerprint = randomFingerprint()
       step = signIn(userKey, fingerprint, {}, { session: false, token: true }, now, rules, minter(userBucket(userKey), fingerprint))
-      const { evicted } = await pow.devices.commit(userKey, [deviceWrite(step.device as Device, 0, now)], {
+      const { evicted } = await pow.devices.commit(userKey, [deviceWrite(step.device as Device, 0, now, rules)], {
         user: JSON.stringify(user),
         limit: pow.config.maxDevices
       })
@@ -85,7 +85,7 @@ export class PowPersistentSession {
       : token
     if (at !== null) {
       const { step } = await pow.devices.settle(at.bucket, at.fingerprint,
-        (device, now) => device === null ? { auth: 'none', device: null, write: false } : forget(device, now))
+        (device, now) => device === null ? { auth: 'none', device: null, write: false } : forget(device, now, pow.config.rules))
       if (current !== null && step.device !== null) this.#session[kDevice] = step.device
     }
     this[kClearCookie]()

@@ -127,7 +127,7 @@ export class PowSession {
       if (old.userKey === userKey) same.push(deviceDelete(old.fingerprint, now))
       else await pow.devices.commit(old.userKey, [deviceDelete(old.fingerprint, now)])
     }
-    const { evicted } = await pow.devices.commit(userKey, [deviceWrite(device, 0, now), ...same], {
+    const { evicted } = await pow.devices.commit(userKey, [deviceWrite(device, 0, now, config.rules), ...same], {
       user: JSON.stringify(user),
       limit: config.maxDevices
     })

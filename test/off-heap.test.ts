@@ -215,7 +215,7 @@ async function signIn (store: MemoryStore, userKey: string, i: number): Promise<
   await store.commit({
     userKey,
     user: JSON.stringify({ id: userKey, email: `user${i}@example.com`, name: `User ${i}` }),
-    devices: [deviceWrite(step.device as Device, 0, now)]
+    devices: [deviceWrite(step.device as Device, 0, now, RULES)]
   })
   return fingerprint
 }

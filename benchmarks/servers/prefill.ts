@@ -51,7 +51,7 @@ async function putOne (store: Pow.PowStore, i: number, now: number, userBucket: 
     return { secret, hash: createHash('sha256').update(secret).digest('base64url') }
   }
   const step = signIn(userKey, fingerprint, {}, { session: true, token: false }, now, RULES, mint)
-  const { ok } = await store.commit({ userKey, devices: [deviceWrite(step.device as Device, 0, now)], user: JSON.stringify(user) })
+  const { ok } = await store.commit({ userKey, devices: [deviceWrite(step.device as Device, 0, now, RULES)], user: JSON.stringify(user) })
   if (!ok) throw new Error('prefill: the store refused a new device')
 }
 

@@ -375,15 +375,17 @@ export class DeviceModel {
     }
     if (s.claimedAt !== undefined) return this.#theft('used, and its rotation was claimed', s, t, true)
     if (this.reissues >= MODEL_REISSUE_MAX) return this.#theft('used, rotation unclaimed, after 3 reissues', s, t, true)
+    const current = this.current('token')
+    if (current === undefined || !this.works(current, t)) {
+      const ended = anonymous('used, rotation unclaimed, but the device\'s token no longer works')
+      if (!this.works(s, t)) ended.push(...anonymous('used, past its own expiry: forgotten'))
+      return ended
+    }
     const branches: Branch[] = [{
       outcome: outcome('session', 'used, and its rotation is unclaimed: reissue of both secrets', { write: true, session: true, token: true, event: 'reissued' }),
       effect: (m, issued) => m.#reissue(t, issued, true)
     }]
     if (!this.works(s, t)) branches.push(...anonymous('used, past its own expiry: forgotten'))
-    const current = this.current('token')
-    if (this.deviations.usedTokenTheftWhenTokenDead === true && (current === undefined || !this.works(current, t))) {
-      branches.push(...this.#theft('KNOWN DEVIATION: used, rotation unclaimed, the current token no longer works', s, t, true))
-    }
     return branches
   }
 
