@@ -33,7 +33,8 @@ function encode (device: Device): string {
   return JSON.stringify(stored)
 }
 
-function decode (data: string, fingerprint: string): Device {
+/** A device from its stored record (`encode`) and its fingerprint, the store's address. */
+export function decodeDevice (data: string, fingerprint: string): Device {
   const device = JSON.parse(data) as Device
   device.fingerprint = fingerprint
   device.token ??= null
@@ -62,7 +63,7 @@ export function deviceDelete (fingerprint: string, now: number): DeviceWrite {
 export class Devices {
   readonly #store: PowStore
   readonly #rules: Rules
-  readonly #parsed = new ParsedRecords<Device>(decode)
+  readonly #parsed = new ParsedRecords<Device>(decodeDevice)
 
   constructor (store: PowStore, rules: Rules) {
     this.#store = store

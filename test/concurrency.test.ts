@@ -76,6 +76,7 @@ import { test, type Test } from 'tap'
 import { hashSecret, secretDevice } from '../lib/crypto.js'
 import { MemoryStore, type PowStore, type RedisStore } from '../lib/index.js'
 import type { Device } from '../lib/lifecycle.js'
+import { decodeDevice } from '../lib/devices.js'
 import { STORE_METHODS } from '../lib/options.js'
 import { buildApp, recordingStore } from './helpers/app.js'
 import { fakeClock, type InstalledClock } from './helpers/clock.js'
@@ -316,17 +317,11 @@ function fail (ctx: Ctx, message: string): never {
   throw new InvariantError(`${message}\n--- interleaving ${ctx.run} (seed ${SEED}) trace:\n${ctx.trace.join('\n')}`)
 }
 
-/**
- * A device as the store returned it: its record, JSON that leaves out what the store holds anyway
- * (the fingerprint, its address) and the empty fields (no token, nothing retired), as
- * lib/devices.ts writes it.
- */
+/** A device as the store returned it (lib/devices.ts decodes it so for every request). */
 function storedDevice (fingerprint: string, data: string): Device {
-  const device = JSON.parse(data) as Device
-  if (device.fingerprint !== undefined && device.fingerprint !== fingerprint) {
-    throw new Error(`the record stored at fp ${fingerprint} names fp ${device.fingerprint}`)
-  }
-  return { ...device, fingerprint, token: device.token ?? null, retired: device.retired ?? [] }
+  const device = decodeDevice(data, fingerprint)
+  if ((JSON.parse(data) as Partial<Device>).fingerprint !== undefined) throw new Error(`the record stored at fp ${fingerprint} names a fingerprint`)
+  return device
 }
 
 /** The device a signed session cookie names, and the hash its device keeps of it. */

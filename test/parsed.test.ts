@@ -1,13 +1,12 @@
-import { once } from 'node:events'
-import { test, type Test } from 'tap'
+import { test } from 'tap'
 import { secretDevice } from '../lib/crypto.js'
-import { MemoryStore, type PowStore, RedisStore } from '../lib/index.js'
+import { MemoryStore } from '../lib/index.js'
 import type { Device } from '../lib/lifecycle.js'
 import { copyMetadata, ParsedRecords } from '../lib/parsed.js'
 import { buildApp } from './helpers/app.js'
 import { fakeClock } from './helpers/clock.js'
 import { CookieJar } from './helpers/jar.js'
-import { startRedis } from './helpers/redis.js'
+import { bothStores } from './helpers/stores.js'
 
 // Records as a store keeps them: without the fingerprint, which is the store's address.
 const recordText = (i: number): string =>
@@ -92,20 +91,8 @@ test('copyMetadata: a deep copy, exactly what parsing the JSON again gives', asy
   t.same(original, JSON.parse(json), 'changing the copy leaves the original alone')
 })
 
-async function stores (t: Test): Promise<Array<[string, () => Promise<PowStore>]>> {
-  return [
-    ['MemoryStore', async () => new MemoryStore()],
-    ['RedisStore', async () => {
-      const server = await startRedis(t)
-      const client = server.client()
-      await once(client, 'ready')
-      return new RedisStore(client)
-    }]
-  ]
-}
-
 test('a handler that changes the user or the metadata it was given changes nothing stored or cached', async (t) => {
-  for (const [name, make] of await stores(t)) {
+  for (const [name, make] of bothStores(t)) {
     await t.test(name, async (t) => {
       const store = await make()
       const app = await buildApp(t, { store }, (app) => {

@@ -1,11 +1,10 @@
-import { once } from 'node:events'
-import { test, type Test } from 'tap'
-import { MemoryStore, PowMetadataTooLargeError, type PowEvent, type PowStore, RedisStore } from '../lib/index.js'
+import { test } from 'tap'
+import { MemoryStore, PowMetadataTooLargeError, type PowEvent } from '../lib/index.js'
 import { hashSecret, secretDevice, userBucket } from '../lib/crypto.js'
 import { buildApp, me, recordingStore, signIn } from './helpers/app.js'
 import { fakeClock } from './helpers/clock.js'
 import { CookieJar } from './helpers/jar.js'
-import { startRedis } from './helpers/redis.js'
+import { bothStores } from './helpers/stores.js'
 
 const MINUTE = 60_000
 
@@ -331,20 +330,8 @@ test('maxDevices: a sign-in beyond it ends the least recently used device, never
 
 // The clock does not move here: every sign-in has the same usedAt, and the store may break the
 // tie either way (the store contract says so). The browser that signs in must still stay.
-async function tieStores (t: Test): Promise<Array<[string, () => Promise<PowStore>]>> {
-  return [
-    ['MemoryStore', async () => new MemoryStore()],
-    ['RedisStore', async () => {
-      const server = await startRedis(t)
-      const client = server.client()
-      await once(client, 'ready')
-      return new RedisStore(client)
-    }]
-  ]
-}
-
 test('maxDevices: sign-ins in the same millisecond never end the signing-in browser', async (t) => {
-  for (const [name, make] of await tieStores(t)) {
+  for (const [name, make] of bothStores(t)) {
     await t.test(name, async (t) => {
       fakeClock(t)
       const app = await buildApp(t, { store: await make(), maxDevices: 1 })
