@@ -14,7 +14,7 @@ import { test, type Test } from 'tap'
 import pow, { RedisStore } from '../lib/index.js'
 import { buildApp, me, signIn } from './helpers/app.js'
 import type { CookieJar } from './helpers/jar.js'
-import { readyClient, startRedis, waitForClosed, waitForReady } from './helpers/redis.js'
+import { readyClient, startRedis, waitForClosed, waitForReady, type RedisServer } from './helpers/redis.js'
 
 /** Sends a request through `jar` and measures how long the answer took. */
 async function timed (jar: CookieJar, options: Parameters<CookieJar['request']>[0]): Promise<{ response: LightMyRequestResponse, ms: number }> {
@@ -222,51 +222,72 @@ test('nothing is written while Redis is down: the store holds exactly what it he
 })
 
 /**
- * A store that, when armed, pauses Redis right before its next putSession: a stall that begins in
- * the middle of a request, after the session was read.
+ * A store that, when armed, pauses Redis right before its next commit: a stall that begins in the
+ * middle of a request, after the device was read and the step decided.
  */
-class StallBeforePut extends RedisStore {
+class StallBeforeCommit extends RedisStore {
   stall: (() => Promise<void>) | undefined
 
-  override async putSession (...args: Parameters<RedisStore['putSession']>): Promise<Awaited<ReturnType<RedisStore['putSession']>>> {
+  override async commit (...args: Parameters<RedisStore['commit']>): Promise<Awaited<ReturnType<RedisStore['commit']>>> {
     const stall = this.stall
     this.stall = undefined
     if (stall !== undefined) await stall()
-    return await super.putSession(...args)
+    return await super.commit(...args)
   }
 }
 
-// The two tests below: a command that RedisStore gave up on after commandTimeout is still in
-// Redis' input buffer and runs once the stall ends. The request was answered 503 with its cookies
-// untouched, so that late write must not change what those cookies point at (the write scripts
-// carry a deadline on the server's clock and do nothing past it).
+/** `calls` of each command in INFO commandstats (scripts' own commands included), 0 for one never run. */
+async function commandCalls (server: RedisServer): Promise<Record<string, number>> {
+  const calls: Record<string, number> = {}
+  for (const [, name, n] of (await server.info('commandstats')).matchAll(/^cmdstat_([^:]+):calls=(\d+)/gm)) calls[name as string] = Number(n)
+  return calls
+}
 
-test('a remember-me sign-in that timed out in a stall leaves the same cookie working', async (t) => {
+// Every command a commit's script runs to change something.
+const WRITES = ['hset', 'hincrby', 'pexpire', 'zadd', 'zrem', 'del']
+
+/** How many more times each command ran in `after` than in `before`, for the commands given. */
+function ran (before: Record<string, number>, after: Record<string, number>, names: string[]): Record<string, number> {
+  return Object.fromEntries(names.map((name) => [name, (after[name] ?? 0) - (before[name] ?? 0)]))
+}
+
+// The two tests below: a commit that RedisStore gave up on after commandTimeout is still in
+// Redis' input buffer and runs once the stall ends. The request was answered 503 with its cookies
+// untouched, so that late commit must not change what those cookies point at: the script carries
+// a deadline on the server's clock and does nothing past it. Had it written, the next request
+// would still be signed in (a renewal or rotation whose answer was lost is reissued), so the
+// tests look at the device itself: unchanged, and the commands the late script ran.
+
+test('a remember-me sign-in whose commit timed out in a stall leaves the device and the cookie as they were', async (t) => {
   const server = await startRedis(t)
   const client = await readyClient(server)
-  const app = await buildApp(t, {
-    store: new RedisStore(client, { commandTimeout: 300 }),
-    session: { rotationGrace: 1000 }
-  })
-  // Another browser's remember-me sign-in: Redis then has the claim script cached, as a live
-  // server would (with an uncached script, the EVALSHA sent in the stall fails with NOSCRIPT).
-  const other = await signIn(app, 2, { persistent: true })
-  other.delete('pow_session')
-  t.equal((await me(other)).status, 200, 'a remember-me sign-in works before the stall')
-
+  const admin = await readyClient(server)
+  const store = new StallBeforeCommit(client, { commandTimeout: 300 })
+  const app = await buildApp(t, { store, session: { rotationGrace: 1000 } })
   const jar = await signIn(app, 1, { persistent: true })
   const token = jar.get('pow_persistent_session')
   const rememberOnly = jar.clone()
   rememberOnly.delete('pow_session')
   const warnings: string[] = []
   app.pow.on('persistent:reuse', () => warnings.push('persistent:reuse'))
+  const before = await contents(admin)
+  const callsBefore = await commandCalls(server)
 
+  let stalled = false
+  store.stall = async () => {
+    stalled = true
+    await server.pause(1500)
+  }
   const pausedAt = performance.now()
-  await server.pause(1500)
-  assertUnavailable(t, await rememberOnly.request('/me'), 'a remember-me sign-in while Redis is paused')
+  assertUnavailable(t, await rememberOnly.request('/me'), 'a remember-me sign-in whose commit stalls')
+  t.ok(stalled, 'the stall began after the device was read, before the rotation was written')
   t.equal(rememberOnly.get('pow_persistent_session'), token, 'the browser keeps its remember-me cookie')
-  await client.ping()
-  // Past rotationGrace since the request: a used token only works within it.
+  await client.ping() // on the same connection: answered once the late commit has run
+
+  t.same(ran(callsBefore, await commandCalls(server), ['evalsha', ...WRITES]), { evalsha: 1, ...Object.fromEntries(WRITES.map((w) => [w, 0])) },
+    'the late commit ran, past its deadline, and wrote nothing')
+  t.same(await contents(admin), before, 'the device is as it was: its token unused')
+  // Past rotationGrace since the request: had the token been used, it would sign in only within it.
   await sleep(Math.max(0, pausedAt + 1300 - performance.now()))
 
   const back = await rememberOnly.request('/me')
@@ -279,10 +300,11 @@ test('a remember-me sign-in that timed out in a stall leaves the same cookie wor
   t.equal((await me(jar)).status, 200, 'and the browser\'s session cookie still works')
 })
 
-test('a renewal that timed out in a stall leaves the same session cookie working', async (t) => {
+test('a renewal whose commit timed out in a stall leaves the device and the session cookie as they were', async (t) => {
   const server = await startRedis(t)
   const client = await readyClient(server)
-  const store = new StallBeforePut(client, { commandTimeout: 300 })
+  const admin = await readyClient(server)
+  const store = new StallBeforeCommit(client, { commandTimeout: 300 })
   const app = await buildApp(t, {
     store,
     session: { ttl: 60_000, renewAfter: 300, rotationGrace: 300 },
@@ -291,18 +313,26 @@ test('a renewal that timed out in a stall leaves the same session cookie working
   const jar = await signIn(app, 1)
   const cookies = jar.header()
   await sleep(400) // the session id is now due for renewal
+  const before = await contents(admin)
+  const callsBefore = await commandCalls(server)
 
   let stalled = false
   store.stall = async () => {
     stalled = true
     await server.pause(1000)
   }
-  assertUnavailable(t, await jar.request('/me'), 'a renewing request whose write stalls')
-  t.ok(stalled, 'the stall began after the session was read, before the renewed session was written')
+  assertUnavailable(t, await jar.request('/me'), 'a renewing request whose commit stalls')
+  t.ok(stalled, 'the stall began after the device was read, before the renewal was written')
   t.equal(jar.header(), cookies, 'the browser keeps its cookie')
   await client.ping()
+
+  t.same(ran(callsBefore, await commandCalls(server), ['evalsha', ...WRITES]), { evalsha: 1, ...Object.fromEntries(WRITES.map((w) => [w, 0])) },
+    'the late commit ran, past its deadline, and wrote nothing')
+  t.same(await contents(admin), before, 'the device is as it was: no renewal behind the browser\'s back')
   await sleep(400) // past rotationGrace
 
-  const back = await me(jar)
-  t.equal(back.status, 200, 'after the stall the same session cookie signs in')
+  const back = await jar.request('/me')
+  t.equal(back.statusCode, 200, 'after the stall the same session cookie signs in')
+  t.equal((back.cookies as Array<{ name: string }>).filter((c) => c.name === 'pow_session').length, 1, 'and renews now')
+  t.equal((await me(jar)).status, 200, 'the renewed cookie works')
 })
