@@ -31,7 +31,7 @@ function secretOf (jar: CookieJar, name: string): string {
  * lib/stores/redis.ts, and returns the keys by user key:
  *   - `P d:<fingerprint>`: a hash of exactly data, user, v, u, whose bucket is that of u, whose
  *     record is stored without its fingerprint, and whose fingerprint is in the user's index;
- *   - `P ud:<userKey>`: a zset;
+ *   - `P ud:<userKey>` and `P ux:<userKey>`: zsets (by use, by expiry);
  * with P = `<namespace>:{<bucket>}:`. Nothing else: no lock key, no key per secret. Every key
  * has a TTL: nothing outlives the devices it is about.
  * `client` reads without a keyPrefix of its own: the keys are named as Redis holds them.
@@ -40,7 +40,7 @@ async function assertLayout (t: Test, client: Redis | Cluster, fullPrefix: strin
   const keys = await keysOf(client, fullPrefix)
   t.ok(keys.length > 0, `${keys.length} keys stored`)
   const escaped = fullPrefix.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')
-  const shape = new RegExp(`^${escaped}:\\{([A-Za-z0-9_-]{4})\\}:(?:d:([A-Za-z0-9_-]{22})|ud:(.+))$`)
+  const shape = new RegExp(`^${escaped}:\\{([A-Za-z0-9_-]{4})\\}:(?:d:([A-Za-z0-9_-]{22})|u[dx]:(.+))$`)
   const byUser = new Map<string, string[]>()
   const problems: string[] = []
   const withoutTtl: string[] = []
@@ -63,6 +63,7 @@ async function assertLayout (t: Test, client: Redis | Cluster, fullPrefix: strin
       if ('fingerprint' in record) problems.push(`${key}: the record repeats its fingerprint`)
       if (record.userKey !== userKey) problems.push(`${key}: the record's user ${String(record.userKey)} is not u ${userKey}`)
       if (await client.zscore(`${fullPrefix}:{${bucket}}:ud:${userKey}`, fingerprint) === null) problems.push(`${key}: not in its user's index`)
+      if (await client.zscore(`${fullPrefix}:{${bucket}}:ux:${userKey}`, fingerprint) === null) problems.push(`${key}: not in its user's index by expiry`)
     } else {
       if (await client.type(key) !== 'zset') problems.push(`${key}: not a zset`)
       userKey = indexOf as string
@@ -70,7 +71,7 @@ async function assertLayout (t: Test, client: Redis | Cluster, fullPrefix: strin
     if (userBucket(userKey) !== bucket) problems.push(`${key}: bucket ${bucket} is not that of user ${userKey}`)
     byUser.set(userKey, [...byUser.get(userKey) ?? [], key])
   }
-  t.same(problems, [], 'every key is a device hash (data, user, v, u) or a user\'s index zset, in its user\'s bucket: no lock key, no key per secret')
+  t.same(problems, [], 'every key is a device hash (data, user, v, u) or one of a user\'s two index zsets, in its user\'s bucket: no lock key, no key per secret')
   t.same(withoutTtl, [], 'every key has a TTL')
   return byUser
 }
@@ -97,11 +98,11 @@ test('with @fastify/redis registered, the plugin stores devices in app.redis', a
   t.equal(signedIn.status, 200)
   t.same(sent, ['hmget'], 'the authentication is one HMGET on app.redis')
 
-  // One device: one hash, and the user's index.
+  // One device: one hash, and the user's two indexes.
   const fingerprint = signedIn.fingerprint as string
   const P = `pow:{${userBucket('1')}}:`
-  t.same(await admin.keys('pow:*').then((keys) => keys.sort()), [`${P}d:${fingerprint}`, `${P}ud:1`].sort(),
-    'the device\'s hash and the user\'s index, nothing else')
+  t.same(await admin.keys('pow:*').then((keys) => keys.sort()), [`${P}d:${fingerprint}`, `${P}ud:1`, `${P}ux:1`].sort(),
+    'the device\'s hash and the user\'s indexes, nothing else')
   const device = await admin.hgetall(`${P}d:${fingerprint}`)
   t.same(Object.keys(device).sort(), ['data', 'u', 'user', 'v'], 'the device hash holds data, user, v and u')
   t.equal(device.u, '1', 'u: the user key')
@@ -229,7 +230,7 @@ test('a client with a keyPrefix works: every key, the scripts\' own included, ca
   const keys = await admin.keys('*')
   t.same(keys.filter((k) => !k.startsWith('myapp:pow:')), [], 'no key outside the prefix')
   const P = `myapp:pow:{${userBucket('1')}}:`
-  t.same(keys.sort(), [`${P}d:${(await me(jar)).fingerprint as string}`, `${P}ud:1`].sort(), 'the revoked device\'s hash is gone: the scripts delete prefixed keys')
+  t.same(keys.sort(), [`${P}d:${(await me(jar)).fingerprint as string}`, `${P}ud:1`, `${P}ux:1`].sort(), 'the revoked device\'s hash is gone: the scripts delete prefixed keys')
   await assertLayout(t, admin, 'myapp:pow')
 })
 

@@ -90,7 +90,7 @@ async function commandsDuring (t: Test, server: RedisServer, run: () => Promise<
   return seen
 }
 
-test('the key layout: a hash per device, a zset per user, all under the user\'s bucket', async (t) => {
+test('the key layout: a hash per device, two zsets per user, all under the user\'s bucket', async (t) => {
   const server = await startRedis(t)
   const client = await readyClient(server)
   const store = new RedisStore(client)
@@ -100,10 +100,17 @@ test('the key layout: a hash per device, a zset per user, all under the user\'s 
   t.same(await store.commit({ userKey, devices: [write(a, 100), write(b, 50)], user: USER }), { ok: true, evicted: [] })
   t.same(await client.hgetall(P + 'd:' + a), { data: JSON.stringify({ device: a }), user: USER, v: '1', u: userKey })
   t.same(await client.zrange(P + 'ud:' + userKey, '0', '-1', 'WITHSCORES'), [b, '50', a, '100'], 'fingerprints by usedAt')
+  const serverSeconds = Number((await client.time())[0])
+  const expiries = await client.zrange(P + 'ux:' + userKey, '0', '-1', 'WITHSCORES')
+  t.same([expiries[0], expiries[2]].sort(), [a, b].sort(), 'and by expiry')
+  for (const score of [expiries[1], expiries[3]]) {
+    const left = Number(score) - serverSeconds * 1000
+    t.ok(left > 50_000 && left <= 61_000, `an expiry on the server's clock, a ttl ahead: ${left} ms`)
+  }
   await store.commit({ userKey, devices: [write(a, 200, { version: 1, data: '{"n":2}' })] })
   t.same(await client.hmget(P + 'd:' + a, 'data', 'v', 'user'), ['{"n":2}', '2', USER], 'a write bumps v and keeps the credentials')
   t.equal(await client.zscore(P + 'ud:' + userKey, a), '200')
-  t.same((await client.keys('*')).sort(), [P + 'd:' + a, P + 'd:' + b, P + 'ud:' + userKey].sort(), 'no other key')
+  t.same((await client.keys('*')).sort(), [P + 'd:' + a, P + 'd:' + b, P + 'ud:' + userKey, P + 'ux:' + userKey].sort(), 'no other key')
 
   await store.commit({ userKey, devices: [write(a, 0, { data: null }), write(b, 0, { data: null })] })
   t.same(await client.keys('*'), [], 'deleting every device leaves no key')
@@ -146,8 +153,8 @@ test('a commit is one EVALSHA; a list is one EVALSHA; EVAL only when the server 
 
   const warm = await commandsDuring(t, server, () => store.commit({ userKey, devices: [write(second, 2, { version: 0 })], user: USER, limit: 10 }))
   t.same(warm.sent.map(([name]) => name), ['evalsha'], 'then a commit is one EVALSHA')
-  t.equal(warm.sent[0][2], '2', 'keys: the user\'s index and the device written')
-  t.same(warm.sent[0].slice(3, 5), [`pow:{${userBucket(userKey)}}:ud:${userKey}`, `pow:{${userBucket(userKey)}}:d:${second}`])
+  t.equal(warm.sent[0][2], '3', 'keys: the user\'s two indexes and the device written')
+  t.same(warm.sent[0].slice(3, 6), [`pow:{${userBucket(userKey)}}:ud:${userKey}`, `pow:{${userBucket(userKey)}}:ux:${userKey}`, `pow:{${userBucket(userKey)}}:d:${second}`])
 
   const listed = await commandsDuring(t, server, async () => {
     t.same((await store.list(userKey)).map((d) => d.fingerprint), [first, second])
@@ -177,11 +184,11 @@ test('every key of a user is in the user\'s cluster slot', async (t) => {
   // Every key, found node by node.
   const byNode = await Promise.all(cluster.nodes('master').map(async (node) => await node.keys('pow:*')))
   const all = byNode.flat()
-  t.equal(all.length, users.length * 4, 'three devices and an index per user')
+  t.equal(all.length, users.length * 5, 'three devices and two indexes per user')
   for (const userKey of users) {
     const tag = `{${userBucket(userKey)}}`
     const mine = all.filter((key) => key.includes(tag))
-    t.equal(mine.length, 4)
+    t.equal(mine.length, 5)
     t.equal(byNode.filter((keys) => keys.some((key) => key.includes(tag))).length, 1, `${userKey}: one node holds every key`)
     const slot = await cluster.cluster('KEYSLOT', tag)
     const slots = await Promise.all(mine.map(async (key) => await cluster.cluster('KEYSLOT', key)))
@@ -295,9 +302,9 @@ test('credentials are copied to every device only when they change', async (t) =
   const signIn = randomFingerprint()
   const same = await commandsDuring(t, server, () => store.commit({ userKey, devices: [write(signIn, 100, { version: 0 })], user: USER, limit: 100 }))
   const writes = same.scripted.filter(([name]) => name !== 'hget' && name !== 'zrange' && name !== 'time' && name !== 'zcard' && name !== 'pttl')
-  t.same([...new Set(writes.map(([, key]) => key))].sort(), [P + 'd:' + signIn, P + 'ud:' + userKey].sort(),
-    'a sign-in with the credentials held writes its device and the index only')
-  t.ok(same.scripted.length < 15, `and runs a handful of commands, not one per device (${same.scripted.length})`)
+  t.same([...new Set(writes.map(([, key]) => key))].sort(), [P + 'd:' + signIn, P + 'ud:' + userKey, P + 'ux:' + userKey].sort(),
+    'a sign-in with the credentials held writes its device and the indexes only')
+  t.ok(same.scripted.length < 20, `and runs a handful of commands, not one per device (${same.scripted.length})`)
   t.equal(await client.hget(P + 'd:' + signIn, 'user'), USER)
 
   const renamed = JSON.stringify({ id: 1, name: 'Ada Lovelace' })
@@ -338,7 +345,7 @@ test('a client with a keyPrefix: every key carries it, the keys scripts build to
   const renamed = JSON.stringify({ id: 2 })
   t.same(await store.commit({ userKey, devices: [write(c, 3)], user: renamed, limit: 2 }), { ok: true, evicted: [a] })
   const P = keyPrefix + prefixOf(userKey)
-  t.same((await raw.keys('*')).sort(), [P + 'd:' + b, P + 'd:' + c, P + 'ud:' + userKey].sort(),
+  t.same((await raw.keys('*')).sort(), [P + 'd:' + b, P + 'd:' + c, P + 'ud:' + userKey, P + 'ux:' + userKey].sort(),
     'the evicted device is gone; every key is prefixed')
   t.equal(await raw.hget(P + 'd:' + b, 'user'), renamed, 'the credentials were copied under the prefix')
   t.same((await store.list(userKey)).map((d) => d.fingerprint), [b, c])

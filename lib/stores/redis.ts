@@ -55,34 +55,43 @@ function writeScript (lua: string): Script {
 //                            read is one HMGET and no script), v (version: 1 when created,
 //                            bumped by every write), u (the user key, for users()).
 //                            PEXPIRE = the ttl of its last write.
-//   P ud:<userKey>     zset  the user's fingerprints scored by usedAt; its TTL is kept at least
-//                            as long as the longest device TTL written, so it outlives them.
-//                            A member whose device expired stays until list(), a limit or a
-//                            change of credentials meets it.
+//   P ud:<userKey>     zset  the user's fingerprints scored by usedAt, for list() and limits
+//   P ux:<userKey>     zset  the same fingerprints scored by when each device expires (ms on
+//                            the server's clock), so that a commit prunes the expired ones
+//                            without a pass over all of them.
+//                            Both keep a TTL at least as long as the longest device TTL written;
+//                            a member whose device expired stays until a commit or list() meets it.
 // Every device of a user holds the same credentials: a change of them is copied to all, and a
 // new device copies them from the change or from a sibling. So one copy tells what all hold.
 // TTLs are relative (PEXPIRE): the app's clock may be fake in tests, the server's is not.
 // Scripts build the keys they discover (other devices of the user) from P, which carries the
 // client's keyPrefix (ioredis adds it to KEYS only).
 
-// KEYS: the user's index, then the device of each write. ARGV: P, userKey, '1' when the change
+// KEYS: the user's index by use, by expiry, then the device of each write. ARGV: P, userKey, '1' when the change
 // carries credentials, the credentials, the limit or '', then six for each write (fingerprint,
 // version or '', 'set' or 'del', record, ttl, usedAt), the deadline last.
-// The limit evicts by usedAt, lowest first, never a device the change writes.
+// The limit evicts by usedAt, lowest first, never a device the change writes. Every step costs
+// the same whatever the number of the user's devices, but for a change of credentials.
 // Returns {0} when a version did not hold (nothing written), else {1, evicted...}.
 const COMMIT = writeScript(`
-local P, index, userKey = ARGV[1], KEYS[1], ARGV[2]
-local n = #KEYS - 1
+local P, index, expiry, userKey = ARGV[1], KEYS[1], KEYS[2], ARGV[2]
+local n = #KEYS - 2
+local now = tonumber(fence[1]) * 1000 + math.floor(tonumber(fence[2]) / 1000)
 local versions = {}
 local fresh = false
 -- Every condition before any write: all or nothing.
 for i = 1, n do
   local a = 5 + (i - 1) * 6
-  local v = tonumber(redis.call('HGET', KEYS[i + 1], 'v') or '0')
+  local v = tonumber(redis.call('HGET', KEYS[i + 2], 'v') or '0')
   if ARGV[a + 2] ~= '' and tonumber(ARGV[a + 2]) ~= v then return {0} end
   versions[i] = v
   if v == 0 and ARGV[a + 3] == 'set' then fresh = true end
 end
+
+-- Expired devices leave the indexes first: only live ones hold credentials or count to a limit.
+local expired = redis.call('ZRANGEBYSCORE', expiry, '-inf', now)
+for i = 1, #expired do redis.call('ZREM', index, expired[i]) end
+if #expired > 0 then redis.call('ZREMRANGEBYSCORE', expiry, '-inf', now) end
 
 -- The credentials the user's devices hold (all hold the same): those of the most recently used
 -- live device, or false when none is left.
@@ -115,12 +124,14 @@ end
 
 local longest, longestArg = 0, false
 local written = {}
+local writes = 0
 for i = 1, n do
   local a = 5 + (i - 1) * 6
-  local key, fp = KEYS[i + 1], ARGV[a + 1]
+  local key, fp = KEYS[i + 2], ARGV[a + 1]
   if ARGV[a + 3] == 'del' then
     redis.call('DEL', key)
     redis.call('ZREM', index, fp)
+    redis.call('ZREM', expiry, fp)
   else
     if hasUser or versions[i] == 0 then
       redis.call('HSET', key, 'data', ARGV[a + 4], 'u', userKey, 'user', user)
@@ -131,7 +142,9 @@ for i = 1, n do
     redis.call('HINCRBY', key, 'v', 1)
     redis.call('PEXPIRE', key, ARGV[a + 5])
     redis.call('ZADD', index, ARGV[a + 6], fp)
+    redis.call('ZADD', expiry, now + tonumber(ARGV[a + 5]), fp)
     written[fp] = true
+    writes = writes + 1
     local ttl = tonumber(ARGV[a + 5])
     if ttl > longest then longest, longestArg = ttl, ARGV[a + 5] end
   end
@@ -145,42 +158,41 @@ if spread then
       redis.call('HSET', key, 'user', user)
     else
       redis.call('ZREM', index, members[i])
+      redis.call('ZREM', expiry, members[i])
     end
   end
 end
 
 local out = {1}
 local limit = tonumber(ARGV[5])
-if limit and redis.call('ZCARD', index) > limit then
-  -- Expired devices do not count: an expired one with a high usedAt must not push out a live one.
-  local members = redis.call('ZRANGE', index, 0, -1)
-  local live = {}
-  for i = 1, #members do
-    if redis.call('EXISTS', P .. 'd:' .. members[i]) == 1 then
-      live[#live + 1] = members[i]
-    else
-      redis.call('ZREM', index, members[i])
+if limit then
+  -- The least recently used go, but for the devices this change writes, whatever their usedAt:
+  -- it may tie, or come from an instance whose clock is behind.
+  while redis.call('ZCARD', index) > limit do
+    local lowest = redis.call('ZRANGE', index, 0, writes)
+    local victim = false
+    for i = 1, #lowest do
+      if not written[lowest[i]] then
+        victim = lowest[i]
+        break
+      end
     end
-  end
-  -- The devices this change writes stay, whatever their usedAt: it may tie, or come from an
-  -- instance whose clock is behind.
-  local count = #live
-  for i = 1, #live do
-    if count <= limit then break end
-    if not written[live[i]] then
-      redis.call('ZREM', index, live[i])
-      redis.call('DEL', P .. 'd:' .. live[i])
-      out[#out + 1] = live[i]
-      count = count - 1
-    end
+    if not victim then break end
+    redis.call('ZREM', index, victim)
+    redis.call('ZREM', expiry, victim)
+    redis.call('DEL', P .. 'd:' .. victim)
+    out[#out + 1] = victim
   end
 end
 
-if longestArg and redis.call('PTTL', index) < longest then redis.call('PEXPIRE', index, longestArg) end
+if longestArg then
+  if redis.call('PTTL', index) < longest then redis.call('PEXPIRE', index, longestArg) end
+  if redis.call('PTTL', expiry) < longest then redis.call('PEXPIRE', expiry, longestArg) end
+end
 return out
 `)
 
-// KEYS: the user's index. ARGV: P. Returns fingerprint, record, credentials and version of each
+// KEYS: the user's index by use, by expiry. ARGV: P. Returns fingerprint, record, credentials and version of each
 // live device, by usedAt. Its only write prunes members whose device expired, which is right
 // whenever it runs: no deadline.
 const LIST = script(`
@@ -195,6 +207,7 @@ for i = 1, #members do
     out[#out + 1] = d[3]
   else
     redis.call('ZREM', KEYS[1], members[i])
+    redis.call('ZREM', KEYS[2], members[i])
   end
 end
 return out
@@ -271,7 +284,7 @@ export class RedisStore implements PowStore {
 
   async list (userKey: string): Promise<Array<StoredDevice & { fingerprint: string }>> {
     const prefix = this.#prefix(userKey)
-    const flat = await this.#eval(LIST, [prefix + 'ud:' + userKey], [prefix]) as string[]
+    const flat = await this.#eval(LIST, [prefix + 'ud:' + userKey, prefix + 'ux:' + userKey], [prefix]) as string[]
     const devices: Array<StoredDevice & { fingerprint: string }> = []
     for (let i = 0; i < flat.length; i += 4) {
       devices.push({ fingerprint: flat[i], data: flat[i + 1], user: flat[i + 2], version: Number(flat[i + 3]) })
@@ -285,7 +298,7 @@ export class RedisStore implements PowStore {
       throw new TypeError('RedisStore: DeviceChange.limit must be a non-negative integer')
     }
     const prefix = this.#prefix(userKey)
-    const keys = [prefix + 'ud:' + userKey]
+    const keys = [prefix + 'ud:' + userKey, prefix + 'ux:' + userKey]
     const args: Array<string | number> = [prefix, userKey, user === undefined ? '' : '1', user ?? '', limit ?? '']
     for (const { fingerprint, version, data, ttl, usedAt } of devices) {
       keys.push(prefix + 'd:' + fingerprint)
