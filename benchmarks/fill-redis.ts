@@ -1,5 +1,5 @@
 /**
- * Fills a Redis with BENCH_PREFILL sessions of as many users through RedisStore.putSession (the
+ * Fills a Redis with BENCH_PREFILL sessions of as many users through RedisStore.commit (the
  * script a login runs), in its own process so that the measured server starts clean. Reports the
  * time it took and Redis' used_memory per session. Started by benchmarks/run.ts.
  */
@@ -26,7 +26,7 @@ async function usedMemory (client: Redis): Promise<number> {
 
 async function main (): Promise<RedisFill> {
   const n = Number(process.env.BENCH_PREFILL)
-  // Auto-pipelining: the many concurrent putSession calls share socket writes.
+  // Auto-pipelining: the many concurrent commits share socket writes.
   const client = new Redis({ host: '127.0.0.1', port: Number(process.env.BENCH_REDIS_PORT), lazyConnect: true, enableAutoPipelining: true })
   await client.connect()
   try {

@@ -60,18 +60,36 @@ export function deviceDelete (fingerprint: string, now: number): DeviceWrite {
  * parsed (and cached); a step is written under the version it was decided on, and decided again
  * on a fresh read when another request wrote the device first.
  */
+/** What a store's failure becomes (a 503), and news that it answers again: `Pow`'s outage log. */
+export interface StoreHealth {
+  storeAnswered: () => void
+  storeFailed: (err: unknown) => Error
+}
+
 export class Devices {
+  /** The store with its failures mapped to 503s. */
   readonly #store: PowStore
+  /** The store as given: `read`, on every authenticated request, calls it without the wrapper. */
+  readonly #raw: PowStore
+  readonly #health: StoreHealth
   readonly #rules: Rules
   readonly #parsed = new ParsedRecords<Device>(decodeDevice)
 
-  constructor (store: PowStore, rules: Rules) {
+  constructor (store: PowStore, raw: PowStore, health: StoreHealth, rules: Rules) {
     this.#store = store
+    this.#raw = raw
+    this.#health = health
     this.#rules = rules
   }
 
   async read (bucket: string, fingerprint: string): Promise<Loaded | null> {
-    const stored = await this.#store.read(bucket, fingerprint)
+    let stored
+    try {
+      stored = await this.#raw.read(bucket, fingerprint)
+    } catch (err) {
+      throw this.#health.storeFailed(err)
+    }
+    this.#health.storeAnswered()
     return stored === null ? null : { device: this.#parsed.get(stored.data, fingerprint), user: stored.user, version: stored.version }
   }
 
@@ -93,13 +111,23 @@ export class Devices {
   /**
    * Reads the device, lets `decide` take the step and writes it back under the version read;
    * when the version moved meanwhile (a parallel request wrote the device), reads and decides
-   * again.
+   * again. `first`: the device as the caller read it already, for the first attempt.
    */
-  async settle (bucket: string, fingerprint: string, decide: (device: Device | null, now: number) => Step): Promise<{ step: Step, loaded: Loaded | null }> {
+  async settle (
+    bucket: string, fingerprint: string, decide: (device: Device | null, now: number) => Step, first?: { loaded: Loaded | null, step: Step }
+  ): Promise<{ step: Step, loaded: Loaded | null }> {
     for (let attempt = 1; ; attempt++) {
-      const loaded = await this.read(bucket, fingerprint)
-      const now = Date.now()
-      const step = decide(loaded === null ? null : loaded.device, now)
+      let loaded: Loaded | null
+      let step: Step
+      let now: number
+      if (attempt === 1 && first !== undefined) {
+        ({ loaded, step } = first)
+        now = Date.now()
+      } else {
+        loaded = await this.read(bucket, fingerprint)
+        now = Date.now()
+        step = decide(loaded === null ? null : loaded.device, now)
+      }
       if (!step.write) return { step, loaded }
       const device = step.device as Device
       const { ok } = await this.commit(device.userKey, [deviceWrite(device, loaded === null ? 0 : loaded.version, now, this.#rules)])

@@ -73,7 +73,7 @@ export class Pow extends EventEmitter<PowEvents> {
     this.rawStore = store
     this.log = log
     this.store = guardStore(store, this)
-    this.devices = new Devices(this.store, config.rules)
+    this.devices = new Devices(this.store, store, this, config.rules)
     this.#signer = new Signer(config.secrets)
     this.credentials = new CredentialsCache(this)
   }

@@ -207,8 +207,11 @@ export class PowSession {
     if (sid !== null) {
       // The token cookie of the same device lives on when the session renews.
       const tokenHash = token !== null && token.fingerprint === sid.fingerprint && token.bucket === sid.bucket ? token.hash : undefined
-      const { step, loaded } = await pow.devices.settle(sid.bucket, sid.fingerprint,
-        (device, now) => showSession(device, sid.hash, tokenHash, now, rules, minter(sid.bucket, sid.fingerprint)))
+      const decide = (device: Device | null, now: number): Step => showSession(device, sid.hash, tokenHash, now, rules, minter(sid.bucket, sid.fingerprint))
+      // Read and decided here: most requests need no write, and settle no further await.
+      const read = await pow.devices.read(sid.bucket, sid.fingerprint)
+      const first = { loaded: read, step: decide(read === null ? null : read.device, Date.now()) }
+      const { step, loaded } = first.step.write ? await pow.devices.settle(sid.bucket, sid.fingerprint, decide, first) : first
       if (loaded !== null) this.#named.push(loaded.device)
       if (step.auth === 'theft') {
         const { userKey, fingerprint } = step.device as Device
