@@ -1,5 +1,5 @@
 import { hashSecret, isSecret, newSecret, randomFingerprint, secretDevice, userBucket } from './crypto.js'
-import { deviceDelete, deviceWrite } from './devices.js'
+import { deviceWrite } from './devices.js'
 import { showSession, signIn } from './lifecycle.js'
 import type { Pow } from './pow.js'
 import { toMetadata, toSessionInfos } from './session.js'
@@ -65,7 +65,7 @@ export class CredentialsCache {
     const { bucket, fingerprint } = secretDevice(sessionId)
     const loaded = await this.#pow.devices.read(bucket, fingerprint)
     if (loaded === null) return false
-    await this.#pow.devices.commit(loaded.device.userKey, [deviceDelete(fingerprint, Date.now())])
+    await this.#pow.devices.end(loaded.device.userKey, fingerprint)
     return true
   }
 

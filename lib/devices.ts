@@ -136,6 +136,11 @@ export class Devices {
     }
   }
 
+  /** Ends one device of the user, whatever its version. */
+  async end (userKey: string, fingerprint: string): Promise<void> {
+    await this.commit(userKey, [deviceDelete(fingerprint, Date.now())])
+  }
+
   /** Ends the user's devices but `except`; returns the fingerprints of those that were live. */
   async revokeAll (userKey: string, except?: string): Promise<string[]> {
     const now = Date.now()
@@ -150,8 +155,7 @@ export class Devices {
     const loaded = await this.read(userBucket(userKey), fingerprint)
     // The bucket is shared by other users' devices: the device must be this user's.
     if (loaded === null || loaded.device.userKey !== userKey) return false
-    const now = Date.now()
-    await this.commit(userKey, [deviceDelete(fingerprint, now)])
-    return isLive(loaded.device, now, this.#rules)
+    await this.end(userKey, fingerprint)
+    return isLive(loaded.device, Date.now(), this.#rules)
   }
 }

@@ -3,7 +3,7 @@ import { Signer } from '@fastify/cookie'
 import type { FastifyBaseLogger, FastifyRequest } from 'fastify'
 import { CredentialsCache } from './credentials-cache.js'
 import { hashSecret, isSecret, SECRET_LENGTH, secretDevice } from './crypto.js'
-import { deviceDelete, Devices } from './devices.js'
+import { Devices } from './devices.js'
 import { PowStoreError, storeError } from './errors.js'
 import { type Config, STORE_METHODS } from './options.js'
 import type { PowEvent, PowEvents, PowStore } from './types.js'
@@ -131,7 +131,7 @@ export class Pow extends EventEmitter<PowEvents> {
    */
   async revokeStolen (event: PowEvent & { request: FastifyRequest }, kind: 'session:reuse' | 'persistent:reuse', what: string): Promise<void> {
     const { userKey, fingerprint } = event
-    await this.devices.commit(userKey, [deviceDelete(fingerprint, Date.now())])
+    await this.devices.end(userKey, fingerprint)
     event.request.log.warn({ userKey, fingerprint }, `fastify-pow: ${what}; its device was revoked`)
     this.notify(kind, event)
     this.notify('session:deleted', { ...event, reason: 'theft' })

@@ -125,7 +125,7 @@ export class PowSession {
     const same: DeviceWrite[] = []
     for (const old of ended) {
       if (old.userKey === userKey) same.push(deviceDelete(old.fingerprint, now))
-      else await pow.devices.commit(old.userKey, [deviceDelete(old.fingerprint, now)])
+      else await pow.devices.end(old.userKey, old.fingerprint)
     }
     const { evicted } = await pow.devices.commit(userKey, [deviceWrite(device, 0, now, config.rules), ...same], {
       user: JSON.stringify(user),
@@ -147,9 +147,8 @@ export class PowSession {
   }
 
   async #end (reason: DeletedReason): Promise<void> {
-    const now = Date.now()
     const ended = this.#named
-    for (const old of ended) await this.#pow.devices.commit(old.userKey, [deviceDelete(old.fingerprint, now)])
+    for (const old of ended) await this.#pow.devices.end(old.userKey, old.fingerprint)
     const user = this.user
     this.#named = []
     this.#device = null
