@@ -81,6 +81,7 @@ export default fastifyPow
 
 export { MemoryStore } from './stores/memory.js'
 export { RedisStore, type RedisStoreOptions } from './stores/redis.js'
+export { PostgresStore, postgresSchema, type PostgresStoreOptions, type PgPool, type PgClient } from './stores/postgres.js'
 export { userBucket } from './crypto.js'
 export { PowOptionError, PowStoreError, PowNotSignedInError, PowSignInRevokedError, PowMetadataTooLargeError } from './errors.js'
 export { Pow } from './pow.js'

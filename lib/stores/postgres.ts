@@ -1,0 +1,402 @@
+import { createHash } from 'node:crypto'
+import { userBucket } from '../crypto.js'
+import type { CommitResult, DeviceChange, PowStore, StoredDevice } from '../types.js'
+
+export interface PostgresStoreOptions {
+  /** The schema of the table and function. Default `public`. */
+  schema?: string
+  /** The start of their names: `<prefix>devices`, `<prefix>commit`. Default `pow_`. */
+  tablePrefix?: string
+  /** Create the table and function when fastify-pow is registered, if they are missing. Default false. */
+  createTables?: boolean
+  /** Milliseconds after which a query counts as failed (a 503). Default 2000. */
+  commandTimeout?: number
+  /** Milliseconds between sweeps of expired rows; 0 turns the sweep off. Default 5 minutes. */
+  sweepInterval?: number
+  /** The most expired rows one sweep deletes, in batches of at most 1000. Default 10000. */
+  sweepLimit?: number
+}
+
+/** The part of a node-postgres client that the store uses. */
+export interface PgClient {
+  query: (config: { name?: string, text: string, values?: unknown[] }, callback: (err: Error | undefined, result: { rows: any[], rowCount: number | null }) => void) => void
+  once: (event: 'error', listener: (err: Error) => void) => unknown
+  removeListener: (event: 'error', listener: (err: Error) => void) => unknown
+}
+
+/** The part of a node-postgres `Pool` that the store uses (`new Pool()` of `pg`, or `app.pg.pool` of @fastify/postgres). */
+export interface PgPool {
+  connect: (callback: (err: Error | undefined, client: PgClient | undefined, release: (err?: Error | boolean) => void) => void) => void
+  on: (event: 'error', listener: (err: Error) => void) => unknown
+}
+
+// The longest delay a Node.js timer takes (2^31 - 1 ms).
+const MAX_TIMER_MS = 2_147_483_647
+// About 317 years: beyond any ttl fastify-pow writes, and far inside what timestamptz holds.
+const MAX_TTL_MS = 10_000_000_000_000
+const SWEEP_BATCH = 1000
+const NAME_RE = /^[a-z_][a-z0-9_]*$/
+
+/** The names the SQL uses, quoted, for a schema and prefix. */
+interface Names {
+  schema: string
+  table: string
+  commit: string
+  /** `<prefix>devices` unquoted, for messages and index names. */
+  plain: string
+  /** The first key of the advisory lock that serializes one user's changes. */
+  lockClass: number
+}
+
+function names (schema: string, prefix: string): Names {
+  const q = (name: string): string => `"${name}"`
+  const lockClass = createHash('sha256').update(`fastify-pow:${schema}.${prefix}`).digest().readInt32BE(0)
+  return { schema: q(schema), table: `${q(schema)}.${q(prefix + 'devices')}`, commit: `${q(schema)}.${q(prefix + 'commit')}`, plain: `${schema}.${prefix}devices`, lockClass }
+}
+
+/**
+ * The schema: one table of devices and the function that applies a change. Idempotent (a second
+ * run changes nothing), for `migrate()` and for `sql/postgres.sql`.
+ *
+ * A row is a device, addressed by the bucket of its user and its fingerprint: `data` is the
+ * device record (JSON written by lib/lifecycle.ts, opaque here), `user_data` a copy of the
+ * user's credentials (so that a read is one row), `version` is 1 when created and bumped by every
+ * write, `used_at` orders the user's devices for limits, and `expires_at` (on the database's
+ * clock) ends it. Every query leaves expired rows out; the writes that meet them and a sweep
+ * delete them.
+ */
+export function postgresSchema (options: { schema?: string, tablePrefix?: string } = {}): string {
+  const { schema = 'public', tablePrefix = 'pow_' } = options
+  checkNames(schema, tablePrefix)
+  const { table, commit, lockClass } = names(schema, tablePrefix)
+  const index = (suffix: string): string => `"${tablePrefix}devices_${suffix}"`
+  return `CREATE SCHEMA IF NOT EXISTS "${schema}";
+
+CREATE TABLE IF NOT EXISTS ${table} (
+  bucket text NOT NULL,
+  fingerprint text NOT NULL,
+  user_key text NOT NULL,
+  data text NOT NULL,
+  user_data text NOT NULL,
+  version bigint NOT NULL,
+  used_at double precision NOT NULL,
+  expires_at timestamptz NOT NULL,
+  PRIMARY KEY (bucket, fingerprint)
+);
+CREATE INDEX IF NOT EXISTS ${index('user')} ON ${table} (user_key, used_at);
+CREATE INDEX IF NOT EXISTS ${index('expiry')} ON ${table} (expires_at);
+
+-- Applies a change of one user's devices: every version precondition is checked before any
+-- write; NULL when one fails (nothing written), else the fingerprints the limit evicted.
+-- Changes of one user run one at a time (an advisory lock); past its budget (ms from when the
+-- statement arrived) it writes nothing, since its caller has answered a 503 by then.
+CREATE OR REPLACE FUNCTION ${commit} (
+  p_user_key text, p_bucket text, p_user text, p_limit integer, p_fingerprints text[],
+  p_versions bigint[], p_data text[], p_ttls bigint[], p_used double precision[], p_budget double precision
+) RETURNS text[] LANGUAGE plpgsql AS $pow$
+DECLARE
+  n integer := coalesce(array_length(p_fingerprints, 1), 0);
+  found_version bigint;
+  fresh boolean := false;
+  inherited text;
+  written text[] := '{}';
+  excess bigint;
+  evicted text[] := '{}';
+BEGIN
+  PERFORM pg_advisory_xact_lock(${lockClass}, hashtext(p_user_key));
+  DELETE FROM ${table} WHERE user_key = p_user_key AND expires_at <= now();
+  FOR i IN 1..n LOOP
+    SELECT version INTO found_version FROM ${table}
+      WHERE bucket = p_bucket AND fingerprint = p_fingerprints[i] AND expires_at > now();
+    IF NOT FOUND THEN found_version := 0; END IF;
+    IF p_versions[i] IS NOT NULL AND p_versions[i] <> found_version THEN RETURN NULL; END IF;
+    IF found_version = 0 AND p_data[i] IS NOT NULL THEN fresh := true; END IF;
+  END LOOP;
+  IF p_user IS NOT NULL THEN
+    UPDATE ${table} SET user_data = p_user WHERE user_key = p_user_key AND user_data <> p_user;
+  ELSIF fresh THEN
+    SELECT user_data INTO inherited FROM ${table}
+      WHERE user_key = p_user_key AND expires_at > now() ORDER BY used_at DESC LIMIT 1;
+    IF inherited IS NULL THEN
+      RAISE EXCEPTION 'PostgresStore: a new device needs the user''s credentials (DeviceChange.user)';
+    END IF;
+  END IF;
+  FOR i IN 1..n LOOP
+    IF p_data[i] IS NULL THEN
+      DELETE FROM ${table} WHERE bucket = p_bucket AND fingerprint = p_fingerprints[i];
+    ELSE
+      INSERT INTO ${table} AS d (bucket, fingerprint, user_key, data, user_data, version, used_at, expires_at)
+        VALUES (p_bucket, p_fingerprints[i], p_user_key, p_data[i], coalesce(p_user, inherited, ''), 1, p_used[i],
+          now() + p_ttls[i] * interval '1 millisecond')
+        ON CONFLICT (bucket, fingerprint) DO UPDATE SET
+          user_key = excluded.user_key, data = excluded.data,
+          user_data = CASE WHEN p_user IS NOT NULL THEN p_user WHEN d.expires_at > now() THEN d.user_data ELSE inherited END,
+          version = d.version + 1, used_at = excluded.used_at, expires_at = excluded.expires_at;
+      written := written || p_fingerprints[i];
+    END IF;
+  END LOOP;
+  IF p_limit IS NOT NULL THEN
+    SELECT count(*) - p_limit INTO excess FROM ${table} WHERE user_key = p_user_key AND expires_at > now();
+    IF excess > 0 THEN
+      WITH victims AS (
+        SELECT bucket, fingerprint FROM ${table}
+          WHERE user_key = p_user_key AND expires_at > now() AND fingerprint <> ALL (written)
+          ORDER BY used_at, fingerprint LIMIT excess
+      ), gone AS (
+        DELETE FROM ${table} d USING victims v WHERE d.bucket = v.bucket AND d.fingerprint = v.fingerprint
+          RETURNING d.fingerprint
+      ) SELECT coalesce(array_agg(fingerprint), '{}') INTO evicted FROM gone;
+    END IF;
+  END IF;
+  IF clock_timestamp() > statement_timestamp() + p_budget * interval '1 millisecond' THEN
+    RAISE EXCEPTION 'PostgresStore: the change ran past its deadline; nothing was written';
+  END IF;
+  RETURN evicted;
+END
+$pow$;
+`
+}
+
+function checkNames (schema: unknown, tablePrefix: unknown): void {
+  if (typeof schema !== 'string' || !NAME_RE.test(schema) || schema.length > 63) {
+    throw new TypeError('PostgresStore: schema must be lower-case letters, digits and "_" (at most 63), not starting with a digit')
+  }
+  if (typeof tablePrefix !== 'string' || !(tablePrefix === '' || NAME_RE.test(tablePrefix)) || tablePrefix.length > 40) {
+    throw new TypeError('PostgresStore: tablePrefix must be lower-case letters, digits and "_" (at most 40), not starting with a digit')
+  }
+}
+
+function milliseconds (value: unknown, name: string, fallback: number, zero: boolean): number {
+  if (value === undefined) return fallback
+  if (typeof value !== 'number' || !Number.isFinite(value) || value < 0 || (value === 0 && !zero) || value > MAX_TIMER_MS) {
+    throw new TypeError(`PostgresStore: ${name} must be a ${zero ? 'non-negative' : 'positive'} number of milliseconds, at most ${MAX_TIMER_MS}`)
+  }
+  return value
+}
+
+/** A named statement: prepared once per connection, then sent as a bind and an execute. */
+interface Statement { name: string, text: string }
+
+/**
+ * A `PowStore` in PostgreSQL through a node-postgres `Pool` (for example `app.pg.pool` of
+ * @fastify/postgres), which it never ends. Reading a device is one prepared `SELECT` by primary
+ * key; every change is one call of a PL/pgSQL function, one transaction.
+ */
+export class PostgresStore implements PowStore {
+  readonly #pool: PgPool
+  readonly #names: Names
+  readonly #schemaOptions: { schema: string, tablePrefix: string }
+  readonly #createTables: boolean
+  readonly #timeout: number
+  readonly #sweepInterval: number
+  readonly #sweepLimit: number
+  readonly #sql: { read: Statement, list: Statement, commit: Statement, users: Statement, sweep: Statement, exists: Statement }
+  #sweepTimer: NodeJS.Timeout | undefined
+  #sweeping = false
+  #lastError: Error | undefined
+
+  constructor (pool: PgPool, options: PostgresStoreOptions = {}) {
+    if (pool === null || typeof pool !== 'object' || typeof pool.connect !== 'function' || typeof pool.on !== 'function') {
+      throw new TypeError('PostgresStore needs a node-postgres Pool (new Pool() of "pg", or app.pg.pool of @fastify/postgres)')
+    }
+    const { schema = 'public', tablePrefix = 'pow_', createTables = false } = options
+    checkNames(schema, tablePrefix)
+    if (typeof createTables !== 'boolean') throw new TypeError('PostgresStore: createTables must be a boolean')
+    this.#timeout = milliseconds(options.commandTimeout, 'commandTimeout', 2000, false)
+    this.#sweepInterval = milliseconds(options.sweepInterval, 'sweepInterval', 300_000, true)
+    const sweepLimit = options.sweepLimit ?? 10_000
+    if (!Number.isInteger(sweepLimit) || sweepLimit < 1) throw new TypeError('PostgresStore: sweepLimit must be a positive integer')
+    this.#sweepLimit = sweepLimit
+    this.#pool = pool
+    this.#schemaOptions = { schema, tablePrefix }
+    this.#createTables = createTables
+    const n = this.#names = names(schema, tablePrefix)
+    // Statement names are per connection: the schema and prefix are in them, so that two stores
+    // on one pool never share a name for different text.
+    const tag = createHash('sha256').update(n.table).digest('hex').slice(0, 10)
+    const statement = (kind: string, text: string): Statement => ({ name: `pow_${kind}_${tag}`, text })
+    this.#sql = {
+      read: statement('read', `SELECT data, user_data, version FROM ${n.table} WHERE bucket = $1 AND fingerprint = $2 AND expires_at > now()`),
+      list: statement('list', `SELECT fingerprint, data, user_data, version FROM ${n.table} WHERE user_key = $1 AND expires_at > now() ORDER BY used_at, fingerprint`),
+      commit: statement('commit', `SELECT ${n.commit}($1, $2, $3, $4, $5::text[], $6::bigint[], $7::text[], $8::bigint[], $9::float8[], $10) AS evicted`),
+      users: statement('users', `SELECT DISTINCT ON (user_key) user_data FROM ${n.table} WHERE expires_at > now() ORDER BY user_key, used_at DESC`),
+      sweep: statement('sweep', `DELETE FROM ${n.table} WHERE (bucket, fingerprint) IN (SELECT bucket, fingerprint FROM ${n.table} WHERE expires_at <= now() LIMIT $1) AND expires_at <= now()`),
+      exists: statement('exists', 'SELECT to_regclass($1) IS NOT NULL AS table, to_regprocedure($2) IS NOT NULL AS function')
+    }
+    // An idle connection that breaks (the database restarts) is reported as the pool's 'error'
+    // event, which would end the process without a listener; the next query answers 503.
+    pool.on('error', (err) => { this.#lastError = err })
+    if (this.#sweepInterval > 0) {
+      this.#sweepTimer = setInterval(() => { void this.sweep().catch(() => {}) }, this.#sweepInterval)
+      this.#sweepTimer.unref()
+    }
+  }
+
+  /** Creates the schema, table, indexes and function where missing, in one transaction. */
+  async migrate (): Promise<void> {
+    const sql = postgresSchema(this.#schemaOptions)
+    // One simple query of several statements: one transaction. The lock keeps two instances
+    // starting at once from creating the same table twice.
+    await this.#query({ text: `BEGIN; SELECT pg_advisory_xact_lock(${this.#names.lockClass}, 0); ${sql} COMMIT;` }, [], false)
+  }
+
+  /**
+   * Called by fastify-pow when it is registered: creates what is missing with `createTables`, or
+   * else checks that the table and function exist, so that a missing migration fails
+   * `app.ready()` with this message instead of every request with a 503.
+   */
+  async ready (): Promise<void> {
+    const { table, commit } = this.#names
+    const found = async (): Promise<boolean> => {
+      const [row] = await this.#run(this.#sql.exists, [table, `${commit}(text, text, text, integer, text[], bigint[], text[], bigint[], double precision[], double precision)`])
+      return row.table === true && row.function === true
+    }
+    if (await found()) return
+    if (this.#createTables) return await this.migrate()
+    throw new Error(`PostgresStore: the table ${this.#names.plain} or its function is missing: run store.migrate(), pass createTables: true, or apply the SQL of postgresSchema() (sql/postgres.sql in the package)`)
+  }
+
+  /** Stops the sweep. The pool stays open: it is the application's. */
+  async close (): Promise<void> {
+    clearInterval(this.#sweepTimer)
+    this.#sweepTimer = undefined
+  }
+
+  /** Deletes expired rows, at most `sweepLimit`, in batches of 1000; returns how many. */
+  async sweep (): Promise<number> {
+    if (this.#sweeping) return 0
+    this.#sweeping = true
+    let deleted = 0
+    try {
+      while (deleted < this.#sweepLimit) {
+        const batch = Math.min(SWEEP_BATCH, this.#sweepLimit - deleted)
+        const count = await this.#count(this.#sql.sweep, [batch])
+        deleted += count
+        if (count < batch) break
+      }
+    } finally {
+      this.#sweeping = false
+    }
+    return deleted
+  }
+
+  async read (bucket: string, fingerprint: string): Promise<StoredDevice | null> {
+    const rows = await this.#run(this.#sql.read, [bucket, fingerprint])
+    if (rows.length === 0) return null
+    const row = rows[0]
+    return { data: row.data, user: row.user_data, version: Number(row.version) }
+  }
+
+  async list (userKey: string): Promise<Array<StoredDevice & { fingerprint: string }>> {
+    const rows = await this.#run(this.#sql.list, [userKey])
+    return rows.map((row) => ({ fingerprint: row.fingerprint, data: row.data, user: row.user_data, version: Number(row.version) }))
+  }
+
+  async commit (change: DeviceChange): Promise<CommitResult> {
+    const { userKey, devices, user, limit } = change
+    if (limit !== undefined && !(Number.isInteger(limit) && limit >= 0 && limit <= 2 ** 31 - 1)) {
+      throw new TypeError('PostgresStore: DeviceChange.limit must be a non-negative integer')
+    }
+    const fingerprints: string[] = []
+    const versions: Array<number | null> = []
+    const data: Array<string | null> = []
+    const ttls: number[] = []
+    const used: number[] = []
+    for (const write of devices) {
+      if (write.data !== null && (typeof write.ttl !== 'number' || Number.isNaN(write.ttl) || !Number.isFinite(write.usedAt))) {
+        throw new TypeError('PostgresStore: a device write needs a ttl and a finite usedAt, in milliseconds')
+      }
+      fingerprints.push(write.fingerprint)
+      versions.push(write.version ?? null)
+      data.push(write.data)
+      ttls.push(write.data === null ? 0 : Math.min(Math.max(1, Math.ceil(write.ttl)), MAX_TTL_MS))
+      used.push(write.data === null ? 0 : write.usedAt)
+    }
+    const rows = await this.#run(this.#sql.commit, [userKey, userBucket(userKey), user ?? null, limit ?? null, fingerprints, versions, data, ttls, used], true)
+    const evicted = rows[0].evicted as string[] | null
+    return evicted === null ? { ok: false, evicted: [] } : { ok: true, evicted }
+  }
+
+  async users (): Promise<string[]> {
+    const rows = await this.#run(this.#sql.users, [])
+    return rows.map((row) => row.user_data)
+  }
+
+  async #run (statement: Statement, values: unknown[], budget = false): Promise<any[]> {
+    return (await this.#query(statement, values, budget)).rows
+  }
+
+  async #count (statement: Statement, values: unknown[]): Promise<number> {
+    return (await this.#query(statement, values, false)).rowCount ?? 0
+  }
+
+  /**
+   * One query on a connection of the pool, bounded by `commandTimeout` from the call (waiting for
+   * a connection included). A query that times out has its connection destroyed, not handed
+   * back busy. With `budget`, the time left is the query's last argument: a change that the
+   * server finishes after its caller gave up writes nothing (see the function).
+   */
+  #query (statement: { name?: string, text: string }, values: unknown[], budget: boolean): Promise<{ rows: any[], rowCount: number | null }> {
+    const started = performance.now()
+    return new Promise((resolve, reject) => {
+      let settled = false
+      let release: ((err?: Error) => void) | undefined
+      const fail = (err: Error): void => {
+        if (settled) return
+        settled = true
+        clearTimeout(timer)
+        reject(err)
+      }
+      const timer = setTimeout(() => {
+        const err = new Error(`PostgreSQL query timed out after ${this.#timeout} ms`)
+        fail(err)
+        // Ends the connection: a query still running on it must not hold a client of the pool.
+        release?.(err)
+        release = undefined
+      }, this.#timeout)
+      this.#pool.connect((err, client, done) => {
+        if (err !== undefined && err !== null) return fail(this.#explain(err))
+        if (client === undefined) return fail(new Error('PostgreSQL pool gave no client'))
+        if (settled) return done()
+        release = done
+        const onError = (err: Error): void => {
+          release?.(err)
+          release = undefined
+          fail(this.#explain(err))
+        }
+        client.once('error', onError)
+        let args = values
+        if (budget) {
+          // A margin, so that a change finishing just before its deadline still answers in time.
+          const left = this.#timeout - (performance.now() - started) - Math.min(100, this.#timeout / 4)
+          args = [...values, Math.max(0, left)]
+        }
+        client.query({ ...statement, values: args }, (err, result) => {
+          client.removeListener('error', onError)
+          if (release !== undefined) {
+            // A failed query leaves a usable connection (an error answer, not a broken socket).
+            release()
+            release = undefined
+          }
+          if (err !== undefined && err !== null) return fail(this.#explain(err))
+          if (settled) return
+          settled = true
+          clearTimeout(timer)
+          resolve(result)
+        })
+      })
+    })
+  }
+
+  /** The error with what the store knows: a missing table says how to create it. */
+  #explain (err: Error): Error {
+    const code = (err as { code?: string }).code
+    if (code === '42P01' || code === '42883') {
+      return new Error(`PostgresStore: the table ${this.#names.plain} or its function is missing (${err.message}): run store.migrate()`, { cause: err })
+    }
+    if (this.#lastError !== undefined && /terminated|ECONNRE/.test(err.message) && err !== this.#lastError) {
+      return new Error(`${err.message} (the pool's last error: ${this.#lastError.message})`, { cause: err })
+    }
+    return err
+  }
+}
