@@ -7,8 +7,9 @@ import { PowPersistentSession } from './persistent-session.js'
 import { Pow } from './pow.js'
 import { kAuthenticate, kCookies, kToken, PowSession } from './session.js'
 import { MemoryStore } from './stores/memory.js'
+import { type PgPool, PostgresStore } from './stores/postgres.js'
 import { RedisStore } from './stores/redis.js'
-import type { PowOptions } from './types.js'
+import type { PowOptions, PowStore } from './types.js'
 
 declare module 'fastify' {
   interface FastifyRequest {
@@ -25,15 +26,20 @@ declare module 'fastify' {
 
 const plugin: FastifyPluginAsync<PowOptions> = async function fastifyPow (fastify: FastifyInstance, opts: PowOptions) {
   const config = buildConfig(opts)
-  // With @fastify/redis registered (app.redis), sessions go to that Redis by default.
-  const redis = config.store === undefined && fastify.hasDecorator('redis')
-    ? (fastify as unknown as { redis: ConstructorParameters<typeof RedisStore>[0] }).redis
-    : undefined
-  if (redis !== undefined && typeof redis.evalsha !== 'function') {
-    throw optionError('store', 'is needed: app.redis holds several clients (@fastify/redis namespaces); pass store: new RedisStore(app.redis.<namespace>)')
-  }
-  const store = config.store ?? (redis !== undefined ? new RedisStore(redis) : new MemoryStore())
+  const store = config.store ?? defaultStore(fastify)
   if (!fastify.hasReplyDecorator('setCookie')) await fastify.register(fastifyCookie)
+  // A store that needs it checks (or creates) its tables now: a missing migration fails app.ready().
+  if (typeof store.ready === 'function') await store.ready()
+  if (typeof store.close === 'function') fastify.addHook('onClose', async () => { await store.close?.() })
+  if (config.store === undefined && store instanceof MemoryStore) {
+    fastify.addHook('onReady', async function powLateStore () {
+      for (const [name, plugin] of [['redis', '@fastify/redis'], ['pg', '@fastify/postgres']]) {
+        if (this.hasDecorator(name)) {
+          this.log.warn(`fastify-pow: ${plugin} was registered after fastify-pow, so sessions are kept in memory; register it before fastify-pow (or pass the store option) to keep them in app.${name}`)
+        }
+      }
+    })
+  }
 
   const pow = new Pow(config, store, fastify.log)
   fastify.decorate('pow', pow)
@@ -73,6 +79,31 @@ const plugin: FastifyPluginAsync<PowOptions> = async function fastifyPow (fastif
     }
     pending.commit()
   })
+}
+
+/**
+ * The store when none is given: Redis through @fastify/redis (`app.redis`), else PostgreSQL
+ * through @fastify/postgres (`app.pg`, its tables created when missing), else memory.
+ */
+function defaultStore (fastify: FastifyInstance): PowStore {
+  const app = fastify as unknown as { redis?: ConstructorParameters<typeof RedisStore>[0], pg?: { pool?: PgPool } }
+  if (fastify.hasDecorator('redis')) {
+    const redis = app.redis
+    if (typeof redis?.evalsha !== 'function') {
+      throw optionError('store', 'is needed: app.redis holds several clients (@fastify/redis namespaces); pass store: new RedisStore(app.redis.<namespace>)')
+    }
+    fastify.log.info('fastify-pow: sessions are stored in Redis (app.redis of @fastify/redis)')
+    return new RedisStore(redis)
+  }
+  if (fastify.hasDecorator('pg')) {
+    const pool = app.pg?.pool
+    if (pool === undefined || typeof pool.connect !== 'function') {
+      throw optionError('store', 'is needed: app.pg holds several pools (@fastify/postgres names); pass store: new PostgresStore(app.pg.<name>.pool)')
+    }
+    fastify.log.info('fastify-pow: sessions are stored in PostgreSQL (app.pg of @fastify/postgres; its tables are created if missing)')
+    return new PostgresStore(pool, { createTables: true })
+  }
+  return new MemoryStore()
 }
 
 /** The fastify-pow plugin. */

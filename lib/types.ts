@@ -91,6 +91,10 @@ export interface PowStore {
   commit (change: DeviceChange): Promise<CommitResult>
   /** The credentials (JSON text) of every user with a live device. */
   users (): Promise<string[]>
+  /** Optional: called when fastify-pow is registered (to check or create tables); a throw fails `app.ready()`. */
+  ready?: () => Promise<void>
+  /** Optional: called when the app closes, to stop the store's own timers. Never closes a client or pool the store was given. */
+  close?: () => Promise<void>
 }
 
 export interface SessionOptions {
@@ -124,7 +128,7 @@ export interface PersistentSessionOptions {
 export interface PowOptions {
   /** Cookie signing secrets, each at least 32 characters. The first signs; all verify. */
   secret: string | string[]
-  /** Default: a new `MemoryStore`, or a `RedisStore` on `app.redis` when @fastify/redis is registered. */
+  /** Default: a `RedisStore` on `app.redis` when @fastify/redis is registered, else a `PostgresStore` on `app.pg` when @fastify/postgres is, else a new `MemoryStore`. */
   store?: PowStore
   /** The user's unique id. Default `user.id`. */
   userId?: (user: PowUser) => string | number

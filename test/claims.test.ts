@@ -3,25 +3,21 @@
  * session id or a rotated remember-me token can be lost after the store ran the write (a 503 when
  * the reply came too late, a dropped connection). The browser, still holding its old cookies,
  * must stay signed in; and a copy of a cookie that someone else moved on from must still be
- * caught as theft. Run on MemoryStore and on a real redis-server; the app clock is fake (Date only).
+ * caught as theft. Run on MemoryStore, a real redis-server and PostgreSQL; the app clock is fake (Date only).
  */
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
-import { test, type Test } from 'tap'
-import { MemoryStore, RedisStore, type PowOptions, type PowStore } from '../lib/index.js'
+import type { Test } from 'tap'
+import type { PowOptions, PowStore } from '../lib/index.js'
 import { buildApp } from './helpers/app.js'
 import { fakeClock } from './helpers/clock.js'
 import { CookieJar } from './helpers/jar.js'
-import { readyClient, startRedis } from './helpers/redis.js'
+import { storeKinds } from './helpers/stores.js'
 
 const SESSION = 'pow_session'
 const TOKEN = 'pow_persistent_session'
 const GRACE = 1000
 const OPTIONS: Partial<PowOptions> = { session: { ttl: 30 * 60_000, renewAfter: 60_000, rotationGrace: GRACE } }
 
-const stores: Array<[string, (t: Test) => Promise<PowStore>]> = [
-  ['MemoryStore', async () => new MemoryStore()],
-  ['RedisStore', async (t) => new RedisStore(await readyClient(await startRedis(t)))]
-]
 
 interface Alarms { list: string[] }
 
@@ -61,7 +57,7 @@ async function victimAndThief (app: FastifyInstance): Promise<{ victim: CookieJa
   return { victim, thief }
 }
 
-for (const [name, makeStore] of stores) {
+for (const { name, make: makeStore, test } of storeKinds) {
   test(`${name}: a renewal whose answer was lost leaves the browser signed in, past the grace`, async (t) => {
     const { app, alarms, tick } = await setup(t, makeStore)
     const jar = new CookieJar(app)

@@ -72,15 +72,16 @@
 import { setTimeout as sleep } from 'node:timers/promises'
 import fc from 'fast-check'
 import type { FastifyInstance, InjectOptions, LightMyRequestResponse } from 'fastify'
-import { test, type Test } from 'tap'
+import { test, test as tapTest, type Test } from 'tap'
 import { hashSecret, secretDevice } from '../lib/crypto.js'
-import { MemoryStore, type PowStore, type RedisStore } from '../lib/index.js'
+import { MemoryStore, type PowStore } from '../lib/index.js'
 import type { Device } from '../lib/lifecycle.js'
 import { decodeDevice } from '../lib/devices.js'
 import { STORE_METHODS } from '../lib/options.js'
 import { buildApp, recordingStore } from './helpers/app.js'
 import { fakeClock, type InstalledClock } from './helpers/clock.js'
 import { CookieJar } from './helpers/jar.js'
+import { createDatabase, pgTest, postgresStore } from './helpers/postgres.js'
 import { twoClients } from './helpers/redis.js'
 import { mulberry32 } from './helpers/tools.js'
 
@@ -264,8 +265,8 @@ interface Planned {
 interface World {
   a: FastifyInstance
   b: FastifyInstance
-  storeA: RedisStore
-  storeB: RedisStore
+  storeA: PowStore
+  storeB: PowStore
   jitterA: Jitter
   jitterB: Jitter
   clock: InstalledClock
@@ -782,10 +783,21 @@ async function runScenario (world: World, sc: Scenario): Promise<void> {
 
 // ---------------------------------------------------------------------------------------------
 
-test('randomized interleavings over two instances on one Redis keep the session invariants', { timeout: 300_000 }, async (t) => {
+/** Two stores on one backend, each with its own connection: what two app instances have. */
+type TwoStores = (t: Test) => Promise<{ storeA: PowStore, storeB: PowStore }>
+
+const backends: Array<[string, TwoStores, (name: string, fn: (t: Test) => Promise<void>) => void]> = [
+  ['one Redis', twoClients, (name, fn) => { test(name, { timeout: 300_000 }, fn) }],
+  ['one PostgreSQL database', async (t) => {
+    const db = await createDatabase(t)
+    return { storeA: await postgresStore(db), storeB: await postgresStore(db) }
+  }, (name, fn) => { pgTest(name, { timeout: 300_000 }, fn) }]
+]
+
+for (const [backend, makeStores, define] of backends) define(`randomized interleavings over two instances on ${backend} keep the session invariants`, async (t) => {
   const started = performance.now()
   const clock = fakeClock(t, Date.now())
-  const { storeA, storeB } = await twoClients(t)
+  const { storeA, storeB } = await makeStores(t)
   const jitterA = jitterStore(storeA)
   const jitterB = jitterStore(storeB)
   const options = { session: { renewAfter: RENEW_AFTER, rotationGrace: GRACE } }
@@ -867,6 +879,10 @@ const pairs: Array<[string, (t: Test) => Promise<{ a: PowStore, b: PowStore }>]>
   ['one Redis', async (t) => {
     const { storeA, storeB } = await twoClients(t)
     return { a: storeA, b: storeB }
+  }],
+  ['one PostgreSQL database', async (t) => {
+    const db = await createDatabase(t)
+    return { a: await postgresStore(db), b: await postgresStore(db) }
   }]
 ]
 
@@ -917,6 +933,9 @@ const setCookies = (res: LightMyRequestResponse): Map<string, string> =>
   new Map((res.cookies as Array<{ name: string, value: string }>).map((c) => [c.name, c.value]))
 
 for (const [name, make] of pairs) {
+  // The PostgreSQL pair skips (loudly) without a server, as every PostgreSQL test does.
+  const test = name.includes('PostgreSQL') ? (title: string, fn: (t: Test) => Promise<void>) => { pgTest(title, {}, fn) } : tapTest
+
   test(`${name}: two instances renewing one session id at once leave one current id, and neither request is a 401`, async (t) => {
     const { a, b, callsOnA, held, store, clock, alarms } = await race(t, make)
     const jar = new CookieJar(a)

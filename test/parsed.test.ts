@@ -6,7 +6,7 @@ import { copyMetadata, ParsedRecords } from '../lib/parsed.js'
 import { buildApp } from './helpers/app.js'
 import { fakeClock } from './helpers/clock.js'
 import { CookieJar } from './helpers/jar.js'
-import { bothStores } from './helpers/stores.js'
+import { allStores } from './helpers/stores.js'
 
 // Records as a store keeps them: without the fingerprint, which is the store's address.
 const recordText = (i: number): string =>
@@ -92,7 +92,7 @@ test('copyMetadata: a deep copy, exactly what parsing the JSON again gives', asy
 })
 
 test('a handler that changes the user or the metadata it was given changes nothing stored or cached', async (t) => {
-  for (const [name, make] of bothStores(t)) {
+  for (const [name, make] of allStores(t)) {
     await t.test(name, async (t) => {
       const store = await make()
       const app = await buildApp(t, { store }, (app) => {

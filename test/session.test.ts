@@ -4,7 +4,7 @@ import { hashSecret, secretDevice, userBucket } from '../lib/crypto.js'
 import { buildApp, me, recordingStore, signIn } from './helpers/app.js'
 import { fakeClock } from './helpers/clock.js'
 import { CookieJar } from './helpers/jar.js'
-import { bothStores } from './helpers/stores.js'
+import { allStores } from './helpers/stores.js'
 
 const MINUTE = 60_000
 
@@ -331,7 +331,7 @@ test('maxDevices: a sign-in beyond it ends the least recently used device, never
 // The clock does not move here: every sign-in has the same usedAt, and the store may break the
 // tie either way (the store contract says so). The browser that signs in must still stay.
 test('maxDevices: sign-ins in the same millisecond never end the signing-in browser', async (t) => {
-  for (const [name, make] of bothStores(t)) {
+  for (const [name, make] of allStores(t)) {
     await t.test(name, async (t) => {
       fakeClock(t)
       const app = await buildApp(t, { store: await make(), maxDevices: 1 })
