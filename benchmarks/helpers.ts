@@ -1,16 +1,20 @@
 /**
- * Processes and HTTP for the benchmark runner: a private redis-server on a free loopback port,
- * server processes with an IPC channel, and a tiny HTTP client. Every child is killed when the
- * runner exits, however it exits; a detached watchdog kills redis-server even if the runner is
- * SIGKILLed. The shared Redis on 127.0.0.1:6379 is never contacted.
+ * Processes and HTTP for the benchmark runner: a private redis-server on a free loopback port, a
+ * database of the run's own on the machine's PostgreSQL, server processes with an IPC channel,
+ * and a tiny HTTP client. Every child is killed and the database dropped when the runner exits,
+ * however it exits; detached watchdogs kill redis-server and drop the database even if the
+ * runner is SIGKILLed. The shared Redis on 127.0.0.1:6379 is never contacted, and no other
+ * database is touched.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
+import { randomBytes } from 'node:crypto'
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import http from 'node:http'
 import net from 'node:net'
 import os from 'node:os'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
+import pg from 'pg'
 
 export const HOST = '127.0.0.1'
 export const ROOT = path.resolve(import.meta.dirname, '..')
@@ -21,6 +25,8 @@ const SHARED_REDIS_PORT = 6379
 
 const children = new Set<ChildProcess>()
 const tempDirs = new Set<string>()
+/** Synchronous last resorts, run once after the children are killed (dropping the database). */
+const exitTasks = new Set<() => void>()
 
 function killAll (): void {
   for (const child of children) {
@@ -28,6 +34,10 @@ function killAll (): void {
   }
   for (const dir of tempDirs) {
     try { rmSync(dir, { recursive: true, force: true }) } catch {}
+  }
+  for (const task of exitTasks) {
+    exitTasks.delete(task)
+    try { task() } catch {}
   }
 }
 process.on('exit', killAll)
@@ -49,6 +59,17 @@ async function waitExit (child: ChildProcess, ms: number): Promise<boolean> {
     new Promise<boolean>((resolve) => child.once('exit', () => resolve(true))),
     sleep(ms).then(() => false)
   ])
+}
+
+/**
+ * A detached `sh -c script` that outlives the runner: $1 is the runner's pid, then `args`. Its
+ * script waits for the runner to be gone (even SIGKILLed) and cleans up after it.
+ */
+function watchdog (script: string, args: string[]): ChildProcess {
+  const child = spawn('sh', ['-c', script, 'fastify-pow-bench-watchdog', String(process.pid), ...args], { detached: true, stdio: 'ignore' })
+  child.on('error', () => {})
+  child.unref()
+  return child
 }
 
 async function terminate (child: ChildProcess, graceful: () => void, ms = 5000): Promise<void> {
@@ -132,11 +153,8 @@ export async function startRedis (): Promise<RedisServer> {
   let stderr = ''
   child.stderr?.on('data', (chunk: Buffer) => { stderr += chunk.toString() })
   // If this runner dies without its exit hook (SIGKILL), the watchdog kills redis-server.
-  const watchdog = spawn('sh', ['-c',
-    'while kill -0 "$1" 2>/dev/null; do kill -0 "$2" 2>/dev/null || exit 0; sleep 1; done; kill -9 "$2" 2>/dev/null; rm -rf -- "$3"',
-    'fastify-pow-bench-watchdog', String(process.pid), String(child.pid), dir], { detached: true, stdio: 'ignore' })
-  watchdog.on('error', () => {})
-  watchdog.unref()
+  watchdog('while kill -0 "$1" 2>/dev/null; do kill -0 "$2" 2>/dev/null || exit 0; sleep 1; done; kill -9 "$2" 2>/dev/null; rm -rf -- "$3"',
+    [String(child.pid), dir])
 
   const deadline = Date.now() + 10_000
   for (;;) {
@@ -156,6 +174,84 @@ export async function startRedis (): Promise<RedisServer> {
       await terminate(child, () => child.kill('SIGTERM'))
       rmSync(dir, { recursive: true, force: true })
       tempDirs.delete(dir)
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------------------
+// PostgreSQL: a database of the run's own on the machine's server
+
+/** The server's maintenance database, where the runner connects to create and drop its own. */
+export const POSTGRES_URL = process.env.BENCH_POSTGRES_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres'
+
+export interface BenchDatabase {
+  name: string
+  /** The database's connection string, for the servers. */
+  url: string
+  /** The server's version. */
+  version: string
+  /**
+   * CPU seconds (user + system) of each backend process serving a connection to this database
+   * whose application_name is `application`, by pid (from /proc, as {@link cpuSeconds}).
+   */
+  backendCpu: (application: string) => Promise<Map<number, number>>
+  /** Drops the database, ending the connections still open to it. */
+  drop: () => Promise<void>
+}
+
+// The drop as a node script of its own (argv: maintenance URL, name), for the exit hook, which
+// cannot wait for a query, and for the watchdog, which outlives the runner.
+const DROP_SCRIPT = `import pg from 'pg'
+const client = new pg.Client({ connectionString: process.argv[1], connectionTimeoutMillis: 5000 })
+await client.connect()
+await client.query('DROP DATABASE IF EXISTS "' + process.argv[2] + '" WITH (FORCE)')
+await client.end()`
+
+/**
+ * Creates the database `pow_bench_<pid>_<hex>` on the server of BENCH_POSTGRES_URL; throws when
+ * the server cannot be reached. It is dropped by `drop()`, or else when the runner exits.
+ */
+export async function createDatabase (): Promise<BenchDatabase> {
+  const admin = new pg.Client({ connectionString: POSTGRES_URL, connectionTimeoutMillis: 5000, application_name: 'fastify-pow-bench-runner' })
+  admin.on('error', () => {})
+  await admin.connect()
+  const name = `pow_bench_${process.pid}_${randomBytes(4).toString('hex')}`
+  let version: string
+  try {
+    version = (await admin.query('SHOW server_version')).rows[0].server_version
+    await admin.query(`CREATE DATABASE "${name}"`)
+  } catch (err) {
+    await admin.end().catch(() => {})
+    throw err
+  }
+  const dropArgs = ['--input-type=module', '-e', DROP_SCRIPT, POSTGRES_URL, name]
+  const dropNow = (): void => { spawnSync(process.execPath, dropArgs, { cwd: ROOT, stdio: 'ignore', timeout: 15_000 }) }
+  exitTasks.add(dropNow)
+  // If this runner dies without its exit hook (SIGKILL), the watchdog drops the database.
+  const guard = watchdog('while kill -0 "$1" 2>/dev/null; do sleep 1; done; cd "$2" && shift 2 && exec "$@"', [ROOT, process.execPath, ...dropArgs])
+  const url = new URL(POSTGRES_URL)
+  url.pathname = `/${name}`
+  return {
+    name,
+    url: url.href,
+    version,
+    backendCpu: async (application) => {
+      const { rows } = await admin.query('SELECT pid FROM pg_stat_activity WHERE datname = $1 AND application_name = $2', [name, application])
+      const cpu = new Map<number, number>()
+      for (const { pid } of rows as Array<{ pid: number }>) {
+        const seconds = cpuSeconds(pid)
+        if (seconds !== undefined) cpu.set(pid, seconds)
+      }
+      return cpu
+    },
+    drop: async () => {
+      try {
+        await admin.query(`DROP DATABASE IF EXISTS "${name}" WITH (FORCE)`)
+        exitTasks.delete(dropNow)
+        guard.kill()
+      } finally {
+        await admin.end().catch(() => {})
+      }
     }
   }
 }

@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto'
 import fastifyCookie from '@fastify/cookie'
 import fastifyHelmet from '@fastify/helmet'
+import fastifyPostgres from '@fastify/postgres'
 import fastifyRedis from '@fastify/redis'
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest, type FastifyServerOptions } from 'fastify'
 import pow, { type PersistentSessionOptions, type PowStore, type SessionOptions } from '../lib/index.js'
@@ -24,6 +25,11 @@ export interface BuildAppOptions {
   loginAttemptsPerMinute?: number
   /** With a Redis URL, @fastify/redis is registered and fastify-pow stores sessions in `app.redis`. */
   redisUrl?: string
+  /**
+   * With a PostgreSQL URL (and no Redis URL), @fastify/postgres is registered and fastify-pow
+   * stores sessions in `app.pg`, creating its table at start when it is missing.
+   */
+  databaseUrl?: string
   persistentSession?: false | PersistentSessionOptions
 }
 
@@ -94,6 +100,8 @@ export async function buildApp (options: BuildAppOptions = {}): Promise<FastifyI
   await app.register(fastifyCookie)
   // With @fastify/redis registered and no `store` option, fastify-pow uses app.redis.
   if (options.redisUrl !== undefined) await app.register(fastifyRedis, { url: options.redisUrl })
+  // Likewise with @fastify/postgres: app.pg.
+  else if (options.databaseUrl !== undefined) await app.register(fastifyPostgres, { connectionString: options.databaseUrl })
   await app.register(pow, {
     secret: options.secret ?? randomBytes(36).toString('base64url'),
     store: options.store,

@@ -4,6 +4,9 @@
  * - PORT (3000), HOST (127.0.0.1)
  * - POW_SECRET: cookie signing secret, at least 32 characters. Required when NODE_ENV=production;
  *   otherwise a random one is generated per start (sessions do not survive a restart).
+ * - REDIS_URL: keep sessions in Redis (redis://127.0.0.1:6379). DATABASE_URL: keep them in
+ *   PostgreSQL (postgres://postgres@127.0.0.1:5432/<db>; the table is created at start). Neither:
+ *   in memory.
  * - POW_SESSION_TTL_MS, POW_SESSION_RENEWAL_MS, POW_ROTATION_GRACE_MS, POW_PERSISTENT_TTL_MS:
  *   session idle timeout, renewal age, rotation grace and remember-me lifetime in milliseconds.
  */
@@ -62,6 +65,7 @@ async function main (): Promise<void> {
     app = await buildApp({
       secret,
       redisUrl: process.env.REDIS_URL === '' ? undefined : process.env.REDIS_URL,
+      databaseUrl: process.env.DATABASE_URL === '' ? undefined : process.env.DATABASE_URL,
       logger: { level: 'info' },
       session,
       persistentSession: persistentTtl === undefined ? {} : { ttl: persistentTtl }
@@ -71,7 +75,9 @@ async function main (): Promise<void> {
     fail((err as Error).message)
   }
 
-  app.log.info(process.env.REDIS_URL ? 'sessions are stored in Redis (REDIS_URL)' : 'sessions are stored in memory (set REDIS_URL for Redis)')
+  if (process.env.REDIS_URL === undefined && process.env.DATABASE_URL === undefined) {
+    app.log.info('sessions are stored in memory: set REDIS_URL (Redis) or DATABASE_URL (PostgreSQL) to keep them across restarts')
+  }
   if (generatedSecret) {
     app.log.warn('POW_SECRET is not set: using a random secret for this run; sessions will not survive a restart')
   }

@@ -1,10 +1,11 @@
 import { test } from 'tap'
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
-import { MemoryStore } from '../lib/index.js'
+import { MemoryStore, PostgresStore } from '../lib/index.js'
 import type { UserStore } from '../examples/users.js'
 import { buildApp, type BuildAppOptions } from '../examples/app.js'
 import { deviceMetadata, USER_AGENT_MAX_LENGTH } from '../examples/user-agent.js'
 import { fakeClock } from './helpers/clock.js'
+import { createDatabase } from './helpers/postgres.js'
 import { CookieJar } from './helpers/jar.js'
 
 type Test = Parameters<Parameters<typeof test>[0] & {}>[0]
@@ -26,9 +27,15 @@ const SIGNED_LENGTH = 113
 const CHROME_LINUX = 'Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36'
 const SAFARI_IOS = 'Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.0 Mobile/15E148 Safari/604.1'
 
+// test/example-postgres.test.ts sets this and imports this file: every test that uses setup()
+// then runs the example with DATABASE_URL, on a PostgreSQL database of its own.
+const ON_POSTGRES = process.env.POW_EXAMPLE_TEST_STORE === 'postgres'
+
 async function setup (t: Test, options: BuildAppOptions = {}): Promise<FastifyInstance> {
-  const app = await buildApp({ secret: SECRET, ...options })
+  const databaseUrl = ON_POSTGRES && options.store === undefined ? (await createDatabase(t)).url : undefined
+  const app = await buildApp({ secret: SECRET, databaseUrl, ...options })
   t.teardown(() => app.close())
+  if (databaseUrl !== undefined && !(app.pow.rawStore instanceof PostgresStore)) throw new Error('the example did not store sessions in PostgreSQL')
   return app
 }
 

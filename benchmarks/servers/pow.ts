@@ -1,4 +1,6 @@
-// 5. / 6. fastify-pow on MemoryStore (BENCH_STORE=memory) or RedisStore on ioredis (BENCH_STORE=redis).
+// 5. / 6. fastify-pow on MemoryStore (BENCH_STORE=memory), RedisStore on ioredis (BENCH_STORE=redis)
+// or PostgresStore on a node-postgres Pool (BENCH_STORE=postgres, the pool of servers/postgres.ts;
+// its table and function created by `migrate()` before listening, the sweep at its default).
 //
 // fastify-pow is imported from the build (dist/lib, what `npm install fastify-pow` runs), not the
 // TypeScript source; benchmarks/run.ts builds it first when it is missing or older than lib/.
@@ -12,12 +14,14 @@ import { pathToFileURL } from 'node:url'
 import path from 'node:path'
 import Fastify from 'fastify'
 import { Redis } from 'ioredis'
+import type pg from 'pg'
 import type * as Pow from '../../lib/index.js'
 import { env, SECRET, serve, USER } from './common.js'
+import { pgPool } from './postgres.js'
 import { fill, memoryAfterGc, userJsonBytes } from './prefill.js'
 
 const dist = pathToFileURL(path.resolve(import.meta.dirname, '../../dist/lib/index.js')).href
-const { default: fastifyPow, MemoryStore, RedisStore, userBucket } = await import(dist) as typeof Pow
+const { default: fastifyPow, MemoryStore, PostgresStore, RedisStore, userBucket } = await import(dist) as typeof Pow
 
 const kind = env('BENCH_STORE')
 const prefill = Number(env('BENCH_PREFILL', '0'))
@@ -35,6 +39,7 @@ async function redisClient (): Promise<Redis> {
 const info: Record<string, unknown> = { store: kind, prefill }
 let store: Pow.PowStore
 let client: Redis | undefined
+let pool: pg.Pool | undefined
 if (kind === 'memory') {
   const memory = new MemoryStore()
   store = memory
@@ -61,8 +66,13 @@ if (kind === 'memory') {
 } else if (kind === 'redis') {
   client = await redisClient()
   store = new RedisStore(client, { namespace })
+} else if (kind === 'postgres') {
+  pool = pgPool()
+  const postgres = new PostgresStore(pool)
+  await postgres.migrate()
+  store = postgres
 } else {
-  throw new Error(`BENCH_STORE must be memory or redis, not ${kind}`)
+  throw new Error(`BENCH_STORE must be memory, redis or postgres, not ${kind}`)
 }
 
 const app = Fastify({ logger: false })
@@ -79,4 +89,7 @@ app.get('/me', async (request, reply) => {
   return user
 })
 
-await serve(app, info, async () => { client?.disconnect() })
+await serve(app, info, async () => {
+  client?.disconnect()
+  await pool?.end()
+})

@@ -1,0 +1,44 @@
+/**
+ * The example with DATABASE_URL: sessions in PostgreSQL through @fastify/postgres (app.pg), the
+ * table created at start. Every JSON API test of example.test.ts runs again here, each on a
+ * database of its own; and sessions survive a restart of the server.
+ */
+import { test } from 'tap'
+import { buildApp } from '../examples/app.js'
+import { CookieJar } from './helpers/jar.js'
+import { createDatabase, pgTest, postgresAvailable } from './helpers/postgres.js'
+
+const SECRET = 'example-postgres-secret-0123456789-abcdef'
+
+pgTest('the example with DATABASE_URL keeps sessions in PostgreSQL across a restart', {}, async (t) => {
+  const db = await createDatabase(t)
+  const first = await buildApp({ secret: SECRET, databaseUrl: db.url })
+  t.teardown(() => first.close())
+  const jar = new CookieJar(first)
+  const login = await jar.request({
+    method: 'POST', url: '/api/login', payload: { email: 'alice@example.com', password: 'alice-password', remember: true }
+  })
+  t.equal(login.statusCode, 200)
+  const { rows } = await db.query('SELECT fingerprint, user_key, data, user_data FROM pow_devices')
+  t.equal(rows.length, 1, 'the device is a row of pow_devices, in the table created at start')
+  t.equal(rows[0].fingerprint, (await jar.request('/api/me')).json().session.fingerprint)
+  t.notMatch(rows[0].data, jar.get('pow_session')?.split('.')[0] ?? 'no cookie', 'the row holds no session id, only its hash')
+  await first.close()
+
+  const second = await buildApp({ secret: SECRET, databaseUrl: db.url })
+  t.teardown(() => second.close())
+  const again = new CookieJar(second)
+  again.cookies = jar.clone().cookies
+  const me = await again.request('/api/me')
+  t.equal(me.statusCode, 200, 'still signed in after the restart')
+  t.equal(me.json().user.email, 'alice@example.com')
+  again.cookies.delete('pow_session')
+  t.equal((await again.request('/api/me')).statusCode, 200, 'and the remember-me cookie alone signs the browser back in')
+})
+
+if (postgresAvailable) {
+  process.env.POW_EXAMPLE_TEST_STORE = 'postgres'
+  await import('./example.test.js')
+} else {
+  test('the example JSON tests on PostgreSQL', { skip: 'PostgreSQL is not reachable (see the message above)' }, async () => {})
+}

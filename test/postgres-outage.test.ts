@@ -1,0 +1,338 @@
+/**
+ * PostgreSQL outages, made by a TCP proxy between the pool and the server (test/helpers/tcp-proxy.ts),
+ * never by stopping the machine's server: with the connection cut (reset at once) or stalled (a
+ * black hole only `commandTimeout` notices), a request that needs the store answers a 503
+ * POW_ERR_STORE_UNAVAILABLE within a bounded time, sets no cookie and writes no row; once the
+ * proxy forwards again the same cookies work. The outage is logged once, not per request.
+ *
+ * Elapsed times are measured with the real clock on purpose: bounded latency is the point here.
+ */
+import { Writable } from 'node:stream'
+import { setTimeout as sleep } from 'node:timers/promises'
+import Fastify, { type FastifyInstance, type LightMyRequestResponse } from 'fastify'
+import pg from 'pg'
+import type { Test } from 'tap'
+import pow, { PostgresStore, type PowOptions } from '../lib/index.js'
+import { buildApp, me, signIn } from './helpers/app.js'
+import { fakeClock } from './helpers/clock.js'
+import type { CookieJar } from './helpers/jar.js'
+import { createDatabase, pgTest, type TestDatabase } from './helpers/postgres.js'
+import { startProxy, type TcpProxy } from './helpers/tcp-proxy.js'
+
+const COMMAND_TIMEOUT = 500
+// Generous: a loaded machine answers late, but never as late as an unbounded wait would.
+const MARGIN = 1000
+const MINUTE = 60_000
+
+interface Outage {
+  db: TestDatabase
+  proxy: TcpProxy
+  /** The pool of the app's store, through the proxy. */
+  pool: pg.Pool
+  /** Every row of pow_devices, read directly (not through the proxy). */
+  rows: () => Promise<unknown[]>
+}
+
+/**
+ * A database of the test's own with the tables created directly, a proxy to it, and a pool
+ * through the proxy. Teardowns run last-registered first: the pool is ended (the proxy
+ * forwarding again, so that no stalled connection holds it up) before the proxy closes and the
+ * database is dropped.
+ */
+async function outage (t: Test): Promise<Outage> {
+  const db = await createDatabase(t)
+  await new PostgresStore(db.pool(), { sweepInterval: 0 }).migrate()
+  const target = new URL(db.url)
+  const proxy = await startProxy(t, { host: target.hostname, port: Number(target.port || 5432) })
+  const url = new URL(db.url)
+  url.hostname = proxy.host
+  url.port = String(proxy.port)
+  const pool = new pg.Pool({ connectionString: url.href, connectionTimeoutMillis: 1000 })
+  pool.on('error', () => {})
+  t.teardown(async () => {
+    proxy.restore()
+    await pool.end()
+  })
+  const rows = async (): Promise<unknown[]> => (await db.query('SELECT * FROM pow_devices ORDER BY bucket, fingerprint')).rows
+  return { db, proxy, pool, rows }
+}
+
+function storeOn (pool: pg.Pool): PostgresStore {
+  return new PostgresStore(pool, { commandTimeout: COMMAND_TIMEOUT, sweepInterval: 0 })
+}
+
+/** buildApp with a public route, GET /public, that never needs a session. */
+async function appWith (t: Test, options: Partial<PowOptions>): Promise<FastifyInstance> {
+  return await buildApp(t, options, (app) => { app.get('/public', async () => ({ ok: true })) })
+}
+
+/** Sends a request through `jar` and measures how long the answer took. */
+async function timed (jar: CookieJar, options: Parameters<CookieJar['request']>[0]): Promise<{ response: LightMyRequestResponse, ms: number }> {
+  const started = performance.now()
+  const response = await jar.request(options)
+  return { response, ms: performance.now() - started }
+}
+
+/** A 503 POW_ERR_STORE_UNAVAILABLE that sets no cookie. */
+function assertUnavailable (t: Test, response: LightMyRequestResponse, what: string): void {
+  t.equal(response.statusCode, 503, `${what}: 503`)
+  t.equal(response.json().code, 'POW_ERR_STORE_UNAVAILABLE', `${what}: POW_ERR_STORE_UNAVAILABLE`)
+  t.equal(response.headers['set-cookie'], undefined, `${what}: no set-cookie header`)
+}
+
+/** The names of the cookies a response sets. */
+function setNames (response: LightMyRequestResponse): string[] {
+  return (response.cookies as Array<{ name: string }>).map((c) => c.name).sort()
+}
+
+pgTest('connection cut: every request that needs the store is a 503 at once, nothing is written, and the same cookies work once it is back', { timeout: 30_000 }, async (t) => {
+  const { proxy, pool, rows } = await outage(t)
+  const app = await appWith(t, { store: storeOn(pool) })
+  const jar = await signIn(app, 1, { persistent: true })
+  const first = await me(jar)
+  t.equal(first.status, 200, 'signed in')
+  const cookies = jar.header()
+  const session = jar.get('pow_session')
+  const rememberOnly = jar.clone()
+  rememberOnly.delete('pow_session')
+  const rememberCookies = rememberOnly.header()
+  const anonymous = jar.clone()
+  anonymous.cookies.clear()
+  const before = await rows()
+  t.ok(before.length > 0, 'the sign-in stored a row')
+
+  proxy.cut()
+  const acceptedAtCut = proxy.accepted
+  const attempts: Array<[string, CookieJar, Parameters<CookieJar['request']>[0]]> = [
+    ['GET /me', jar, '/me'],
+    ['POST /login of a new browser', anonymous, { method: 'POST', url: '/login', payload: { id: 2, persistent: true } }],
+    ['POST /login of the signed-in browser', jar, { method: 'POST', url: '/login', payload: { id: 1, persistent: true } }],
+    ['a remember-me sign-in (no pow_session)', rememberOnly, '/me'],
+    ['POST /logout', jar, { method: 'POST', url: '/logout' }],
+    ['GET /me again', jar, '/me']
+  ]
+  for (const [what, from, request] of attempts) {
+    const { response, ms } = await timed(from, request)
+    assertUnavailable(t, response, what)
+    t.ok(ms < COMMAND_TIMEOUT, `${what}: answered at once, without waiting for commandTimeout (${ms.toFixed(0)} ms)`)
+  }
+  t.ok(proxy.accepted > acceptedAtCut, `the pool did try to connect through the proxy (${proxy.accepted - acceptedAtCut} connections refused)`)
+  t.equal(jar.header(), cookies, 'the browser still holds its cookies')
+  t.equal(rememberOnly.header(), rememberCookies, 'so does the remember-me-only browser')
+  t.equal(anonymous.header(), '', 'and the new browser got none')
+  t.same(await rows(), before, 'no row was written, changed or deleted')
+
+  proxy.restore()
+  const back = await jar.request('/me')
+  t.equal(back.statusCode, 200, 'once it is back the same session cookie signs in')
+  t.same(back.json().user, { id: 1, name: 'user1' }, 'as the same user')
+  t.equal(back.json().metadata?.fingerprint, first.fingerprint, 'on the same device')
+  t.equal(back.headers['set-cookie'], undefined, 'and no cookie changes: none was due')
+  t.equal(jar.get('pow_session'), session)
+  const remembered = await rememberOnly.request('/me')
+  t.equal(remembered.statusCode, 200, 'the same remember-me cookie signs in')
+  t.same(setNames(remembered), ['pow_persistent_session', 'pow_session'], 'with a new session and its token rotated, as a remember-me sign-in does')
+  t.equal((await me(anonymous)).status, 401, 'the new browser is not signed in')
+})
+
+pgTest('connection stalled: a request is a 503 after commandTimeout, a login writes nothing even later, and the pool is left healthy', { timeout: 30_000 }, async (t) => {
+  const { proxy, pool, rows } = await outage(t)
+  const app = await appWith(t, { store: storeOn(pool) })
+  const jar = await signIn(app, 1)
+  const first = await me(jar)
+  t.equal(first.status, 200, 'signed in')
+  const cookies = jar.header()
+  const anonymous = jar.clone()
+  anonymous.cookies.clear()
+  const before = await rows()
+
+  proxy.stall()
+  const stalledAt = performance.now()
+  const signedIn = await timed(jar, '/me')
+  assertUnavailable(t, signedIn.response, 'GET /me while stalled')
+  t.ok(signedIn.ms >= COMMAND_TIMEOUT - 50, `it waited for the stalled query (${signedIn.ms.toFixed(0)} ms)`)
+  t.ok(signedIn.ms < COMMAND_TIMEOUT + MARGIN, `and answered after commandTimeout (${signedIn.ms.toFixed(0)} ms)`)
+  const login = await timed(anonymous, { method: 'POST', url: '/login', payload: { id: 2 } })
+  assertUnavailable(t, login.response, 'POST /login of a new browser while stalled')
+  t.ok(login.ms < COMMAND_TIMEOUT + MARGIN, `answered within commandTimeout and a margin (${login.ms.toFixed(0)} ms)`)
+  t.equal(jar.header(), cookies, 'the browser keeps its cookie')
+  t.equal(anonymous.header(), '', 'the new browser got none')
+
+  // Past every timeout (the pool's connectionTimeoutMillis included), then back: nothing lands late.
+  await sleep(Math.max(0, stalledAt + 2 * COMMAND_TIMEOUT + 300 - performance.now()))
+  proxy.restore()
+  await sleep(200)
+  t.same(await rows(), before, 'no row was written, during the stall or after it')
+
+  for (let i = 1; i <= 5; i++) {
+    const { response, ms } = await timed(jar, '/me')
+    t.equal(response.statusCode, 200, `request ${i} after the stall: 200 with the same cookie`)
+    t.equal(response.headers['set-cookie'], undefined, `request ${i}: no cookie change`)
+    t.ok(ms < COMMAND_TIMEOUT, `request ${i}: answered without a timeout (${ms.toFixed(0)} ms)`)
+  }
+  t.same((await me(jar)).user, { id: 1, name: 'user1' }, 'as the same user')
+  t.equal(pool.waitingCount, 0, 'nobody waits for a client of the pool')
+  t.equal(pool.idleCount, pool.totalCount, `every client of the pool is back in it (${pool.totalCount})`)
+  t.ok(pool.totalCount >= 1 && pool.totalCount <= 2, `with no stuck client left over from the stall (${pool.totalCount} in all)`)
+  t.equal(proxy.open, pool.totalCount, 'and no connection through the proxy but the pool\'s')
+  t.equal((await me(anonymous)).status, 401, 'the login that timed out did not sign the new browser in')
+})
+
+pgTest('a commit held up in the server past commandTimeout writes nothing when it finally runs', { timeout: 30_000 }, async (t) => {
+  const { db, pool, rows } = await outage(t)
+  const app = await appWith(t, { store: storeOn(pool) })
+  const jar = await signIn(app, 1, { persistent: true })
+  const anonymous = jar.clone()
+  anonymous.cookies.clear()
+  const before = await rows()
+
+  // Reads go on; the commit's first write waits for this lock, in the server, past its budget.
+  const locker = db.pool({ max: 1 })
+  const client = await locker.connect()
+  await client.query('BEGIN')
+  await client.query('LOCK TABLE pow_devices IN EXCLUSIVE MODE')
+  const { response, ms } = await timed(anonymous, { method: 'POST', url: '/login', payload: { id: 2, persistent: true } })
+  assertUnavailable(t, response, 'a login whose commit waits for a lock')
+  t.ok(ms >= COMMAND_TIMEOUT - 50 && ms < COMMAND_TIMEOUT + MARGIN, `answered after commandTimeout (${ms.toFixed(0)} ms)`)
+  const waiting = await db.query("SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'")
+  t.equal(waiting.rows[0].n, 1, 'the commit is still in the server, waiting for the lock')
+
+  await client.query('COMMIT')
+  client.release()
+  // The late commit runs now: it must see its deadline passed and write nothing.
+  const started = performance.now()
+  while ((await db.query("SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND state = 'active' AND pid <> pg_backend_pid()")).rows[0].n > 0) {
+    if (performance.now() - started > 5000) break
+    await sleep(20)
+  }
+  t.same(await rows(), before, 'the late commit wrote nothing')
+  t.equal((await me(anonymous)).status, 401, 'the new browser is not signed in')
+  t.equal((await me(jar)).status, 200, 'and the signed-in browser still is')
+})
+
+/** A store that, when armed, calls `before` right before its next commit (after the reads). */
+class BeforeCommit extends PostgresStore {
+  before: (() => void) | undefined
+
+  override async commit (...args: Parameters<PostgresStore['commit']>): Promise<Awaited<ReturnType<PostgresStore['commit']>>> {
+    const before = this.before
+    this.before = undefined
+    before?.()
+    return await super.commit(...args)
+  }
+}
+
+pgTest('a renewal due during an outage is a 503 that leaves the device and cookie as they were; once back the same cookie renews', { timeout: 30_000 }, async (t) => {
+  const clock = fakeClock(t)
+  const { proxy, pool, rows } = await outage(t)
+  const store = new BeforeCommit(pool, { commandTimeout: COMMAND_TIMEOUT, sweepInterval: 0 })
+  const app = await appWith(t, { store, persistentSession: false })
+  const jar = await signIn(app, 1)
+  const cookies = jar.header()
+  clock.tick(16 * MINUTE) // past renewAfter (15 minutes): the session id is due for renewal
+  const before = await rows()
+
+  proxy.cut()
+  assertUnavailable(t, (await timed(jar, '/me')).response, 'a renewing request with the connection cut')
+  proxy.restore()
+  t.same(await rows(), before, 'nothing was written')
+
+  let stalled = false
+  store.before = () => {
+    stalled = true
+    proxy.stall()
+  }
+  const { response, ms } = await timed(jar, '/me')
+  assertUnavailable(t, response, 'a renewing request whose commit stalls')
+  t.ok(stalled, 'the stall began after the device was read, before the renewal was written')
+  t.ok(ms < COMMAND_TIMEOUT + MARGIN, `answered after commandTimeout (${ms.toFixed(0)} ms)`)
+  t.equal(jar.header(), cookies, 'the browser keeps its cookie')
+  proxy.restore()
+  await sleep(100)
+  t.same(await rows(), before, 'the device is as it was: no renewal behind the browser\'s back')
+  clock.tick(11_000) // past rotationGrace (10 s): had the id been renewed, the old one would now fail
+
+  const back = await jar.request('/me')
+  t.equal(back.statusCode, 200, 'once back the same session cookie signs in')
+  t.same(back.json().user, { id: 1, name: 'user1' })
+  t.same(setNames(back), ['pow_session'], 'and renews now')
+  t.equal((await me(jar)).status, 200, 'the renewed cookie works')
+})
+
+pgTest('an outage is logged once when it starts and once when it ends, not per request', { timeout: 30_000 }, async (t) => {
+  const { proxy, pool } = await outage(t)
+  const lines: Array<{ level: number, msg: string, err?: { message?: string } }> = []
+  const stream = new Writable({
+    write (chunk, _enc, cb) {
+      lines.push(JSON.parse(String(chunk)))
+      cb()
+    }
+  })
+  const app = Fastify({ logger: { level: 'info', stream } })
+  t.teardown(() => app.close())
+  await app.register(pow, { secret: 'x'.repeat(32), store: storeOn(pool) })
+  app.post('/login', async (request) => {
+    await request.powSession.create({ id: 1 } as never, { persistent: true })
+    return {}
+  })
+  app.get('/me', async (request) => ({ user: request.powSession.user }))
+  await app.ready()
+  const login = await app.inject({ method: 'POST', url: '/login' })
+  t.equal(login.statusCode, 200)
+  const cookie = (login.cookies as Array<{ name: string, value: string }>).map((c) => `${c.name}=${c.value}`).join('; ')
+
+  // One outage, however it shows: three requests with the connection cut, two with it stalled.
+  proxy.cut()
+  for (let i = 1; i <= 5; i++) {
+    if (i === 4) proxy.stall()
+    const response = await app.inject({ url: '/me', headers: { cookie } })
+    t.equal(response.statusCode, 503, `request ${i} during the outage: 503`)
+  }
+  proxy.restore()
+  t.equal((await app.inject({ url: '/me', headers: { cookie } })).statusCode, 200, 'back: 200')
+  t.equal((await app.inject({ url: '/me', headers: { cookie } })).statusCode, 200, 'and again')
+
+  const fromPow = lines.filter((l) => typeof l.msg === 'string' && l.msg.startsWith('fastify-pow:'))
+  t.same(fromPow.map((l) => l.level), [50, 30], 'fastify-pow logged one error, then one info line')
+  const error = fromPow.find((l) => l.level === 50)
+  t.match(error?.msg, /session store/, 'the error names the session store')
+  t.match(error?.err?.message, /terminated|ECONNRESET|timed out/, `and carries the connection error (${error?.err?.message ?? 'none'})`)
+  const info = fromPow.find((l) => l.level === 30)
+  t.match(info?.msg, /answers again/, 'the info line says the store answers again')
+  const message = error?.err?.message ?? '(no error)'
+  const mentioning = lines.filter((l) => l.level >= 50 && JSON.stringify(l).includes(message))
+  t.equal(mentioning.length, 1, 'the connection error is in one error-level log line, not one per request')
+})
+
+pgTest('during an outage, requests without a session are served as usual and never wait for the store', { timeout: 30_000 }, async (t) => {
+  const { proxy, pool } = await outage(t)
+  const app = await appWith(t, { store: storeOn(pool) })
+  const jar = await signIn(app, 1)
+  const anonymous = jar.clone()
+  anonymous.cookies.clear()
+
+  for (const [what, start] of [['cut', () => proxy.cut()], ['stalled', () => proxy.stall()]] as const) {
+    start()
+    const accepted = proxy.accepted
+    const open = await timed(anonymous, '/public')
+    t.equal(open.response.statusCode, 200, `connection ${what}: a public route answers 200`)
+    t.ok(open.ms < COMMAND_TIMEOUT, `at once (${open.ms.toFixed(0)} ms)`)
+    t.equal(open.response.headers['set-cookie'], undefined, 'setting no cookie')
+    const who = await timed(anonymous, '/me')
+    t.equal(who.response.statusCode, 401, `connection ${what}: GET /me without a cookie is the route's own 401, not a 503`)
+    t.ok(who.ms < COMMAND_TIMEOUT, `at once (${who.ms.toFixed(0)} ms)`)
+    t.equal(proxy.accepted, accepted, 'neither request tried to reach the database')
+    assertUnavailable(t, await jar.request('/me'), `connection ${what}: a signed-in request`)
+    proxy.restore()
+  }
+  t.equal((await me(jar)).status, 200, 'back: the signed-in browser still is')
+})
+
+pgTest('an app starting during an outage', { timeout: 30_000 }, async (t) => {
+  const { proxy, pool } = await outage(t)
+  proxy.cut()
+  const app = await appWith(t, { store: storeOn(pool) })
+  const open = await app.inject('/public')
+  t.equal(open.statusCode, 200, 'serves a public route')
+  proxy.restore()
+})
