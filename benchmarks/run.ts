@@ -2,8 +2,9 @@
  * `npm run bench`: the cost of an authenticated request with fastify-pow beside the alternatives,
  * and how it grows (issue 5). See benchmarks/README.md.
  *
- * One run: builds dist/ when stale, starts private redis-servers, starts every server variant in
- * its own process, checks that each one really authenticates, then loads GET /me with
+ * One run: builds dist/ when stale, starts private redis-servers, creates a database of its own
+ * on the machine's PostgreSQL (the PostgreSQL rows are skipped, loudly, without one), starts
+ * every server variant in its own process, checks that each one really authenticates, then loads GET /me with
  * autocannon in interleaved rounds (every variant once per round, in rotating order). Then the
  * in-process operation timings, then (when a throughput target is missed, or with --profile) a
  * CPU profile of the fastify-pow servers under load. Prints the tables and the targets, and
@@ -19,9 +20,11 @@ import type { RedisFill } from './fill-redis.js'
 import type { OpsResult, OpTiming } from './ops.js'
 import { analyzeProfile, type ProfileSummary } from './profile.js'
 import {
-  cookieHeader, cpuSeconds, ROOT, request, runChild, startRedis, startServer, type RedisServer, type ServerProcess
+  type BenchDatabase, cookieHeader, cpuSeconds, createDatabase, POSTGRES_URL, ROOT, request, runChild, startRedis, startServer,
+  type RedisServer, type ServerProcess
 } from './helpers.js'
 import { USER } from './servers/common.js'
+import { POOL_SIZE } from './servers/postgres.js'
 
 const wallStart = performance.now()
 const argv = new Set(process.argv.slice(2))
@@ -39,6 +42,14 @@ if (argv.has('--memory')) {
   process.exit(0)
 }
 
+/**
+ * `--only WORD[,WORD...]` (or `--only=...`): only the variants whose id contains one of the words,
+ * say `--only postgres`; no growth servers or operation timings unless asked for by env.
+ */
+const onlyArg = process.argv.slice(2).find((arg, i, args) => arg.startsWith('--only=') || args[i - 1] === '--only')
+const only = onlyArg?.replace(/^--only=/, '').split(',').filter((word) => word !== '')
+if (argv.has('--only') && (only === undefined || only.length === 0)) throw new Error('--only needs words: --only postgres')
+
 function num (name: string, fallback: number): number {
   const raw = process.env[name]
   if (raw === undefined || raw === '') return fallback
@@ -54,10 +65,12 @@ const config = {
   warmupPass: num('BENCH_WARMUP_PASS', quick ? 0 : 3),
   rounds: Math.max(1, Math.round(num('BENCH_ROUNDS', quick ? 1 : 5))),
   connections: num('BENCH_CONNECTIONS', 50),
-  growth: !argv.has('--no-growth') && process.env.BENCH_GROWTH !== '0',
+  only,
+  growth: !argv.has('--no-growth') && (process.env.BENCH_GROWTH ?? (only === undefined ? '1' : '0')) !== '0',
   growthSmall: num('BENCH_GROWTH_SMALL', 1000),
   growthLarge: num('BENCH_GROWTH_LARGE', quick ? 100_000 : 1_000_000),
-  ops: !argv.has('--no-ops') && process.env.BENCH_OPS !== '0',
+  ops: !argv.has('--no-ops') && (process.env.BENCH_OPS ?? (only === undefined ? '1' : '0')) !== '0',
+  postgres: !argv.has('--no-postgres') && process.env.BENCH_POSTGRES !== '0',
   profile: argv.has('--profile') ? 'always' : argv.has('--no-profile') || process.env.BENCH_PROFILE === '0' ? 'never' : process.env.BENCH_PROFILE === '1' ? 'always' : 'when a target is missed'
 }
 
@@ -75,7 +88,8 @@ const MEASURE_GROUPS = [
   ['pow-memory-small', 'pow-memory-large', 'pow-memory-large-semi'],
   ['raw-redis', 'pow-redis', 'fastify-session', 'fastify-session-fixed'],
   ['secure-session'],
-  ['pow-redis-small', 'pow-redis-large']
+  ['pow-redis-small', 'pow-redis-large'],
+  ['raw-postgres', 'pow-postgres', 'fastify-session-postgres']
 ]
 
 const count = (n: number): string => n >= 1e6 && n % 1e6 === 0 ? `${n / 1e6}M` : n >= 1e3 && n % 1e3 === 0 ? `${n / 1e3}k` : String(n)
@@ -127,6 +141,8 @@ interface Variant {
   startTimeoutMs?: number
   /** The Redis this variant talks to, whose CPU time per request is measured too. */
   redis?: RedisServer
+  /** The database this variant's pool connects to (application_name: the variant's id), whose backends' CPU time is measured too. */
+  postgres?: BenchDatabase
   /** Sessions to write into this Redis (namespace 'growth') before the server starts. */
   redisFill?: { port: number, sessions: number }
 }
@@ -191,6 +207,17 @@ function variants (redisMain: RedisServer, redisLarge: RedisServer | undefined):
   return { main, growth }
 }
 
+/** The PostgreSQL variants, each on a pool of POOL_SIZE connections to `db`. */
+function postgresVariants (db: BenchDatabase): Variant[] {
+  const variant = (id: string, label: string, file: string, env: Record<string, string> = {}): Variant =>
+    ({ id, label, file, env: { ...env, BENCH_POSTGRES_DB_URL: db.url, BENCH_POSTGRES_APP: id }, postgres: db })
+  return [
+    variant('raw-postgres', 'Fastify + one pg SELECT by primary key', 'raw-postgres.ts'),
+    variant('fastify-session-postgres', '@fastify/session + connect-pg-simple', 'fastify-session.ts', { BENCH_STORE: 'postgres' }),
+    variant('pow-postgres', 'fastify-pow, PostgresStore (pg)', 'pow.ts', { BENCH_STORE: 'postgres' })
+  ]
+}
+
 // ------------------------------------------------------------------------------------------
 // Checking and loading
 
@@ -228,6 +255,10 @@ interface Run {
   serverCpuUs?: number
   /** CPU µs redis-server used per answered request. */
   redisCpuUs?: number
+  /** CPU µs the PostgreSQL backends serving the server's pool used per answered request. */
+  postgresCpuUs?: number
+  /** How many backends that was. */
+  postgresBackends?: number
 }
 
 async function load (port: number, cookie: string, duration: number): Promise<AutocannonResult> {
@@ -239,15 +270,33 @@ async function load (port: number, cookie: string, duration: number): Promise<Au
   })
 }
 
+/**
+ * CPU seconds so far of the processes serving the variant's store, by pid: its redis-server, or
+ * the PostgreSQL backends of its pool's connections.
+ */
+async function storeCpu (variant: Variant): Promise<Map<number, number> | undefined> {
+  if (variant.postgres !== undefined) return await variant.postgres.backendCpu(variant.id)
+  const seconds = variant.redis === undefined ? undefined : cpuSeconds(variant.redis.pid)
+  return seconds === undefined ? undefined : new Map([[variant.redis?.pid as number, seconds]])
+}
+
+/** CPU seconds used between two readings of {@link storeCpu} (a process started in between counts from 0). */
+function cpuUsed (before: Map<number, number> | undefined, after: Map<number, number> | undefined): number | undefined {
+  if (before === undefined || after === undefined) return undefined
+  let used = 0
+  for (const [pid, seconds] of after) used += seconds - (before.get(pid) ?? 0)
+  return used
+}
+
 async function measure (variant: Variant, server: ServerProcess, cookie: string, round: number): Promise<Run> {
   if (config.warmup > 0) await load(server.port, cookie, config.warmup)
   const serverCpu = cpuSeconds(server.pid)
-  const redisCpu = variant.redis === undefined ? undefined : cpuSeconds(variant.redis.pid)
+  const storeBefore = await storeCpu(variant)
   const result = await load(server.port, cookie, config.duration)
   const serverCpuAfter = cpuSeconds(server.pid)
-  const redisCpuAfter = variant.redis === undefined ? undefined : cpuSeconds(variant.redis.pid)
-  const perRequest = (before?: number, after?: number): number | undefined =>
-    before === undefined || after === undefined ? undefined : (after - before) * 1e6 / result['2xx']
+  const storeAfter = await storeCpu(variant)
+  const perRequest = (seconds?: number): number | undefined => seconds === undefined ? undefined : seconds * 1e6 / result['2xx']
+  const storeUs = perRequest(cpuUsed(storeBefore, storeAfter))
   expect(result.errors === 0 && result.timeouts === 0 && result.non2xx === 0 && result['2xx'] > 0,
     `${variant.id}: ${result.non2xx} non-2xx answers, ${result.errors} errors, ${result.timeouts} timeouts under load`)
   // Still signed in after the load (no renewal or expiry changed what the cookie means).
@@ -260,8 +309,8 @@ async function measure (variant: Variant, server: ServerProcess, cookie: string,
     latencyP99: result.latency.p99,
     latencyAvg: result.latency.average,
     requests: result.requests.total,
-    serverCpuUs: perRequest(serverCpu, serverCpuAfter),
-    redisCpuUs: perRequest(redisCpu, redisCpuAfter)
+    serverCpuUs: perRequest(serverCpu === undefined || serverCpuAfter === undefined ? undefined : serverCpuAfter - serverCpu),
+    ...(variant.postgres === undefined ? { redisCpuUs: storeUs } : { postgresCpuUs: storeUs, postgresBackends: storeAfter?.size })
   }
 }
 
@@ -274,12 +323,17 @@ interface Summary {
   latencyAvg: number
   serverCpuUs?: number
   redisCpuUs?: number
+  postgresCpuUs?: number
   vsBare?: number
   vsRawRedis?: number
+  /** For the PostgreSQL variants: req/s over the raw SELECT's. */
+  vsRawSelect?: number
   runs: Run[]
 }
 
 function summarize (variant: Variant, runs: Run[]): Summary {
+  const cpuMedian = (key: 'serverCpuUs' | 'redisCpuUs' | 'postgresCpuUs'): number | undefined =>
+    runs.every((r) => r[key] !== undefined) ? median(runs.map((r) => r[key] as number)) : undefined
   return {
     id: variant.id,
     label: variant.label,
@@ -287,8 +341,9 @@ function summarize (variant: Variant, runs: Run[]): Summary {
     latencyP50: median(runs.map((r) => r.latencyP50)),
     latencyP99: median(runs.map((r) => r.latencyP99)),
     latencyAvg: median(runs.map((r) => r.latencyAvg)),
-    serverCpuUs: runs.every((r) => r.serverCpuUs !== undefined) ? median(runs.map((r) => r.serverCpuUs as number)) : undefined,
-    redisCpuUs: runs.every((r) => r.redisCpuUs !== undefined) ? median(runs.map((r) => r.redisCpuUs as number)) : undefined,
+    serverCpuUs: cpuMedian('serverCpuUs'),
+    redisCpuUs: cpuMedian('redisCpuUs'),
+    postgresCpuUs: cpuMedian('postgresCpuUs'),
     runs
   }
 }
@@ -335,11 +390,43 @@ interface Target {
   detail: string
 }
 
+/** A ratio reported without a target (the PostgreSQL ones): both measures, medians of the rounds' ratios. */
+interface Ratio {
+  name: string
+  /** `perCpuSecond`, as printed. */
+  value: string
+  detail: string
+  /** Requests per CPU-second (the server's and its store's CPU time), the first's over the second's. */
+  perCpuSecond: number
+  /** req/s, the first's over the second's. */
+  reqPerSec: number
+}
+
+/** The maintenance URL without a password, for messages. */
+function postgresWhere (): string {
+  const url = new URL(POSTGRES_URL)
+  url.password = ''
+  return url.href
+}
+
+/** A database of the run's own, or why there is none (the PostgreSQL rows are skipped, loudly). */
+async function postgresDatabase (): Promise<{ db?: BenchDatabase, skipped?: string }> {
+  if (!config.postgres) return { skipped: 'turned off (BENCH_POSTGRES=0 or --no-postgres)' }
+  try {
+    return { db: await createDatabase() }
+  } catch (err) {
+    const skipped = `PostgreSQL is not reachable at ${postgresWhere()} (${(err as Error).message})`
+    log(`\n!!! ${skipped}: THE POSTGRESQL ROWS ARE SKIPPED (the rest runs) !!!\n`)
+    return { skipped }
+  }
+}
+
 async function main (): Promise<void> {
   const build = ensureBuild()
   const cpus = os.cpus()
   const redisMain = await startRedis()
   const redisLarge = config.growth ? await startRedis() : undefined
+  const { db, skipped: postgresSkipped } = await postgresDatabase()
   const machine = {
     cpu: cpus[0]?.model ?? 'unknown',
     cpus: cpus.length,
@@ -354,17 +441,24 @@ async function main (): Promise<void> {
     redisClient: packageVersion('redis'),
     '@fastify/secure-session': packageVersion('@fastify/secure-session'),
     ioredis: packageVersion('ioredis'),
+    postgres: db?.version,
+    pg: packageVersion('pg'),
+    'connect-pg-simple': packageVersion('connect-pg-simple'),
     loadAverageAtStart: os.loadavg().map((l) => Math.round(l * 100) / 100)
   }
-  log(`fastify-pow benchmark: ${machine.cpus} × ${machine.cpu}, ${machine.os}, Node ${machine.node}, Redis ${machine.redis}`)
-  log(`${build}; redis-server on 127.0.0.1:${redisMain.port}${redisLarge === undefined ? '' : ` and :${redisLarge.port} (large growth case)`}`)
+  log(`fastify-pow benchmark: ${machine.cpus} × ${machine.cpu}, ${machine.os}, Node ${machine.node}, Redis ${machine.redis}, PostgreSQL ${machine.postgres ?? 'skipped'}`)
+  log(`${build}; redis-server on 127.0.0.1:${redisMain.port}${redisLarge === undefined ? '' : ` and :${redisLarge.port} (large growth case)`}` +
+    `${db === undefined ? '' : `; database ${db.name} on ${postgresWhere()} (dropped at the end)`}`)
   log(`config: ${JSON.stringify(config)}`)
   if (os.loadavg()[0] > cpus.length * 0.25) {
     log(`warning: load average ${os.loadavg()[0].toFixed(2)} on ${cpus.length} CPUs: something else is running, the figures will be noisy`)
   }
 
+  const selected = (variant: Variant): boolean => only === undefined || only.some((word) => variant.id.includes(word))
   const { main: mainVariants, growth: growthVariants } = variants(redisMain, redisLarge)
-  const all = [...mainVariants, ...growthVariants]
+  const pgVariants = db === undefined ? [] : postgresVariants(db)
+  const all = [...mainVariants, ...growthVariants, ...pgVariants].filter(selected)
+  if (all.length === 0) throw new Error(`no variant to run${only === undefined ? '' : ` (--only ${only.join(',')})`}${postgresSkipped === undefined ? '' : `; PostgreSQL: ${postgresSkipped}`}`)
   const servers = new Map<string, ServerProcess>()
   const cookies = new Map<string, string>()
   const startInfo: Record<string, Record<string, unknown>> = {}
@@ -417,11 +511,14 @@ async function main (): Promise<void> {
       }
     }
     const summaries = new Map<string, Summary>(all.map((v) => [v.id, summarize(v, runs.get(v.id) as Run[])]))
-    const bare = summaries.get('bare') as Summary
-    const raw = summaries.get('raw-redis') as Summary
-    for (const s of summaries.values()) {
-      s.vsBare = s.reqPerSec / bare.reqPerSec
-      s.vsRawRedis = s.reqPerSec / raw.reqPerSec
+    const versus = (x: Summary, id: string): number | undefined => {
+      const base = summaries.get(id)
+      return base === undefined ? undefined : x.reqPerSec / base.reqPerSec
+    }
+    for (const x of summaries.values()) {
+      x.vsBare = versus(x, 'bare')
+      x.vsRawRedis = versus(x, 'raw-redis')
+      if (x.id.endsWith('postgres')) x.vsRawSelect = versus(x, 'raw-postgres')
     }
 
     let ops: OpsResult | undefined
@@ -434,60 +531,77 @@ async function main (): Promise<void> {
 
     // ---- targets
     const s = (id: string): Summary | undefined => summaries.get(id)
-    const powRedis = s('pow-redis') as Summary
-    const powMemory = s('pow-memory') as Summary
-    const fsess = s('fastify-session') as Summary
-    const cpu = (x: Summary, withRedis: boolean): string => x.serverCpuUs === undefined
-      ? '-'
-      : withRedis ? `${fixed(x.serverCpuUs + (x.redisCpuUs ?? 0), 1)} (${fixed(x.serverCpuUs, 1)} + redis ${fixed(x.redisCpuUs ?? NaN, 1)})` : fixed(x.serverCpuUs, 1)
+    // The CPU µs of the store's processes (redis-server, or the PostgreSQL backends), where measured.
+    const storeUs = (x: Run | Summary): [string, number] | undefined =>
+      x.postgresCpuUs !== undefined ? ['pg', x.postgresCpuUs] : x.redisCpuUs !== undefined ? ['redis', x.redisCpuUs] : undefined
+    const cpu = (x: Summary): string => {
+      if (x.serverCpuUs === undefined) return '-'
+      const store = storeUs(x)
+      return store === undefined ? fixed(x.serverCpuUs, 1) : `${fixed(x.serverCpuUs + store[1], 1)} (${fixed(x.serverCpuUs, 1)} + ${store[0]} ${fixed(store[1], 1)})`
+    }
+    // Requests per CPU-second of the server and its store's processes.
+    const perCpuSecond = (x: Run): number => 1e6 / ((x.serverCpuUs ?? NaN) + (storeUs(x)?.[1] ?? 0))
+    const perSecond = (x: Run): number => x.reqPerSec
     // A target's ratio is the median of its rounds' ratios: the two servers of a ratio are measured
     // back to back in every round (MEASURE_GROUPS), so each round's ratio is taken under one state
     // of the machine. The ratio of the two medians, which can mix rounds, is printed beside it.
-    const byRound = (a: Summary, b: Summary): number[] => {
-      const other = new Map(b.runs.map((x) => [x.round, x.reqPerSec]))
-      return a.runs.map((x) => x.reqPerSec / (other.get(x.round) as number))
+    const byRound = (a: Summary, b: Summary, measure = perSecond): number[] => {
+      const other = new Map(b.runs.map((x) => [x.round, measure(x)]))
+      return a.runs.map((x) => measure(x) / (other.get(x.round) as number))
     }
-    const paired = (a: Summary, b: Summary): number => median(byRound(a, b))
-    const rounds = (a: Summary, b: Summary): string =>
-      `rounds ${byRound(a, b).map((r) => fixed(r)).join('/')}; ratio of medians ${fixed(a.reqPerSec / b.reqPerSec)}`
+    const paired = (a: Summary, b: Summary, measure = perSecond): number => median(byRound(a, b, measure))
+    const rounds = (a: Summary, b: Summary, measure = perSecond): string =>
+      `rounds ${byRound(a, b, measure).map((r) => fixed(r)).join('/')}; ratio of medians ${fixed(median(a.runs.map(measure)) / median(b.runs.map(measure)))}`
     const targets: Target[] = []
-    targets.push({
-      name: 'RedisStore >= 0.85 x raw-redis',
-      met: paired(powRedis, raw) >= 0.85,
-      value: fixed(paired(powRedis, raw)),
-      detail: `${int(powRedis.reqPerSec)} vs ${int(raw.reqPerSec)} req/s (${rounds(powRedis, raw)}); CPU µs/req ${cpu(powRedis, true)} vs ${cpu(raw, true)}`
-    })
-    targets.push({
-      name: 'RedisStore >= 1.6 x @fastify/session + connect-redis',
-      met: paired(powRedis, fsess) >= 1.6,
-      value: fixed(paired(powRedis, fsess)),
-      detail: `${int(powRedis.reqPerSec)} vs ${int(fsess.reqPerSec)} req/s (${rounds(powRedis, fsess)}); CPU µs/req ${cpu(powRedis, true)} vs ${cpu(fsess, true)}`
-    })
-    targets.push({
-      name: 'MemoryStore >= 0.85 x bare',
-      met: paired(powMemory, bare) >= 0.85,
-      value: fixed(paired(powMemory, bare)),
-      detail: `${int(powMemory.reqPerSec)} vs ${int(bare.reqPerSec)} req/s (${rounds(powMemory, bare)}); CPU µs/req ${cpu(powMemory, false)} vs ${cpu(bare, false)}`
-    })
+    /** The target "a >= min x b" in req/s, when both servers ran. */
+    const atLeast = (name: string, aId: string, bId: string, min: number): void => {
+      const a = s(aId)
+      const b = s(bId)
+      if (a === undefined || b === undefined) return
+      targets.push({
+        name,
+        met: paired(a, b) >= min,
+        value: fixed(paired(a, b)),
+        detail: `${int(a.reqPerSec)} vs ${int(b.reqPerSec)} req/s (${rounds(a, b)}); CPU µs/req ${cpu(a)} vs ${cpu(b)}`
+      })
+    }
+    atLeast('RedisStore >= 0.85 x raw-redis', 'pow-redis', 'raw-redis', 0.85)
+    atLeast('RedisStore >= 1.6 x @fastify/session + connect-redis', 'pow-redis', 'fastify-session', 1.6)
+    atLeast('MemoryStore >= 0.85 x bare', 'pow-memory', 'bare', 0.85)
+    // The PostgreSQL ratios have no target: what they are is reported, in both measures.
+    const ratios: Ratio[] = []
+    for (const [name, bId] of [['PostgresStore / raw SELECT', 'raw-postgres'], ['PostgresStore / @fastify/session + connect-pg-simple', 'fastify-session-postgres']]) {
+      const a = s('pow-postgres')
+      const b = s(bId)
+      if (a === undefined || b === undefined) continue
+      const cpuRatio = paired(a, b, perCpuSecond)
+      ratios.push({
+        name,
+        value: fixed(cpuRatio),
+        detail: `CPU µs/req ${cpu(a)} vs ${cpu(b)} (${rounds(a, b, perCpuSecond)}); req/s ${fixed(paired(a, b))}: ${int(a.reqPerSec)} vs ${int(b.reqPerSec)} (${rounds(a, b)})`,
+        perCpuSecond: cpuRatio,
+        reqPerSec: paired(a, b)
+      })
+    }
     const growthRows: Array<{ store: string, small: Summary, large: Summary, ratio: number, fillSeconds: number }> = []
-    if (growthVariants.length > 0) {
-      for (const store of ['memory', 'redis']) {
-        const small = s(`pow-${store}-small`) as Summary
-        const large = s(`pow-${store}-large`) as Summary
+    for (const store of ['memory', 'redis']) {
+      const small = s(`pow-${store}-small`)
+      const large = s(`pow-${store}-large`)
+      if (small !== undefined && large !== undefined) {
         const ratio = paired(large, small)
         growthRows.push({ store, small, large, ratio, fillSeconds: Number(startInfo[`pow-${store}-large`].fillMs) / 1000 })
         targets.push({
           name: `${store === 'memory' ? 'MemoryStore' : 'RedisStore'} req/s within 10% from ${count(config.growthSmall)} to ${count(config.growthLarge)} sessions`,
           met: Math.abs(ratio - 1) <= 0.10,
           value: `${ratio >= 1 ? '+' : ''}${fixed((ratio - 1) * 100, 1)}%`,
-          detail: `${int(large.reqPerSec)} vs ${int(small.reqPerSec)} req/s (${rounds(large, small)}); CPU µs/req ${cpu(large, store === 'redis')} vs ${cpu(small, store === 'redis')}`
+          detail: `${int(large.reqPerSec)} vs ${int(small.reqPerSec)} req/s (${rounds(large, small)}); CPU µs/req ${cpu(large)} vs ${cpu(small)}`
         })
       }
-      const semi = s('pow-memory-large-semi')
-      if (semi !== undefined) {
-        const small = s('pow-memory-small') as Summary
-        growthRows.push({ store: 'memory-semi', small, large: semi, ratio: paired(semi, small), fillSeconds: Number(startInfo['pow-memory-large-semi'].fillMs) / 1000 })
-      }
+    }
+    const semi = s('pow-memory-large-semi')
+    const semiSmall = s('pow-memory-small')
+    if (semi !== undefined && semiSmall !== undefined) {
+      growthRows.push({ store: 'memory-semi', small: semiSmall, large: semi, ratio: paired(semi, semiSmall), fillSeconds: Number(startInfo['pow-memory-large-semi'].fillMs) / 1000 })
     }
     const heap = startInfo['pow-memory-large']?.heap as
       { sessions: number, deltaBytes: number, bytesPerSession: number, userJsonBytes: number, bytesPerSessionBeyondUser: number } | undefined
@@ -513,6 +627,7 @@ async function main (): Promise<void> {
       const ids = ['bare', 'pow-memory', 'raw-redis', 'pow-redis']
       if (always || missed('MemoryStore req/s within')) ids.push('pow-memory-large')
       if (always || missed('RedisStore req/s within')) ids.push('pow-redis-large')
+      if (always) ids.push('raw-postgres', 'pow-postgres')
       log(`${always ? '--profile' : 'a throughput target is missed'}: CPU-profiling ${ids.join(', ')} under load into ${dir} ...`)
       profiles = {}
       for (const id of ids.filter((x) => servers.has(x))) {
@@ -525,7 +640,22 @@ async function main (): Promise<void> {
 
     const wallSeconds = (performance.now() - wallStart) / 1000
     ;(machine as Record<string, unknown>).loadAverageAtEnd = os.loadavg().map((l) => Math.round(l * 100) / 100)
-    const report = print({ machine, summaries: [...summaries.values()], mainIds: mainVariants.map((v) => v.id), growthRows, heap, redisMemory, ops, targets, profiles, wallSeconds })
+    const postgres = { version: db?.version, database: db?.name, poolSize: POOL_SIZE, skipped: postgresSkipped }
+    const report = print({
+      machine,
+      summaries: [...summaries.values()],
+      mainIds: mainVariants.map((v) => v.id),
+      postgresIds: pgVariants.map((v) => v.id),
+      postgres,
+      growthRows,
+      heap,
+      redisMemory,
+      ops,
+      targets,
+      ratios,
+      profiles,
+      wallSeconds
+    })
     const git = gitState()
     mkdirSync(path.dirname(RESULTS_FILE), { recursive: true })
     writeFileSync(RESULTS_FILE, JSON.stringify({
@@ -541,6 +671,8 @@ async function main (): Promise<void> {
       redisMemory,
       operations: ops,
       targets,
+      postgres,
+      ratios,
       profiles,
       wallSeconds,
       printed: report
@@ -550,6 +682,7 @@ async function main (): Promise<void> {
     await Promise.all([...servers.values()].map((srv) => srv.stop()))
     await redisMain.stop()
     await redisLarge?.stop()
+    await db?.drop()
   }
 }
 
@@ -557,42 +690,65 @@ function print (r: {
   machine: Record<string, unknown>
   summaries: Summary[]
   mainIds: string[]
+  postgresIds: string[]
+  postgres: { version?: string, database?: string, poolSize: number, skipped?: string }
   growthRows: Array<{ store: string, small: Summary, large: Summary, ratio: number, fillSeconds: number }>
   heap?: { sessions: number, deltaBytes: number, bytesPerSession: number, userJsonBytes: number, bytesPerSessionBeyondUser: number }
   redisMemory?: { sessions: number, usedMemoryDelta: number, bytesPerSession: number, keysAdded: number }
   ops?: OpsResult
   targets: Target[]
+  ratios: Ratio[]
   profiles?: Record<string, ProfileSummary & { cpuUsPerRequest?: number, reqPerSec: number }>
   wallSeconds: number
 }): string {
   const out: string[] = []
   const m = r.machine
   out.push('')
-  out.push(`fastify-pow benchmark (npm run bench): ${m.cpus} x ${m.cpu}, ${m.memoryGb} GB, ${m.os}, Node ${m.node}, Redis ${m.redis}`)
+  out.push(`fastify-pow benchmark (npm run bench): ${m.cpus} x ${m.cpu}, ${m.memoryGb} GB, ${m.os}, Node ${m.node}, Redis ${m.redis}` +
+    `, PostgreSQL ${r.postgres.version ?? 'skipped'}${config.only === undefined ? '' : `; only ${config.only.join(',')}`}`)
   out.push(`load average at start ${(m.loadAverageAtStart as number[]).join(' ')}, at end ${(m.loadAverageAtEnd as number[] | undefined)?.join(' ') ?? '-'}`)
   out.push(`GET /me with a login cookie -> the user as JSON; autocannon ${m.autocannon}, ${config.connections} connections, ` +
     `${config.rounds} interleaved round${config.rounds === 1 ? '' : 's'} x ${config.duration} s (+${config.warmup} s warm-up; a ${config.warmupPass} s warm-up pass on each server first); median of rounds`)
-  out.push('CPU µs/req: CPU time of the server process (all threads) per answered request, redis µs/req the same for redis-server;')
-  out.push('they move less than req/s when the machine is shared (req/s also depends on the CPU left to autocannon and Redis)')
+  out.push('CPU µs/req: CPU time of the server process (all threads) per answered request, redis µs/req the same for redis-server,')
+  out.push('pg µs/req for the PostgreSQL backend processes serving the server\'s pool; they move less than req/s when the machine is')
+  out.push('shared (req/s also depends on the CPU left to autocannon, Redis and PostgreSQL)')
   out.push('')
-  const header = `${pad('variant', 40)}${lpad('req/s', 8)}${lpad('p50 ms', 7)}${lpad('p99 ms', 7)}${lpad('vs bare', 8)}${lpad('vs raw-redis', 13)}` +
-    `${lpad('CPU µs/req', 11)}${lpad('redis µs/req', 13)}   req/s per round`
-  out.push(header)
-  out.push('-'.repeat(header.length + 14))
-  const row = (s: Summary): string => `${pad(s.label, 40)}${lpad(int(s.reqPerSec), 8)}${lpad(String(s.latencyP50), 7)}${lpad(String(s.latencyP99), 7)}` +
-    `${lpad(fixed(s.vsBare ?? NaN), 8)}${lpad(fixed(s.vsRawRedis ?? NaN), 13)}` +
-    `${lpad(s.serverCpuUs === undefined ? '-' : fixed(s.serverCpuUs, 1), 11)}${lpad(s.redisCpuUs === undefined ? '-' : fixed(s.redisCpuUs, 1), 13)}` +
+  // The main and growth tables compare with the raw Redis GET and show redis-server's CPU; the
+  // PostgreSQL one with the raw SELECT and the backends' CPU.
+  const header = (vs: string, store: string): string => `${pad('variant', 40)}${lpad('req/s', 8)}${lpad('p50 ms', 7)}${lpad('p99 ms', 7)}${lpad('vs bare', 8)}` +
+    `${lpad(vs, 13)}${lpad('CPU µs/req', 11)}${lpad(store, 13)}   req/s per round`
+  const redisHeader = header('vs raw-redis', 'redis µs/req')
+  const line = '-'.repeat(redisHeader.length + 14)
+  const row = (s: Summary, vs = s.vsRawRedis, store = s.redisCpuUs): string => `${pad(s.label, 40)}${lpad(int(s.reqPerSec), 8)}${lpad(String(s.latencyP50), 7)}${lpad(String(s.latencyP99), 7)}` +
+    `${lpad(fixed(s.vsBare ?? NaN), 8)}${lpad(fixed(vs ?? NaN), 13)}` +
+    `${lpad(s.serverCpuUs === undefined ? '-' : fixed(s.serverCpuUs, 1), 11)}${lpad(store === undefined ? '-' : fixed(store, 1), 13)}` +
     `   ${s.runs.map((x) => int(x.reqPerSec)).join(' / ')}`
-  for (const s of r.summaries.filter((x) => r.mainIds.includes(x.id))) out.push(row(s))
+  const main = r.summaries.filter((x) => r.mainIds.includes(x.id))
+  if (main.length > 0) out.push(redisHeader, line, ...main.map((s) => row(s)))
   if (r.growthRows.length > 0) {
     out.push('')
     out.push(`Growth: the same request with ${count(config.growthSmall)} and ${count(config.growthLarge)} sessions stored (distinct users, one session each), same rounds`)
-    out.push('-'.repeat(header.length + 14))
-    for (const s of r.summaries.filter((x) => !r.mainIds.includes(x.id))) out.push(row(s))
+    out.push(line)
+    for (const s of r.summaries.filter((x) => !r.mainIds.includes(x.id) && !r.postgresIds.includes(x.id))) out.push(row(s))
     for (const g of r.growthRows) {
       const name = { memory: 'MemoryStore', 'memory-semi': `MemoryStore, ${count(config.growthLarge)} with --max-semi-space-size=${SEMI_SPACE_MB}`, redis: 'RedisStore ' }[g.store]
       out.push(`  ${name}: ${count(config.growthLarge)} / ${count(config.growthSmall)} = ${fixed(g.ratio, 3)} (median of the rounds' ratios)` +
         ` (filling ${count(config.growthLarge)} sessions took ${fixed(g.fillSeconds, 1)} s)`)
+    }
+  }
+  const postgresRows = r.summaries.filter((x) => r.postgresIds.includes(x.id))
+  if (out[out.length - 1] !== '') out.push('')
+  if (r.postgres.skipped !== undefined) {
+    out.push(`!!! PostgreSQL rows SKIPPED: ${r.postgres.skipped}`)
+  } else if (postgresRows.length > 0) {
+    out.push(`PostgreSQL ${r.postgres.version}: the same request with the session in a database of the run's own (${r.postgres.database}, dropped at the end),`)
+    out.push(`each server on a node-postgres Pool of ${r.postgres.poolSize} connections; pg µs/req: CPU time of the backends serving that pool; same rounds`)
+    out.push(header('vs SELECT', 'pg µs/req'))
+    out.push(line)
+    for (const s of postgresRows) out.push(row(s, s.vsRawSelect, s.postgresCpuUs))
+    if (r.ratios.length > 0) {
+      out.push('Ratios (no target set; median of the rounds\' ratios): requests per CPU-second of the server and its backends, then req/s')
+      for (const x of r.ratios) out.push(`  ${pad(x.name, 54)} ${lpad(x.value, 5)}   ${x.detail}`)
     }
   }
   if (r.heap !== undefined || r.redisMemory !== undefined) {
@@ -633,8 +789,7 @@ function print (r: {
       out.push(line)
     }
   }
-  out.push('')
-  out.push('Targets (issue 5)')
+  if (r.targets.length > 0) out.push('', 'Targets (issue 5)')
   for (const t of r.targets) out.push(`  ${t.met ? 'MET   ' : 'MISSED'}  ${pad(t.name, 66)} ${lpad(t.value, 7)}   ${t.detail}`)
   if (r.profiles !== undefined) {
     out.push('')

@@ -19,7 +19,7 @@ import { pgPool } from './postgres.js'
 type SessionStore = NonNullable<Parameters<typeof fastifySession>[1]['store']>
 
 let store: SessionStore
-let close: () => Promise<unknown>
+let close: () => Promise<void>
 if (env('BENCH_STORE', 'redis') === 'postgres') {
   const pool = pgPool()
   // connect-pg-simple extends the `Store` of the session module it is given: @fastify/session's.
@@ -34,7 +34,7 @@ if (env('BENCH_STORE', 'redis') === 'postgres') {
   const client = createClient({ socket: { host: '127.0.0.1', port: Number(env('BENCH_REDIS_PORT')) } })
   await client.connect()
   store = new RedisStore({ client, prefix: 'fsess:' })
-  close = async () => await client.quit()
+  close = async () => { await client.quit() }
 }
 
 const app = Fastify({ logger: false })

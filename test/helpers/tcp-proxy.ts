@@ -7,7 +7,8 @@
  * - `stall()`: connections stay open but nothing is forwarded either way, and new ones are
  *   accepted but never forwarded (a black hole: only a timeout notices it);
  * - `restore()`: forwarding again; stalled connections are reset (what they held is dropped), so
- *   clients connect afresh.
+ *   clients connect afresh. `restore({ deliver: true })` instead lets them go on: what they held
+ *   is delivered late, as TCP does after a network stall that ends without a reset.
  *
  * Closed with the test that started it.
  */
@@ -27,7 +28,7 @@ export interface TcpProxy {
   readonly open: number
   cut: () => void
   stall: () => void
-  restore: () => void
+  restore: (options?: { deliver?: boolean }) => void
 }
 
 /** A client connection and, once forwarding, its connection to the target. */
@@ -59,6 +60,8 @@ export async function startProxy (t: Test, target: { host: string, port: number 
     const upstream = pair.upstream = net.connect(target.port, target.host)
     upstream.on('error', () => end(pair))
     upstream.on('close', () => end(pair))
+    // A client that closes is closed gently upstream: what it sent before still arrives.
+    pair.client.on('end', () => upstream.end())
     // No pipe(): a stall must stop both directions without a 'drain' resuming either.
     pair.client.on('data', (chunk) => { if (!pair.stalled) upstream.write(chunk) })
     upstream.on('data', (chunk) => { if (!pair.stalled) pair.client.write(chunk) })
@@ -76,7 +79,7 @@ export async function startProxy (t: Test, target: { host: string, port: number 
     if (mode === 'cut') return reset(client)
     const pair: Pair = { client, upstream: undefined, stalled: false }
     pairs.add(pair)
-    client.on('close', () => end(pair))
+    client.on('close', () => { if (client.readableEnded) pairs.delete(pair); else end(pair) })
     if (mode === 'stall') stallPair(pair)
     else forward(pair)
   })
@@ -104,9 +107,19 @@ export async function startProxy (t: Test, target: { host: string, port: number 
       mode = 'stall'
       for (const pair of pairs) stallPair(pair)
     },
-    restore () {
+    restore ({ deliver = false } = {}) {
       mode = 'forward'
-      for (const pair of pairs) if (pair.stalled) end(pair)
+      for (const pair of pairs) {
+        if (!pair.stalled) continue
+        if (!deliver) {
+          end(pair)
+          continue
+        }
+        pair.stalled = false
+        if (pair.upstream === undefined) forward(pair)
+        pair.client.resume()
+        pair.upstream?.resume()
+      }
     }
   }
 }
