@@ -14,6 +14,7 @@ import type { Test } from 'tap'
 import pow, { MemoryStore, PostgresStore, postgresSchema, type PgPool } from '../lib/index.js'
 import { randomFingerprint, userBucket } from '../lib/crypto.js'
 import { buildApp, me, SECRET, signIn } from './helpers/app.js'
+import { fakeClock } from './helpers/clock.js'
 import { createDatabase, pgTest, postgresStore, type TestDatabase } from './helpers/postgres.js'
 import { storeContract } from './store-contract.js'
 
@@ -56,9 +57,11 @@ async function rows (db: TestDatabase, table = 'pow_devices'): Promise<unknown[]
 
 pgTest('an authenticated request is one prepared query and no write; a login one query; a renewal two', {}, async (t) => {
   const db = await createDatabase(t)
-  const pool = db.pool()
+  // One connection: what it prepared can be seen from it.
+  const pool = db.pool({ max: 1 })
   const store = new PostgresStore(pool, { sweepInterval: 0 })
   await store.migrate()
+  const clock = fakeClock(t, Date.now())
   const app = await buildApp(t, { store, session: { ttl: 30 * 60_000, renewAfter: 15 * 60_000 } })
   const sent = recordQueries(pool)
 
@@ -73,7 +76,12 @@ pgTest('an authenticated request is one prepared query and no write; a login one
   t.ok(sent.every((q) => q.name !== undefined && /^SELECT data, user_data, version FROM .* WHERE bucket = \$1 AND fingerprint = \$2/.test(q.text)), 'each a named (prepared) SELECT by primary key')
   t.same(await rows(db), before, 'nothing was written')
   const prepared = await pool.query('SELECT count(*)::int AS n FROM pg_prepared_statements WHERE statement LIKE \'SELECT data, user_data, version FROM%\'')
-  t.ok(prepared.rows[0].n >= 0, 'the statement is prepared on the connections that ran it')
+  t.equal(prepared.rows[0].n, 1, 'the statement is prepared on the connection, once')
+
+  clock.tick(16 * 60_000)
+  sent.length = 0
+  t.equal((await me(jar)).status, 200)
+  t.same(sent.map((q) => q.name?.replace(/_[0-9a-f]+$/, '')), ['pow_read', 'pow_commit'], 'a request that renews the session id: the read and one commit')
 })
 
 pgTest('migrate is idempotent, also run by several instances at once; the SQL file is what migrate runs', {}, async (t) => {
