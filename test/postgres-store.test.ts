@@ -136,6 +136,10 @@ pgTest('registration: missing tables fail app.ready() saying what to run; create
   await t.rejects(async () => { await missing.ready() }, /PostgresStore: the table public\.pow_devices or its function is missing: run store\.migrate\(\), pass createTables: true/)
   t.equal((await db.query("SELECT to_regclass('pow_devices') AS t")).rows[0].t, null, 'nothing was created')
 
+  const serializable = Fastify()
+  void serializable.register(pow, { secret: SECRET, store: new PostgresStore(db.pool({ options: '-c default_transaction_isolation=serializable' }), { createTables: true, sweepInterval: 0 }) })
+  await t.rejects(async () => { await serializable.ready() }, /connections run transactions at serializable; the store needs read committed/, 'a pool that defaults to another isolation level is refused')
+
   const app = await buildApp(t, { store: new PostgresStore(db.pool(), { createTables: true, sweepInterval: 0 }) })
   t.equal((await me(await signIn(app, 1))).status, 200, 'with createTables the tables are made at registration and sessions work')
 })

@@ -221,7 +221,7 @@ export class PostgresStore implements PowStore {
       commit: statement('commit', `SELECT ${n.commit}($1, $2, $3, $4, $5::text[], $6::bigint[], $7::text[], $8::bigint[], $9::float8[], $10) AS evicted`),
       users: statement('users', `SELECT DISTINCT ON (user_key) user_data FROM ${n.table} WHERE expires_at > now() ORDER BY user_key, used_at DESC`),
       sweep: statement('sweep', `DELETE FROM ${n.table} WHERE (bucket, fingerprint) IN (SELECT bucket, fingerprint FROM ${n.table} WHERE expires_at <= now() LIMIT $1) AND expires_at <= now()`),
-      exists: statement('exists', 'SELECT to_regclass($1) IS NOT NULL AS table, to_regprocedure($2) IS NOT NULL AS function')
+      exists: statement('exists', "SELECT to_regclass($1) IS NOT NULL AS table, to_regprocedure($2) IS NOT NULL AS function, current_setting('transaction_isolation') AS isolation")
     }
     // An idle connection that breaks (the database restarts) is reported as the pool's 'error'
     // event, which would end the process without a listener; the next query answers 503.
@@ -249,6 +249,11 @@ export class PostgresStore implements PowStore {
     const { table, commit } = this.#names
     const found = async (): Promise<boolean> => {
       const [row] = await this.#run(this.#sql.exists, [table, `${commit}(text, text, text, integer, text[], bigint[], text[], bigint[], double precision[], double precision)`])
+      // The function reads what the changes before it wrote once it holds the user's lock: each
+      // of its statements needs a snapshot of its own, which only read committed gives.
+      if (row.isolation !== 'read committed') {
+        throw new Error(`PostgresStore: the pool's connections run transactions at ${String(row.isolation)}; the store needs read committed (PostgreSQL's default): set default_transaction_isolation to 'read committed' for its role or in the pool's options`)
+      }
       return row.table === true && row.function === true
     }
     if (await found()) return
