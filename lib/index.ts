@@ -29,7 +29,7 @@ const plugin: FastifyPluginAsync<PowOptions> = async function fastifyPow (fastif
   const store = config.store ?? defaultStore(fastify)
   if (!fastify.hasReplyDecorator('setCookie')) await fastify.register(fastifyCookie)
   // A store that needs it checks (or creates) its tables now: a missing migration fails app.ready().
-  if (typeof store.ready === 'function') await store.ready()
+  if (typeof store.ready === 'function') await store.ready(fastify.log)
   if (typeof store.close === 'function') fastify.addHook('onClose', async () => { await store.close?.() })
   if (config.store === undefined && store instanceof MemoryStore) {
     fastify.addHook('onReady', async function powLateStore () {

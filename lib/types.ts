@@ -1,5 +1,5 @@
 import type { CookieSerializeOptions } from '@fastify/cookie'
-import type { FastifyRequest } from 'fastify'
+import type { FastifyBaseLogger, FastifyRequest } from 'fastify'
 
 /**
  * The application's user type. Merge your own into it:
@@ -91,8 +91,11 @@ export interface PowStore {
   commit (change: DeviceChange): Promise<CommitResult>
   /** The credentials (JSON text) of every user with a live device. */
   users (): Promise<string[]>
-  /** Optional: called when fastify-pow is registered (to check or create tables); a throw fails `app.ready()`. */
-  ready?: () => Promise<void>
+  /**
+   * Optional: called when fastify-pow is registered (to check or create tables), with the app's
+   * logger for what should not stop the app; a throw fails `app.ready()`.
+   */
+  ready?: (log: FastifyBaseLogger) => Promise<void>
   /** Optional: called when the app closes, to stop the store's own timers. Never closes a client or pool the store was given. */
   close?: () => Promise<void>
 }

@@ -19,11 +19,11 @@ CREATE INDEX IF NOT EXISTS "pow_devices_expiry" ON "public"."pow_devices" (expir
 
 -- Applies a change of one user's devices: every version precondition is checked before any
 -- write; NULL when one fails (nothing written), else the fingerprints the limit evicted.
--- Changes of one user run one at a time (an advisory lock); past its budget (ms from when the
--- statement arrived) it writes nothing, since its caller has answered a 503 by then.
+-- Changes of one user run one at a time (an advisory lock); past its deadline (ms since the
+-- epoch on this server's clock) it writes nothing, since its caller has answered a 503 by then.
 CREATE OR REPLACE FUNCTION "public"."pow_commit" (
   p_user_key text, p_bucket text, p_user text, p_limit integer, p_fingerprints text[],
-  p_versions bigint[], p_data text[], p_ttls bigint[], p_used double precision[], p_budget double precision
+  p_versions bigint[], p_data text[], p_ttls bigint[], p_used double precision[], p_deadline double precision
 ) RETURNS text[] LANGUAGE plpgsql AS $pow$
 DECLARE
   n integer := coalesce(array_length(p_fingerprints, 1), 0);
@@ -79,7 +79,7 @@ BEGIN
       ) SELECT coalesce(array_agg(fingerprint), '{}') INTO evicted FROM gone;
     END IF;
   END IF;
-  IF clock_timestamp() > statement_timestamp() + p_budget * interval '1 millisecond' THEN
+  IF extract(epoch FROM clock_timestamp()) * 1000 > p_deadline THEN
     RAISE EXCEPTION 'PostgresStore: the change ran past its deadline; nothing was written';
   END IF;
   RETURN evicted;

@@ -35,6 +35,25 @@ const MAX_TIMER_MS = 2_147_483_647
 // About 317 years: beyond any ttl fastify-pow writes, and far inside what timestamptz holds.
 const MAX_TTL_MS = 10_000_000_000_000
 const SWEEP_BATCH = 1000
+// How often the offset between this process's clock and the server's is measured again.
+const CLOCK_CHECK_INTERVAL = 60_000
+
+/** Wall-clock time that fake clocks in tests (which replace Date) leave alone. */
+function realNow (): number {
+  return performance.timeOrigin + performance.now()
+}
+
+/** An error the server answered with (an SQLSTATE), as opposed to a connection that failed. */
+function answered (err: unknown): boolean {
+  const code = (err as { code?: unknown } | null)?.code
+  return typeof code === 'string' && /^[0-9A-Z]{5}$/.test(code)
+}
+
+/** Where the store reports what it does not throw. */
+export interface StoreLog {
+  warn: (obj: object, msg: string) => void
+  error: (obj: object, msg: string) => void
+}
 const NAME_RE = /^[a-z_][a-z0-9_]*$/
 
 /** The names the SQL uses, quoted, for a schema and prefix. */
@@ -88,11 +107,11 @@ CREATE INDEX IF NOT EXISTS ${index('expiry')} ON ${table} (expires_at);
 
 -- Applies a change of one user's devices: every version precondition is checked before any
 -- write; NULL when one fails (nothing written), else the fingerprints the limit evicted.
--- Changes of one user run one at a time (an advisory lock); past its budget (ms from when the
--- statement arrived) it writes nothing, since its caller has answered a 503 by then.
+-- Changes of one user run one at a time (an advisory lock); past its deadline (ms since the
+-- epoch on this server's clock) it writes nothing, since its caller has answered a 503 by then.
 CREATE OR REPLACE FUNCTION ${commit} (
   p_user_key text, p_bucket text, p_user text, p_limit integer, p_fingerprints text[],
-  p_versions bigint[], p_data text[], p_ttls bigint[], p_used double precision[], p_budget double precision
+  p_versions bigint[], p_data text[], p_ttls bigint[], p_used double precision[], p_deadline double precision
 ) RETURNS text[] LANGUAGE plpgsql AS $pow$
 DECLARE
   n integer := coalesce(array_length(p_fingerprints, 1), 0);
@@ -148,7 +167,7 @@ BEGIN
       ) SELECT coalesce(array_agg(fingerprint), '{}') INTO evicted FROM gone;
     END IF;
   END IF;
-  IF clock_timestamp() > statement_timestamp() + p_budget * interval '1 millisecond' THEN
+  IF extract(epoch FROM clock_timestamp()) * 1000 > p_deadline THEN
     RAISE EXCEPTION 'PostgresStore: the change ran past its deadline; nothing was written';
   END IF;
   RETURN evicted;
@@ -190,10 +209,15 @@ export class PostgresStore implements PowStore {
   readonly #timeout: number
   readonly #sweepInterval: number
   readonly #sweepLimit: number
-  readonly #sql: { read: Statement, list: Statement, commit: Statement, users: Statement, sweep: Statement, exists: Statement }
+  readonly #sql: { read: Statement, list: Statement, commit: Statement, users: Statement, sweep: Statement, clock: Statement, exists: Statement }
   #sweepTimer: NodeJS.Timeout | undefined
   #sweeping = false
   #lastError: Error | undefined
+  /** Server clock minus this process's clock, in ms; measured with clock_timestamp(). */
+  #clockOffset = 0
+  #clockCheckedAt = -Infinity
+  /** A migration started because a query found the table missing (createTables only). */
+  #healing: Promise<void> | undefined
 
   constructor (pool: PgPool, options: PostgresStoreOptions = {}) {
     if (pool === null || typeof pool !== 'object' || typeof pool.connect !== 'function' || typeof pool.on !== 'function') {
@@ -221,6 +245,7 @@ export class PostgresStore implements PowStore {
       commit: statement('commit', `SELECT ${n.commit}($1, $2, $3, $4, $5::text[], $6::bigint[], $7::text[], $8::bigint[], $9::float8[], $10) AS evicted`),
       users: statement('users', `SELECT DISTINCT ON (user_key) user_data FROM ${n.table} WHERE expires_at > now() ORDER BY user_key, used_at DESC`),
       sweep: statement('sweep', `DELETE FROM ${n.table} WHERE (bucket, fingerprint) IN (SELECT bucket, fingerprint FROM ${n.table} WHERE expires_at <= now() LIMIT $1) AND expires_at <= now()`),
+      clock: statement('clock', 'SELECT extract(epoch FROM clock_timestamp())::float8 * 1000 AS now'),
       exists: statement('exists', "SELECT to_regclass($1) IS NOT NULL AS table, to_regprocedure($2) IS NOT NULL AS function, current_setting('transaction_isolation') AS isolation")
     }
     // An idle connection that breaks (the database restarts) is reported as the pool's 'error'
@@ -237,26 +262,36 @@ export class PostgresStore implements PowStore {
     const sql = postgresSchema(this.#schemaOptions)
     // One simple query of several statements: one transaction. The lock keeps two instances
     // starting at once from creating the same table twice.
-    await this.#query({ text: `BEGIN; SELECT pg_advisory_xact_lock(${this.#names.lockClass}, 0); ${sql} COMMIT;` }, [], false)
+    await this.#query({ text: `BEGIN; SELECT pg_advisory_xact_lock(${this.#names.lockClass}, 0); ${sql} COMMIT;` }, [])
   }
 
   /**
    * Called by fastify-pow when it is registered: creates what is missing with `createTables`, or
    * else checks that the table and function exist, so that a missing migration fails
-   * `app.ready()` with this message instead of every request with a 503.
+   * `app.ready()` with this message instead of every request with a 503. A database that does
+   * not answer fails nothing: the app starts, and requests that need the store answer 503 until
+   * it does (with `createTables`, the table is created then if it is missing).
    */
-  async ready (): Promise<void> {
+  async ready (log?: StoreLog): Promise<void> {
     const { table, commit } = this.#names
-    const found = async (): Promise<boolean> => {
-      const [row] = await this.#run(this.#sql.exists, [table, `${commit}(text, text, text, integer, text[], bigint[], text[], bigint[], double precision[], double precision)`])
-      // The function reads what the changes before it wrote once it holds the user's lock: each
-      // of its statements needs a snapshot of its own, which only read committed gives.
-      if (row.isolation !== 'read committed') {
-        throw new Error(`PostgresStore: the pool's connections run transactions at ${String(row.isolation)}; the store needs read committed (PostgreSQL's default): set default_transaction_isolation to 'read committed' for its role or in the pool's options`)
-      }
-      return row.table === true && row.function === true
+    const options = (this.#pool as { options?: { connectionTimeoutMillis?: number } }).options
+    if (options !== undefined && !(Number(options.connectionTimeoutMillis) > 0)) {
+      log?.warn({}, 'PostgresStore: the pool has no connectionTimeoutMillis: while PostgreSQL is unreachable, every connection attempt holds a slot of the pool until the system gives up; set it (for example 2000)')
     }
-    if (await found()) return
+    let row
+    try {
+      [row] = await this.#run(this.#sql.exists, [table, `${commit}(text, text, text, integer, text[], bigint[], text[], bigint[], double precision[], double precision)`])
+    } catch (err) {
+      if (answered(err) || log === undefined) throw err
+      log.error({ err }, `PostgresStore: PostgreSQL did not answer at start, so ${this.#names.plain} was not checked; requests that need a session answer 503 until it does`)
+      return
+    }
+    // The function reads what the changes before it wrote once it holds the user's lock: each
+    // of its statements needs a snapshot of its own, which only read committed gives.
+    if (row.isolation !== 'read committed') {
+      throw new Error(`PostgresStore: the pool's connections run transactions at ${String(row.isolation)}; the store needs read committed (PostgreSQL's default): set default_transaction_isolation to 'read committed' for its role or in the pool's options`)
+    }
+    if (row.table === true && row.function === true) return
     if (this.#createTables) return await this.migrate()
     throw new Error(`PostgresStore: the table ${this.#names.plain} or its function is missing: run store.migrate(), pass createTables: true, or apply the SQL of postgresSchema() (sql/postgres.sql in the package)`)
   }
@@ -317,7 +352,8 @@ export class PostgresStore implements PowStore {
       ttls.push(write.data === null ? 0 : Math.min(Math.max(1, Math.ceil(write.ttl)), MAX_TTL_MS))
       used.push(write.data === null ? 0 : write.usedAt)
     }
-    const rows = await this.#run(this.#sql.commit, [userKey, userBucket(userKey), user ?? null, limit ?? null, fingerprints, versions, data, ttls, used], true)
+    const deadline = await this.#deadline()
+    const rows = await this.#run(this.#sql.commit, [userKey, userBucket(userKey), user ?? null, limit ?? null, fingerprints, versions, data, ttls, used, deadline])
     const evicted = rows[0].evicted as string[] | null
     return evicted === null ? { ok: false, evicted: [] } : { ok: true, evicted }
   }
@@ -327,22 +363,36 @@ export class PostgresStore implements PowStore {
     return rows.map((row) => row.user_data)
   }
 
-  async #run (statement: Statement, values: unknown[], budget = false): Promise<any[]> {
-    return (await this.#query(statement, values, budget)).rows
+  async #run (statement: Statement, values: unknown[]): Promise<any[]> {
+    return (await this.#query(statement, values)).rows
   }
 
   async #count (statement: Statement, values: unknown[]): Promise<number> {
-    return (await this.#query(statement, values, false)).rowCount ?? 0
+    return (await this.#query(statement, values)).rowCount ?? 0
+  }
+
+  /**
+   * When a change sent now must have run, on the server's clock: a change that reaches the
+   * server late (a stalled network, a lock) is past it and writes nothing. Before the client
+   * gives up, by a margin, so that a change finishing just in time still answers in time.
+   */
+  async #deadline (): Promise<number> {
+    const started = realNow()
+    if (started - this.#clockCheckedAt > CLOCK_CHECK_INTERVAL) {
+      const [row] = await this.#run(this.#sql.clock, [])
+      const after = realNow()
+      this.#clockOffset = Number(row.now) - (started + after) / 2
+      this.#clockCheckedAt = after
+    }
+    return started + this.#clockOffset + this.#timeout - Math.min(100, this.#timeout / 4)
   }
 
   /**
    * One query on a connection of the pool, bounded by `commandTimeout` from the call (waiting for
    * a connection included). A query that times out has its connection destroyed, not handed
-   * back busy. With `budget`, the time left is the query's last argument: a change that the
-   * server finishes after its caller gave up writes nothing (see the function).
+   * back busy.
    */
-  #query (statement: { name?: string, text: string }, values: unknown[], budget: boolean): Promise<{ rows: any[], rowCount: number | null }> {
-    const started = performance.now()
+  #query (statement: { name?: string, text: string }, values: unknown[]): Promise<{ rows: any[], rowCount: number | null }> {
     return new Promise((resolve, reject) => {
       let settled = false
       let release: ((err?: Error) => void) | undefined
@@ -370,13 +420,7 @@ export class PostgresStore implements PowStore {
           fail(this.#explain(err))
         }
         client.once('error', onError)
-        let args = values
-        if (budget) {
-          // A margin, so that a change finishing just before its deadline still answers in time.
-          const left = this.#timeout - (performance.now() - started) - Math.min(100, this.#timeout / 4)
-          args = [...values, Math.max(0, left)]
-        }
-        client.query({ ...statement, values: args }, (err, result) => {
+        client.query({ ...statement, values }, (err, result) => {
           client.removeListener('error', onError)
           if (release !== undefined) {
             // A failed query leaves a usable connection (an error answer, not a broken socket).
@@ -397,6 +441,10 @@ export class PostgresStore implements PowStore {
   #explain (err: Error): Error {
     const code = (err as { code?: string }).code
     if (code === '42P01' || code === '42883') {
+      // Missing at start only when the database did not answer then: create it now.
+      if (this.#createTables && this.#healing === undefined) {
+        this.#healing = this.migrate().catch(() => {}).finally(() => { this.#healing = undefined })
+      }
       return new Error(`PostgresStore: the table ${this.#names.plain} or its function is missing (${err.message}): run store.migrate()`, { cause: err })
     }
     if (this.#lastError !== undefined && /terminated|ECONNRE/.test(err.message) && err !== this.#lastError) {
