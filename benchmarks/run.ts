@@ -4,11 +4,11 @@
  *
  * One run: builds dist/ when stale, starts private redis-servers, creates a database of its own
  * on the machine's PostgreSQL (the PostgreSQL rows are skipped, loudly, without one), starts
- * every server variant in its own process, checks that each one really authenticates, then loads GET /me with
- * autocannon in interleaved rounds (every variant once per round, in rotating order). Then the
- * in-process operation timings, then (when a throughput target is missed, or with --profile) a
- * CPU profile of the fastify-pow servers under load. Prints the tables and the targets, and
- * writes benchmarks/results/latest.json.
+ * every server variant in its own process, checks that each one really authenticates, then
+ * loads GET /me with autocannon in interleaved rounds (every variant once per round, in
+ * rotating order). Then the in-process operation timings, then (when a throughput target is
+ * missed, or with --profile) a CPU profile of the fastify-pow servers under load. Prints the
+ * tables, the targets and the PostgreSQL ratios, and writes benchmarks/results/latest.json.
  */
 import { spawnSync } from 'node:child_process'
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs'
@@ -33,15 +33,6 @@ if (argv.has('--help') || argv.has('-h')) {
   process.exit(0)
 }
 const quick = argv.has('--quick')
-/** Where the results go (BENCH_RESULTS: another file, say for a smoke run that must not replace them). */
-const RESULTS_FILE = path.resolve(ROOT, process.env.BENCH_RESULTS ?? 'benchmarks/results/latest.json')
-if (argv.has('--memory')) {
-  // Only the MemoryStore heap breakdown (benchmarks/memory.ts), then exit.
-  const text = await runChild<string>('memory.ts', {}, ['--expose-gc', '--max-old-space-size=4096'])
-  console.log(text)
-  process.exit(0)
-}
-
 /**
  * `--only WORD[,WORD...]` (or `--only=...`): only the variants whose id contains one of the words,
  * say `--only postgres`; no growth servers or operation timings unless asked for by env.
@@ -49,6 +40,19 @@ if (argv.has('--memory')) {
 const onlyArg = process.argv.slice(2).find((arg, i, args) => arg.startsWith('--only=') || args[i - 1] === '--only')
 const only = onlyArg?.replace(/^--only=/, '').split(',').filter((word) => word !== '')
 if (argv.has('--only') && (only === undefined || only.length === 0)) throw new Error('--only needs words: --only postgres')
+
+/**
+ * Where the results go (BENCH_RESULTS: another file, say for a smoke run that must not replace
+ * them); a run of some variants only does not replace the full run's.
+ */
+const RESULTS_FILE = path.resolve(ROOT, process.env.BENCH_RESULTS ??
+  (only === undefined ? 'benchmarks/results/latest.json' : `benchmarks/results/only-${only.join('-').replace(/[^a-z0-9-]/gi, '_')}.json`))
+if (argv.has('--memory')) {
+  // Only the MemoryStore heap breakdown (benchmarks/memory.ts), then exit.
+  const text = await runChild<string>('memory.ts', {}, ['--expose-gc', '--max-old-space-size=4096'])
+  console.log(text)
+  process.exit(0)
+}
 
 function num (name: string, fallback: number): number {
   const raw = process.env[name]
@@ -660,7 +664,7 @@ async function main (): Promise<void> {
     mkdirSync(path.dirname(RESULTS_FILE), { recursive: true })
     writeFileSync(RESULTS_FILE, JSON.stringify({
       date: new Date().toISOString(),
-      command: 'npm run bench',
+      command: ['npm run bench', ...(process.argv.length > 2 ? ['--', ...process.argv.slice(2)] : [])].join(' '),
       git,
       machine,
       config,

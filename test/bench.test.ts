@@ -8,6 +8,7 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { test } from 'tap'
+import { postgresAvailable } from './helpers/postgres.js'
 
 const ROOT = path.resolve(import.meta.dirname, '..')
 
@@ -24,7 +25,8 @@ test('npm run bench --quick: every variant answers, the tables and the targets a
       BENCH_DURATION: '1',
       BENCH_WARMUP: '0',
       BENCH_GROWTH_SMALL: '100',
-      BENCH_GROWTH_LARGE: '2000'
+      BENCH_GROWTH_LARGE: '2000',
+      ...(process.env.POW_TEST_POSTGRES_URL === undefined ? {} : { BENCH_POSTGRES_URL: process.env.POW_TEST_POSTGRES_URL })
     },
     stdio: ['ignore', 'pipe', 'pipe']
   })
@@ -40,7 +42,9 @@ test('npm run bench --quick: every variant answers, the tables and the targets a
     'bare Fastify (no session)', 'Fastify + one ioredis GET', '@fastify/session + connect-redis', 'the same with rolling: false',
     '@fastify/secure-session (cookie)', 'fastify-pow, MemoryStore', 'fastify-pow, RedisStore (ioredis)',
     'fastify-pow, MemoryStore, 100 stored', 'fastify-pow, MemoryStore, 2k stored', 'the same with --max-semi-space-size=64',
-    'fastify-pow, RedisStore, 100 stored', 'fastify-pow, RedisStore, 2k stored'
+    'fastify-pow, RedisStore, 100 stored', 'fastify-pow, RedisStore, 2k stored',
+    // The PostgreSQL rows run when the bench reaches PostgreSQL, as the tests do.
+    ...(postgresAvailable ? ['Fastify + one pg SELECT by primary key', '@fastify/session + connect-pg-simple', 'fastify-pow, PostgresStore (pg)'] : [])
   ]
   const table = output.slice(output.indexOf('\nvariant '))
   for (const label of labels) {
@@ -56,5 +60,12 @@ test('npm run bench --quick: every variant answers, the tables and the targets a
   t.equal(json.variants.length, labels.length, 'every variant in the results file')
   t.ok(json.variants.every((v: { reqPerSec: number }) => v.reqPerSec > 0), 'each with its req/s')
   t.equal(json.targets.length, 6)
+  if (postgresAvailable) {
+    t.match(output, /PostgresStore \/ raw SELECT +\d+\.\d\d /, 'the PostgresStore ratio to its floor')
+    t.match(output, /PostgresStore \/ @fastify\/session \+ connect-pg-simple +\d+\.\d\d /, 'and to connect-pg-simple')
+    t.equal(json.ratios.length, 2, 'both in the results file')
+  } else {
+    t.match(output, /!!! PostgreSQL rows SKIPPED/)
+  }
   t.equal(json.printed.includes('Targets (issue 5)'), true, 'the printout is in the results file too')
 })
