@@ -101,7 +101,7 @@ export async function buildApp (options: BuildAppOptions = {}): Promise<FastifyI
   // With @fastify/redis registered and no `store` option, fastify-pow uses app.redis.
   if (options.redisUrl !== undefined) await app.register(fastifyRedis, { url: options.redisUrl })
   // Likewise with @fastify/postgres: app.pg.
-  else if (options.databaseUrl !== undefined) await app.register(fastifyPostgres, { connectionString: options.databaseUrl })
+  else if (options.databaseUrl !== undefined) await app.register(fastifyPostgres, { connectionString: options.databaseUrl, connectionTimeoutMillis: 2000 })
   await app.register(pow, {
     secret: options.secret ?? randomBytes(36).toString('base64url'),
     store: options.store,
