@@ -5,39 +5,25 @@
  */
 import { test } from 'tap'
 import { buildApp } from '../examples/app.js'
-import { CookieJar } from './helpers/jar.js'
+import { survivesRestart } from './helpers/example-restart.js'
 import { createDatabase, pgTest, postgresAvailable } from './helpers/postgres.js'
 
 const SECRET = 'example-postgres-secret-0123456789-abcdef'
 
 pgTest('the example with DATABASE_URL keeps sessions in PostgreSQL across a restart', {}, async (t) => {
   const db = await createDatabase(t)
-  const first = await buildApp({ secret: SECRET, databaseUrl: db.url })
-  t.teardown(() => first.close())
-  const jar = new CookieJar(first)
-  const login = await jar.request({
-    method: 'POST', url: '/api/login', payload: { email: 'alice@example.com', password: 'alice-password', remember: true }
+  const again = await survivesRestart(t, async () => await buildApp({ secret: SECRET, databaseUrl: db.url }), async (jar) => {
+    const { rows } = await db.query('SELECT fingerprint, user_key, data, user_data FROM pow_devices')
+    t.equal(rows.length, 1, 'the device is a row of pow_devices, in the table created at start')
+    t.equal(rows[0].fingerprint, (await jar.request('/api/me')).json().session.fingerprint)
+    const row = JSON.stringify(rows[0])
+    for (const name of ['pow_session', 'pow_persistent_session']) {
+      const secret = jar.get(name)?.split('.')[0]
+      t.equal(secret?.length, 69, `${name} holds a secret`)
+      // The secret starts with the bucket and fingerprint (the row's address); its random part is what signs in.
+      t.notOk(row.includes((secret ?? '').slice(26)), `the row holds no ${name} secret, only its hash`)
+    }
   })
-  t.equal(login.statusCode, 200)
-  const { rows } = await db.query('SELECT fingerprint, user_key, data, user_data FROM pow_devices')
-  t.equal(rows.length, 1, 'the device is a row of pow_devices, in the table created at start')
-  t.equal(rows[0].fingerprint, (await jar.request('/api/me')).json().session.fingerprint)
-  const row = JSON.stringify(rows[0])
-  for (const name of ['pow_session', 'pow_persistent_session']) {
-    const secret = jar.get(name)?.split('.')[0]
-    t.equal(secret?.length, 69, `${name} holds a secret`)
-    // The secret starts with the bucket and fingerprint (the row's address); its random part is what signs in.
-    t.notOk(row.includes((secret ?? '').slice(26)), `the row holds no ${name} secret, only its hash`)
-  }
-  await first.close()
-
-  const second = await buildApp({ secret: SECRET, databaseUrl: db.url })
-  t.teardown(() => second.close())
-  const again = new CookieJar(second)
-  again.cookies = jar.clone().cookies
-  const me = await again.request('/api/me')
-  t.equal(me.statusCode, 200, 'still signed in after the restart')
-  t.equal(me.json().user.email, 'alice@example.com')
   again.cookies.delete('pow_session')
   t.equal((await again.request('/api/me')).statusCode, 200, 'and the remember-me cookie alone signs the browser back in')
 })

@@ -7,15 +7,15 @@
  *
  * Elapsed times are measured with the real clock on purpose: bounded latency is the point here.
  */
-import { Writable } from 'node:stream'
 import { setTimeout as sleep } from 'node:timers/promises'
-import Fastify, { type FastifyInstance, type LightMyRequestResponse } from 'fastify'
+import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
 import pg from 'pg'
 import type { Test } from 'tap'
-import pow, { PostgresStore, type PostgresStoreOptions, type PowOptions } from '../lib/index.js'
+import { PostgresStore, type PostgresStoreOptions, type PowOptions } from '../lib/index.js'
 import { buildApp, me, signIn } from './helpers/app.js'
 import { fakeClock } from './helpers/clock.js'
 import type { CookieJar } from './helpers/jar.js'
+import { assertUnavailable, loggedApp, timed } from './helpers/outage.js'
 import { createDatabase, pgTest, type TestDatabase } from './helpers/postgres.js'
 import { startProxy, type TcpProxy } from './helpers/tcp-proxy.js'
 
@@ -90,20 +90,6 @@ async function idle (db: TestDatabase): Promise<void> {
     if (rows[0].n === 0) return
     await sleep(20)
   }
-}
-
-/** Sends a request through `jar` and measures how long the answer took. */
-async function timed (jar: CookieJar, options: Parameters<CookieJar['request']>[0]): Promise<{ response: LightMyRequestResponse, ms: number }> {
-  const started = performance.now()
-  const response = await jar.request(options)
-  return { response, ms: performance.now() - started }
-}
-
-/** A 503 POW_ERR_STORE_UNAVAILABLE that sets no cookie. */
-function assertUnavailable (t: Test, response: LightMyRequestResponse, what: string): void {
-  t.equal(response.statusCode, 503, `${what}: 503`)
-  t.equal(response.json().code, 'POW_ERR_STORE_UNAVAILABLE', `${what}: POW_ERR_STORE_UNAVAILABLE`)
-  t.equal(response.headers['set-cookie'], undefined, `${what}: no set-cookie header`)
 }
 
 /** The names of the cookies a response sets. */
@@ -335,25 +321,7 @@ outageCase('a renewal due during an outage is a 503 that leaves the device and c
 outageCase('an outage is logged once when it starts and once when it ends, not per request', async (t, db) => {
   const o = await outage(t, db)
   const { proxy } = o
-  const lines: Array<{ level: number, msg: string, err?: { message?: string } }> = []
-  const stream = new Writable({
-    write (chunk, _enc, cb) {
-      lines.push(JSON.parse(String(chunk)))
-      cb()
-    }
-  })
-  const app = Fastify({ logger: { level: 'info', stream } })
-  t.teardown(() => app.close())
-  await app.register(pow, { secret: 'x'.repeat(32), store: storeOf(o) })
-  app.post('/login', async (request) => {
-    await request.powSession.create({ id: 1 } as never, { persistent: true })
-    return {}
-  })
-  app.get('/me', async (request) => ({ user: request.powSession.user }))
-  await app.ready()
-  const login = await app.inject({ method: 'POST', url: '/login' })
-  t.equal(login.statusCode, 200)
-  const cookie = (login.cookies as Array<{ name: string, value: string }>).map((c) => `${c.name}=${c.value}`).join('; ')
+  const { app, lines, cookie } = await loggedApp(t, storeOf(o))
 
   // One outage, however it shows: four requests with the connection cut, one with it stalled.
   proxy.cut()

@@ -6,29 +6,14 @@
  *
  * Elapsed times are measured with the real clock on purpose: bounded latency is the point here.
  */
-import { Writable } from 'node:stream'
 import { setTimeout as sleep } from 'node:timers/promises'
-import Fastify, { type FastifyInstance, type LightMyRequestResponse } from 'fastify'
 import type { Redis } from 'ioredis'
-import { test, type Test } from 'tap'
-import pow, { RedisStore } from '../lib/index.js'
+import { test } from 'tap'
+import { RedisStore } from '../lib/index.js'
 import { buildApp, me, signIn } from './helpers/app.js'
 import type { CookieJar } from './helpers/jar.js'
+import { assertUnavailable, loggedApp, timed } from './helpers/outage.js'
 import { readyClient, startRedis, waitForClosed, waitForReady, type RedisServer } from './helpers/redis.js'
-
-/** Sends a request through `jar` and measures how long the answer took. */
-async function timed (jar: CookieJar, options: Parameters<CookieJar['request']>[0]): Promise<{ response: LightMyRequestResponse, ms: number }> {
-  const started = performance.now()
-  const response = await jar.request(options)
-  return { response, ms: performance.now() - started }
-}
-
-/** A 503 POW_ERR_STORE_UNAVAILABLE that sets no cookie. */
-function assertUnavailable (t: Test, response: LightMyRequestResponse, what: string): void {
-  t.equal(response.statusCode, 503, `${what}: 503`)
-  t.equal(response.json().code, 'POW_ERR_STORE_UNAVAILABLE', `${what}: POW_ERR_STORE_UNAVAILABLE`)
-  t.equal(response.headers['set-cookie'], undefined, `${what}: no set-cookie header`)
-}
 
 /** Every key of the server with its type and full content (TTLs aside), for before/after comparisons. */
 async function contents (admin: Redis): Promise<Record<string, unknown>> {
@@ -142,25 +127,7 @@ test('the default commandTimeout bounds a request at 2 s', async (t) => {
 test('an outage is logged once when it starts and once when it ends, not per request', async (t) => {
   const server = await startRedis(t)
   const client = await readyClient(server)
-  const lines: Array<{ level: number, msg: string, err?: { message?: string } }> = []
-  const stream = new Writable({
-    write (chunk, _enc, cb) {
-      lines.push(JSON.parse(String(chunk)))
-      cb()
-    }
-  })
-  const app: FastifyInstance = Fastify({ logger: { level: 'info', stream } })
-  t.teardown(() => app.close())
-  await app.register(pow, { secret: 'x'.repeat(32), store: new RedisStore(client) })
-  app.post('/login', async (request) => {
-    await request.powSession.create({ id: 1 } as never, { persistent: true })
-    return {}
-  })
-  app.get('/me', async (request) => ({ user: request.powSession.user }))
-  await app.ready()
-  const login = await app.inject({ method: 'POST', url: '/login' })
-  t.equal(login.statusCode, 200)
-  const cookie = (login.cookies as Array<{ name: string, value: string }>).map((c) => `${c.name}=${c.value}`).join('; ')
+  const { app, lines, cookie } = await loggedApp(t, new RedisStore(client))
 
   await server.stop()
   await waitForClosed(client)
