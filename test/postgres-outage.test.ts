@@ -202,7 +202,7 @@ outageCase('connection stalled: a request is a 503 after commandTimeout, a login
   t.equal((await me(anonymous)).status, 401, 'the login that timed out did not sign the new browser in')
 })
 
-outageCase('a commit held up in the server past commandTimeout writes nothing when it finally runs', async (t, db) => {
+outageCase('a commit held up in the server by a lock stops waiting at its deadline and writes nothing', async (t, db) => {
   const o = await outage(t, db)
   const { rows } = o
   const app = await appWith(t, { store: storeOf(o) })
@@ -211,20 +211,20 @@ outageCase('a commit held up in the server past commandTimeout writes nothing wh
   anonymous.cookies.clear()
   const before = await rows()
 
-  // Reads go on; the commit's first write waits for this lock, in the server, past its budget.
+  // Reads go on; the commit's first row lock waits for this table lock, in the server.
   const locker = db.pool({ max: 1 })
   const client = await locker.connect()
   await client.query('BEGIN')
   await client.query(`LOCK TABLE ${o.table} IN EXCLUSIVE MODE`)
   const { response, ms } = await timed(anonymous, { method: 'POST', url: '/login', payload: { id: 2, persistent: true } })
   assertUnavailable(t, response, 'a login whose commit waits for a lock')
-  t.ok(ms >= COMMAND_TIMEOUT - 50 && ms < COMMAND_TIMEOUT + MARGIN, `answered after commandTimeout (${ms.toFixed(0)} ms)`)
+  t.ok(ms < COMMAND_TIMEOUT + MARGIN, `answered by commandTimeout (${ms.toFixed(0)} ms)`)
   const waiting = await db.query("SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'")
-  t.equal(waiting.rows[0].n, 1, 'the commit is still in the server, waiting for the lock')
+  t.equal(waiting.rows[0].n, 0, 'the commit no longer waits in the server: its lock_timeout ended it at the deadline')
 
   await client.query('COMMIT')
   client.release()
-  // The late commit runs now: it must see its deadline passed and write nothing.
+  // Had it still been waiting, it would run now: nothing may have been written.
   await idle(db)
   t.same(await rows(), before, 'the late commit wrote nothing')
   t.equal((await me(anonymous)).status, 401, 'the new browser is not signed in')

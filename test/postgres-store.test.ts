@@ -5,6 +5,7 @@
  * and the sweep, the deadline that keeps a late change from landing, and fastify-pow's use of
  * @fastify/postgres.
  */
+import { createHash } from 'node:crypto'
 import { readFile } from 'node:fs/promises'
 import { setTimeout as sleep } from 'node:timers/promises'
 import fastifyPostgres from '@fastify/postgres'
@@ -189,7 +190,7 @@ pgTest('a change that the database runs after its caller gave up writes nothing'
   const blocker = await db.pool().connect()
   await blocker.query('BEGIN; LOCK TABLE pow_devices IN ACCESS EXCLUSIVE MODE')
   const started = performance.now()
-  await t.rejects(store.commit({ userKey: 'late', user: '{}', devices: [{ fingerprint: 'f', data: '{}', ttl: 60_000, usedAt: 1 }] }), /timed out after 300 ms/)
+  await t.rejects(store.commit({ userKey: 'late', user: '{}', devices: [{ fingerprint: 'f', data: '{}', ttl: 60_000, usedAt: 1 }] }), /timed out after 300 ms|lock timeout/, 'the change fails by its deadline: the client times out or the function stops waiting for the lock')
   t.ok(performance.now() - started < 1000, 'the caller is answered at commandTimeout')
   await sleep(100)
   await blocker.query('COMMIT')
@@ -198,6 +199,31 @@ pgTest('a change that the database runs after its caller gave up writes nothing'
   await sleep(300)
   t.same(await rows(db), [], 'no row was written, even after the lock was released')
   t.equal((await store.commit({ userKey: 'late', user: '{}', devices: [{ fingerprint: 'f', data: '{}', ttl: 60_000, usedAt: 1 }] })).ok, true, 'the next change goes through')
+})
+
+pgTest('a change that waits for the user\'s lock while its device expires and is swept is refused: no row is left without credentials', {}, async (t) => {
+  const db = await createDatabase(t)
+  const store = await postgresStore(db, { commandTimeout: 5000 })
+  const userKey = 'racer'
+  await store.commit({ userKey, user: '{"id":1}', devices: [{ fingerprint: 'f', version: 0, data: '"d1"', ttl: 600, usedAt: 1 }] })
+  const read = await store.read(userBucket(userKey), 'f')
+  // The key of the user's lock, as lib/stores/postgres.ts makes it: another transaction holds it.
+  const lockClass = createHash('sha256').update('fastify-pow:public.pow_').digest().readInt32BE(0)
+  const holder = await db.pool().connect()
+  const sweeper = await db.pool().connect()
+  t.teardown(() => { holder.release(); sweeper.release() })
+  await holder.query('BEGIN')
+  await holder.query('SELECT pg_advisory_xact_lock($1, hashtext($2))', [lockClass, userKey])
+  const renewal = store.commit({ userKey, devices: [{ fingerprint: 'f', version: read?.version, data: '"d2"', ttl: 60_000, usedAt: 2 }] })
+  await sleep(800)
+  // The device has expired meanwhile; a sweep deletes it and holds on before committing.
+  await sweeper.query('BEGIN')
+  t.equal((await sweeper.query('DELETE FROM pow_devices WHERE expires_at <= now()')).rowCount, 1, 'the sweep takes the expired row')
+  await holder.query('COMMIT')
+  await sleep(100)
+  await sweeper.query('COMMIT')
+  t.same(await renewal, { ok: false, evicted: [] }, 'the renewal is refused: the device it read is gone')
+  t.same(await rows(db), [], 'and wrote nothing')
 })
 
 pgTest('with @fastify/postgres registered first, fastify-pow stores sessions in app.pg and says so; registered after, it warns', {}, async (t) => {

@@ -43,10 +43,9 @@ function realNow (): number {
   return performance.timeOrigin + performance.now()
 }
 
-/** An error the server answered with (an SQLSTATE), as opposed to a connection that failed. */
+/** An error the server answered with (node-postgres' DatabaseError), as opposed to a connection that failed. */
 function answered (err: unknown): boolean {
-  const code = (err as { code?: unknown } | null)?.code
-  return typeof code === 'string' && /^[0-9A-Z]{5}$/.test(code)
+  return typeof (err as { severity?: unknown } | null)?.severity === 'string'
 }
 
 /** Where the store reports what it does not throw. */
@@ -107,59 +106,73 @@ CREATE INDEX IF NOT EXISTS ${index('expiry')} ON ${table} (expires_at);
 
 -- Applies a change of one user's devices: every version precondition is checked before any
 -- write; NULL when one fails (nothing written), else the fingerprints the limit evicted.
--- Changes of one user run one at a time (an advisory lock); past its deadline (ms since the
--- epoch on this server's clock) it writes nothing, since its caller has answered a 503 by then.
+-- Changes of one user run one at a time (an advisory lock), and the devices it checked stay
+-- locked until it ends (the sweep cannot take one away meanwhile). Past its deadline (ms since
+-- the epoch on this server's clock) it writes nothing, since its caller has answered a 503 by
+-- then; it waits for no lock beyond it either.
 CREATE OR REPLACE FUNCTION ${commit} (
   p_user_key text, p_bucket text, p_user text, p_limit integer, p_fingerprints text[],
   p_versions bigint[], p_data text[], p_ttls bigint[], p_used double precision[], p_deadline double precision
 ) RETURNS text[] LANGUAGE plpgsql AS $pow$
 DECLARE
   n integer := coalesce(array_length(p_fingerprints, 1), 0);
+  v_now timestamptz;
   found_version bigint;
-  fresh boolean := false;
+  found_versions bigint[] := '{}';
   inherited text;
   written text[] := '{}';
   excess bigint;
   evicted text[] := '{}';
 BEGIN
+  PERFORM set_config('lock_timeout', greatest(1, floor(p_deadline - extract(epoch FROM clock_timestamp()) * 1000))::bigint || 'ms', true);
   PERFORM pg_advisory_xact_lock(${lockClass}, hashtext(p_user_key));
-  DELETE FROM ${table} WHERE user_key = p_user_key AND expires_at <= now();
+  v_now := clock_timestamp();
   FOR i IN 1..n LOOP
     SELECT version INTO found_version FROM ${table}
-      WHERE bucket = p_bucket AND fingerprint = p_fingerprints[i] AND expires_at > now();
+      WHERE bucket = p_bucket AND fingerprint = p_fingerprints[i] AND expires_at > v_now FOR UPDATE;
     IF NOT FOUND THEN found_version := 0; END IF;
     IF p_versions[i] IS NOT NULL AND p_versions[i] <> found_version THEN RETURN NULL; END IF;
-    IF found_version = 0 AND p_data[i] IS NOT NULL THEN fresh := true; END IF;
+    found_versions := found_versions || found_version;
   END LOOP;
+  DELETE FROM ${table} WHERE user_key = p_user_key AND expires_at <= v_now;
   IF p_user IS NOT NULL THEN
     UPDATE ${table} SET user_data = p_user WHERE user_key = p_user_key AND user_data <> p_user;
-  ELSIF fresh THEN
-    SELECT user_data INTO inherited FROM ${table}
-      WHERE user_key = p_user_key AND expires_at > now() ORDER BY used_at DESC LIMIT 1;
-    IF inherited IS NULL THEN
-      RAISE EXCEPTION 'PostgresStore: a new device needs the user''s credentials (DeviceChange.user)';
-    END IF;
   END IF;
   FOR i IN 1..n LOOP
     IF p_data[i] IS NULL THEN
       DELETE FROM ${table} WHERE bucket = p_bucket AND fingerprint = p_fingerprints[i];
     ELSE
-      INSERT INTO ${table} AS d (bucket, fingerprint, user_key, data, user_data, version, used_at, expires_at)
-        VALUES (p_bucket, p_fingerprints[i], p_user_key, p_data[i], coalesce(p_user, inherited, ''), 1, p_used[i],
-          now() + p_ttls[i] * interval '1 millisecond')
-        ON CONFLICT (bucket, fingerprint) DO UPDATE SET
-          user_key = excluded.user_key, data = excluded.data,
-          user_data = CASE WHEN p_user IS NOT NULL THEN p_user WHEN d.expires_at > now() THEN d.user_data ELSE inherited END,
-          version = d.version + 1, used_at = excluded.used_at, expires_at = excluded.expires_at;
-      written := written || p_fingerprints[i];
+      IF found_versions[i] > 0 THEN
+        -- A live device, locked above: it keeps its credentials unless the change carries new ones.
+        UPDATE ${table} SET user_key = p_user_key, data = p_data[i], user_data = coalesce(p_user, user_data),
+            version = version + 1, used_at = p_used[i], expires_at = v_now + p_ttls[i] * interval '1 millisecond'
+          WHERE bucket = p_bucket AND fingerprint = p_fingerprints[i];
+      END IF;
+      -- A new device (an expired row at its address is replaced), or one this change deleted.
+      IF found_versions[i] = 0 OR NOT FOUND THEN
+        IF p_user IS NULL AND inherited IS NULL THEN
+          SELECT user_data INTO inherited FROM ${table}
+            WHERE user_key = p_user_key AND expires_at > v_now ORDER BY used_at DESC LIMIT 1;
+          IF inherited IS NULL THEN
+            RAISE EXCEPTION 'PostgresStore: a new device needs the user''s credentials (DeviceChange.user)';
+          END IF;
+        END IF;
+        INSERT INTO ${table} AS d (bucket, fingerprint, user_key, data, user_data, version, used_at, expires_at)
+          VALUES (p_bucket, p_fingerprints[i], p_user_key, p_data[i], coalesce(p_user, inherited), 1, p_used[i],
+            v_now + p_ttls[i] * interval '1 millisecond')
+          ON CONFLICT (bucket, fingerprint) DO UPDATE SET
+            user_key = excluded.user_key, data = excluded.data, user_data = excluded.user_data,
+            version = d.version + 1, used_at = excluded.used_at, expires_at = excluded.expires_at;
+      END IF;
     END IF;
+    IF p_data[i] IS NOT NULL THEN written := written || p_fingerprints[i]; END IF;
   END LOOP;
   IF p_limit IS NOT NULL THEN
-    SELECT count(*) - p_limit INTO excess FROM ${table} WHERE user_key = p_user_key AND expires_at > now();
+    SELECT count(*) - p_limit INTO excess FROM ${table} WHERE user_key = p_user_key AND expires_at > v_now;
     IF excess > 0 THEN
       WITH victims AS (
         SELECT bucket, fingerprint FROM ${table}
-          WHERE user_key = p_user_key AND expires_at > now() AND fingerprint <> ALL (written)
+          WHERE user_key = p_user_key AND expires_at > v_now AND fingerprint <> ALL (written)
           ORDER BY used_at, fingerprint LIMIT excess
       ), gone AS (
         DELETE FROM ${table} d USING victims v WHERE d.bucket = v.bucket AND d.fingerprint = v.fingerprint
@@ -244,25 +257,41 @@ export class PostgresStore implements PowStore {
       list: statement('list', `SELECT fingerprint, data, user_data, version FROM ${n.table} WHERE user_key = $1 AND expires_at > now() ORDER BY used_at, fingerprint`),
       commit: statement('commit', `SELECT ${n.commit}($1, $2, $3, $4, $5::text[], $6::bigint[], $7::text[], $8::bigint[], $9::float8[], $10) AS evicted`),
       users: statement('users', `SELECT DISTINCT ON (user_key) user_data FROM ${n.table} WHERE expires_at > now() ORDER BY user_key, used_at DESC`),
-      sweep: statement('sweep', `DELETE FROM ${n.table} WHERE (bucket, fingerprint) IN (SELECT bucket, fingerprint FROM ${n.table} WHERE expires_at <= now() LIMIT $1) AND expires_at <= now()`),
+      // SKIP LOCKED: instances sweeping at once take different rows, and a row a change holds waits for the next sweep.
+      sweep: statement('sweep', `DELETE FROM ${n.table} WHERE (bucket, fingerprint) IN (SELECT bucket, fingerprint FROM ${n.table} WHERE expires_at <= now() LIMIT $1 FOR UPDATE SKIP LOCKED) AND expires_at <= now()`),
       clock: statement('clock', 'SELECT extract(epoch FROM clock_timestamp())::float8 * 1000 AS now'),
       exists: statement('exists', "SELECT to_regclass($1) IS NOT NULL AS table, to_regprocedure($2) IS NOT NULL AS function, current_setting('transaction_isolation') AS isolation")
     }
     // An idle connection that breaks (the database restarts) is reported as the pool's 'error'
     // event, which would end the process without a listener; the next query answers 503.
-    pool.on('error', (err) => { this.#lastError = err })
-    if (this.#sweepInterval > 0) {
-      this.#sweepTimer = setInterval(() => { void this.sweep().catch(() => {}) }, this.#sweepInterval)
-      this.#sweepTimer.unref()
-    }
+    pool.on('error', this.#onPoolError)
+  }
+
+  readonly #onPoolError = (err: Error): void => { this.#lastError = err }
+
+  /** Starts the periodic sweep (once), unref'd: it never keeps the process alive. */
+  #startSweep (): void {
+    if (this.#sweepInterval === 0 || this.#sweepTimer !== undefined) return
+    this.#sweepTimer = setInterval(() => { void this.sweep().catch(() => {}) }, this.#sweepInterval)
+    this.#sweepTimer.unref()
   }
 
   /** Creates the schema, table, indexes and function where missing, in one transaction. */
   async migrate (): Promise<void> {
+    // Nothing to do, and no DDL (which needs rights and takes locks), when everything is there.
+    if ((await this.#check()).exists) return
     const sql = postgresSchema(this.#schemaOptions)
-    // One simple query of several statements: one transaction. The lock keeps two instances
-    // starting at once from creating the same table twice.
-    await this.#query({ text: `BEGIN; SELECT pg_advisory_xact_lock(${this.#names.lockClass}, 0); ${sql} COMMIT;` }, [])
+    // One simple query of several statements is one transaction: all of it, or (on an error)
+    // none, and the connection is left usable either way. The lock keeps two instances starting
+    // at once from creating the same table twice.
+    await this.#query({ text: `SELECT pg_advisory_xact_lock(${this.#names.lockClass}, 0); ${sql}` }, [])
+  }
+
+  /** Whether the table and function exist, and the isolation level of the pool's transactions. */
+  async #check (): Promise<{ exists: boolean, isolation: string }> {
+    const { table, commit } = this.#names
+    const [row] = await this.#run(this.#sql.exists, [table, `${commit}(text, text, text, integer, text[], bigint[], text[], bigint[], double precision[], double precision)`])
+    return { exists: row.table === true && row.function === true, isolation: String(row.isolation) }
   }
 
   /**
@@ -273,14 +302,18 @@ export class PostgresStore implements PowStore {
    * it does (with `createTables`, the table is created then if it is missing).
    */
   async ready (log?: StoreLog): Promise<void> {
-    const { table, commit } = this.#names
+    await this.#prepare(log)
+    this.#startSweep()
+  }
+
+  async #prepare (log?: StoreLog): Promise<void> {
     const options = (this.#pool as { options?: { connectionTimeoutMillis?: number } }).options
     if (options !== undefined && !(Number(options.connectionTimeoutMillis) > 0)) {
       log?.warn({}, 'PostgresStore: the pool has no connectionTimeoutMillis: while PostgreSQL is unreachable, every connection attempt holds a slot of the pool until the system gives up; set it (for example 2000)')
     }
-    let row
+    let found
     try {
-      [row] = await this.#run(this.#sql.exists, [table, `${commit}(text, text, text, integer, text[], bigint[], text[], bigint[], double precision[], double precision)`])
+      found = await this.#check()
     } catch (err) {
       if (answered(err) || log === undefined) throw err
       log.error({ err }, `PostgresStore: PostgreSQL did not answer at start, so ${this.#names.plain} was not checked; requests that need a session answer 503 until it does`)
@@ -288,10 +321,10 @@ export class PostgresStore implements PowStore {
     }
     // The function reads what the changes before it wrote once it holds the user's lock: each
     // of its statements needs a snapshot of its own, which only read committed gives.
-    if (row.isolation !== 'read committed') {
-      throw new Error(`PostgresStore: the pool's connections run transactions at ${String(row.isolation)}; the store needs read committed (PostgreSQL's default): set default_transaction_isolation to 'read committed' for its role or in the pool's options`)
+    if (found.isolation !== 'read committed') {
+      throw new Error(`PostgresStore: the pool's connections run transactions at ${found.isolation}; the store needs read committed (PostgreSQL's default): set default_transaction_isolation to 'read committed' for its role or in the pool's options`)
     }
-    if (row.table === true && row.function === true) return
+    if (found.exists) return
     if (this.#createTables) return await this.migrate()
     throw new Error(`PostgresStore: the table ${this.#names.plain} or its function is missing: run store.migrate(), pass createTables: true, or apply the SQL of postgresSchema() (sql/postgres.sql in the package)`)
   }
@@ -300,6 +333,7 @@ export class PostgresStore implements PowStore {
   async close (): Promise<void> {
     clearInterval(this.#sweepTimer)
     this.#sweepTimer = undefined
+    ;(this.#pool as { removeListener?: (event: 'error', listener: (err: Error) => void) => unknown }).removeListener?.('error', this.#onPoolError)
   }
 
   /** Deletes expired rows, at most `sweepLimit`, in batches of 1000; returns how many. */

@@ -1,9 +1,9 @@
 /**
  * PostgreSQL for tests: the machine's server (POW_TEST_POSTGRES_URL, default
  * postgres://postgres@127.0.0.1:5432/postgres), in a database of each test's own that is created
- * with a random name and dropped when the test ends, also when it fails. No other database is
- * touched, but for ones this harness created in an earlier run whose process is gone (a run that
- * was killed before its teardown), which are dropped.
+ * with a random name (`pow_test_<pid>_<hex>`) and dropped when the test ends, also when it fails.
+ * No other database is touched: a run killed before its teardowns leaves its databases behind,
+ * and only a person drops them.
  *
  * Without a reachable server the PostgreSQL tests skip with a loud message; under CI=true they fail.
  */
@@ -52,27 +52,6 @@ export function pgTest (name: string, options: { timeout?: number }, fn: (t: Tes
 /** Whether the PostgreSQL tests run here. */
 export const postgresAvailable = problem === null
 
-function pidAlive (pid: number): boolean {
-  try {
-    process.kill(pid, 0)
-    return true
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM'
-  }
-}
-
-let swept = false
-/** Drops databases of this harness whose process is gone. */
-async function sweepLeftovers (client: pg.Client): Promise<void> {
-  if (swept) return
-  swept = true
-  const { rows } = await client.query('SELECT datname FROM pg_database WHERE datname LIKE $1', [`${PREFIX}%`])
-  for (const { datname } of rows as Array<{ datname: string }>) {
-    const pid = Number(/^pow_test_(\d+)_[0-9a-f]+$/.exec(datname)?.[1])
-    if (Number.isInteger(pid) && pid > 0 && !pidAlive(pid)) await client.query(`DROP DATABASE IF EXISTS "${datname}" WITH (FORCE)`).catch(() => {})
-  }
-}
-
 /** A database of the test's own. */
 export interface TestDatabase {
   readonly name: string
@@ -88,7 +67,6 @@ export interface TestDatabase {
 export async function createDatabase (t: Test): Promise<TestDatabase> {
   const name = `${PREFIX}${process.pid}_${randomBytes(6).toString('hex')}`
   await admin(async (client) => {
-    await sweepLeftovers(client)
     await client.query(`CREATE DATABASE "${name}"`)
   })
   const url = new URL(ADMIN_URL)
