@@ -98,8 +98,9 @@ pgTest('migrate is idempotent, also run by several instances at once; the SQL fi
   const indexes = await db.query("SELECT indexname FROM pg_indexes WHERE tablename = 'pow_devices' ORDER BY 1")
   t.same(indexes.rows.map((r) => r.indexname), ['pow_devices_expiry', 'pow_devices_pkey', 'pow_devices_user'])
 
-  const file = await readFile(new URL('../sql/postgres.sql', import.meta.url), 'utf8')
-  t.ok(file.endsWith(postgresSchema()), 'sql/postgres.sql holds postgresSchema() with the defaults')
+  const file = await readFile(new URL('../lib/stores/postgres.sql', import.meta.url), 'utf8')
+  // After a change of the SQL: npx tsx -e "import('./lib/stores/postgres.ts').then((m) => process.stdout.write(m.postgresSchema()))", below the file's header.
+  t.ok(file.endsWith(postgresSchema()), 'lib/stores/postgres.sql holds postgresSchema() with the defaults')
   // Applied by hand, as a team that runs its own migrations would, in a database of its own.
   const other = await createDatabase(t)
   await other.query(`BEGIN; ${file} COMMIT;`)

@@ -74,7 +74,7 @@ function names (schema: string, prefix: string): Names {
 
 /**
  * The schema: one table of devices and the function that applies a change. Idempotent (a second
- * run changes nothing), for `migrate()` and for `sql/postgres.sql`.
+ * run changes nothing), for `migrate()` and for `lib/stores/postgres.sql`.
  *
  * A row is a device, addressed by the bucket of its user and its fingerprint: `data` is the
  * device record (JSON written by lib/lifecycle.ts, opaque here), `user_data` a copy of the
@@ -326,7 +326,7 @@ export class PostgresStore implements PowStore {
     }
     if (found.exists) return
     if (this.#createTables) return await this.migrate()
-    throw new Error(`PostgresStore: the table ${this.#names.plain} or its function is missing: run store.migrate(), pass createTables: true, or apply the SQL of postgresSchema() (sql/postgres.sql in the package)`)
+    throw new Error(`PostgresStore: the table ${this.#names.plain} or its function is missing: run store.migrate(), pass createTables: true, or apply the SQL of postgresSchema() (lib/stores/postgres.sql in the package)`)
   }
 
   /** Stops the sweep. The pool stays open: it is the application's. */
