@@ -57,7 +57,6 @@ function census (): Map<string, { bytes: number, count: number }> {
   return result
 }
 
-
 async function main (): Promise<string> {
   const store = new MemoryStore()
   const before = withCensus ? census() : new Map()

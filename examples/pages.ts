@@ -131,12 +131,12 @@ export async function pages (app: FastifyInstance, options: PagesOptions): Promi
     const message = err.code === 'POW_ERR_SIGN_IN_REVOKED'
       ? 'Another of your devices signed everyone else out while you were signing in. Sign in again.'
       : status === 403
-      ? 'Your form expired. Go back, reload the page and try again.'
-      : status === 429
-        ? 'Too many attempts. Wait a minute and try again.'
-        : status === 503
-          ? 'Sign-in is unavailable right now. Try again in a moment.'
-          : status >= 500 ? 'Something went wrong.' : 'That request was not understood.'
+        ? 'Your form expired. Go back, reload the page and try again.'
+        : status === 429
+          ? 'Too many attempts. Wait a minute and try again.'
+          : status === 503
+            ? 'Sign-in is unavailable right now. Try again in a moment.'
+            : status >= 500 ? 'Something went wrong.' : 'That request was not understood.'
     return reply.code(status).type('text/html; charset=utf-8').send(layout({
       title: 'Error',
       body: `<div class="card"><h1>${status === 429 ? 'Slow down' : 'Sorry'}</h1><p class="error">${escapeHtml(message)}</p><p><a href="/">Back</a></p></div>`

@@ -5,7 +5,6 @@ import { deviceDelete, deviceWrite, type Loaded, minter } from './devices.js'
 import { PowMetadataTooLargeError, PowNotSignedInError } from './errors.js'
 import { type Device, isLive, isRemembered, showSession, showToken, signIn, type Step } from './lifecycle.js'
 import { copyMetadata } from './parsed.js'
-import type { PowPersistentSession } from './persistent-session.js'
 import type { Pow, Verified } from './pow.js'
 import type { DeletedReason, DeviceWrite, PowEvent, PowMetadata, PowUser, SessionInfo, SessionMetadata } from './types.js'
 

@@ -10,7 +10,6 @@ import type { FastifyBaseLogger, FastifyRequest } from 'fastify'
  * }
  * ```
  */
-// eslint-disable-next-line @typescript-eslint/no-empty-interface
 export interface PowUser {}
 
 /** Custom metadata an application stores with a session (user agent, IP, ...). Must be JSON-serializable. */

@@ -18,7 +18,6 @@ const TOKEN = 'pow_persistent_session'
 const GRACE = 1000
 const OPTIONS: Partial<PowOptions> = { session: { ttl: 30 * 60_000, renewAfter: 60_000, rotationGrace: GRACE } }
 
-
 interface Alarms { list: string[] }
 
 async function setup (t: Test, makeStore: (t: Test) => Promise<PowStore>): Promise<{ app: FastifyInstance, alarms: Alarms, tick: (ms: number) => void }> {

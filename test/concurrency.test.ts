@@ -794,76 +794,78 @@ const backends: Array<[string, TwoStores, (name: string, fn: (t: Test) => Promis
   }, (name, fn) => { pgTest(name, { timeout: 300_000 }, fn) }]
 ]
 
-for (const [backend, makeStores, define] of backends) define(`randomized interleavings over two instances on ${backend} keep the session invariants`, async (t) => {
-  const started = performance.now()
-  const clock = fakeClock(t, Date.now())
-  const { storeA, storeB } = await makeStores(t)
-  const jitterA = jitterStore(storeA)
-  const jitterB = jitterStore(storeB)
-  const options = { session: { renewAfter: RENEW_AFTER, rotationGrace: GRACE } }
-  const a = await buildApp(t, { ...options, store: jitterA.store })
-  const b = await buildApp(t, { ...options, store: jitterB.store })
+for (const [backend, makeStores, define] of backends) {
+  define(`randomized interleavings over two instances on ${backend} keep the session invariants`, async (t) => {
+    const started = performance.now()
+    const clock = fakeClock(t, Date.now())
+    const { storeA, storeB } = await makeStores(t)
+    const jitterA = jitterStore(storeA)
+    const jitterB = jitterStore(storeB)
+    const options = { session: { renewAfter: RENEW_AFTER, rotationGrace: GRACE } }
+    const a = await buildApp(t, { ...options, store: jitterA.store })
+    const b = await buildApp(t, { ...options, store: jitterB.store })
 
-  const world: World = {
-    a,
-    b,
-    storeA,
-    storeB,
-    jitterA,
-    jitterB,
-    clock,
-    created: new Map(),
-    reuse: [],
-    revoked: [],
-    counters: { interleavings: 0, steps: 0, ops: 0, requests: 0, checks: 0, renewals: 0, claims: 0, logins: 0, updates: 0, revocations: 0 },
-    genIds: 0,
-    names: 0
-  }
-  const opOf = (request: { headers: Record<string, unknown> } | undefined): string => String(request?.headers['x-op'] ?? '')
-  for (const instance of [a, b]) {
-    instance.pow.on('session:created', (event) => { world.created.set(opOf(event.request), event.fingerprint) })
-    instance.pow.on('session:renewed', () => { world.counters.renewals++ })
-    instance.pow.on('persistent:used', () => { world.counters.claims++ })
-    for (const kind of ['session:reuse', 'persistent:reuse'] as const) {
-      instance.pow.on(kind, (event) => { world.reuse.push([opOf(event.request), event.fingerprint, kind]) })
+    const world: World = {
+      a,
+      b,
+      storeA,
+      storeB,
+      jitterA,
+      jitterB,
+      clock,
+      created: new Map(),
+      reuse: [],
+      revoked: [],
+      counters: { interleavings: 0, steps: 0, ops: 0, requests: 0, checks: 0, renewals: 0, claims: 0, logins: 0, updates: 0, revocations: 0 },
+      genIds: 0,
+      names: 0
     }
-  }
-  t.comment(`concurrency: seed ${SEED}${PATH === undefined ? '' : ` path ${PATH}`} (replay: CONCURRENCY_SEED=${SEED})`)
-
-  await fc.assert(fc.asyncProperty(scenarioArb, async (sc) => { await runScenario(world, sc) }), {
-    numRuns: RUNS,
-    seed: SEED,
-    ...(PATH === undefined ? {} : { path: PATH })
-  })
-
-  // Invariant 2 for every cookie value of every ended generation, once more after the last
-  // interleaving: nothing written since (a late write of a racing request) brought a device back.
-  const failures: string[] = []
-  const probes: Array<() => Promise<void>> = []
-  for (const gen of world.revoked) {
-    const values = [...gen.sessions.map((v) => `${SESSION}=${v}`), ...gen.tokens.map((v) => `${TOKEN}=${v}`)]
-    for (const cookie of values) {
-      for (const on of ['A', 'B'] as const) {
-        probes.push(async () => {
-          const res = await inject(world, on, { method: 'GET', url: '/me' }, cookie, 'sweep')
-          world.counters.checks++
-          if (res.statusCode !== 401) {
-            failures.push(`interleaving ${gen.run}: ${genLabel(gen)} of b${gen.browser}, ended by ${gen.revoked}, authenticates on ${on} with ${cookie.startsWith(SESSION) ? 'a session id' : 'a remember-me token'} it held: ${res.statusCode}`)
-          }
-        })
+    const opOf = (request: { headers: Record<string, unknown> } | undefined): string => String(request?.headers['x-op'] ?? '')
+    for (const instance of [a, b]) {
+      instance.pow.on('session:created', (event) => { world.created.set(opOf(event.request), event.fingerprint) })
+      instance.pow.on('session:renewed', () => { world.counters.renewals++ })
+      instance.pow.on('persistent:used', () => { world.counters.claims++ })
+      for (const kind of ['session:reuse', 'persistent:reuse'] as const) {
+        instance.pow.on(kind, (event) => { world.reuse.push([opOf(event.request), event.fingerprint, kind]) })
       }
     }
-  }
-  for (let i = 0; i < probes.length; i += 64) await Promise.all(probes.slice(i, i + 64).map(async (probe) => { await probe() }))
-  t.same(failures, [], `no ended generation authenticates again (${probes.length} cookies tried after the grace)`)
+    t.comment(`concurrency: seed ${SEED}${PATH === undefined ? '' : ` path ${PATH}`} (replay: CONCURRENCY_SEED=${SEED})`)
 
-  const c = world.counters
-  const seconds = ((performance.now() - started) / 1000).toFixed(1)
-  t.comment(`concurrency: ${c.interleavings} interleavings, ${c.steps} steps, ${c.ops} concurrent operations, ${c.requests} requests ` +
+    await fc.assert(fc.asyncProperty(scenarioArb, async (sc) => { await runScenario(world, sc) }), {
+      numRuns: RUNS,
+      seed: SEED,
+      ...(PATH === undefined ? {} : { path: PATH })
+    })
+
+    // Invariant 2 for every cookie value of every ended generation, once more after the last
+    // interleaving: nothing written since (a late write of a racing request) brought a device back.
+    const failures: string[] = []
+    const probes: Array<() => Promise<void>> = []
+    for (const gen of world.revoked) {
+      const values = [...gen.sessions.map((v) => `${SESSION}=${v}`), ...gen.tokens.map((v) => `${TOKEN}=${v}`)]
+      for (const cookie of values) {
+        for (const on of ['A', 'B'] as const) {
+          probes.push(async () => {
+            const res = await inject(world, on, { method: 'GET', url: '/me' }, cookie, 'sweep')
+            world.counters.checks++
+            if (res.statusCode !== 401) {
+              failures.push(`interleaving ${gen.run}: ${genLabel(gen)} of b${gen.browser}, ended by ${gen.revoked}, authenticates on ${on} with ${cookie.startsWith(SESSION) ? 'a session id' : 'a remember-me token'} it held: ${res.statusCode}`)
+            }
+          })
+        }
+      }
+    }
+    for (let i = 0; i < probes.length; i += 64) await Promise.all(probes.slice(i, i + 64).map(async (probe) => { await probe() }))
+    t.same(failures, [], `no ended generation authenticates again (${probes.length} cookies tried after the grace)`)
+
+    const c = world.counters
+    const seconds = ((performance.now() - started) / 1000).toFixed(1)
+    t.comment(`concurrency: ${c.interleavings} interleavings, ${c.steps} steps, ${c.ops} concurrent operations, ${c.requests} requests ` +
     `(${c.logins} logins, ${c.updates} updates, ${c.renewals} renewals, ${c.claims} remember-me sign-ins, ${c.revocations} browsers signed out or revoked), ` +
     `${c.checks} invariant checks, ${seconds} s`)
-  t.ok(c.renewals > 0 && c.claims > 0 && c.revocations > 0, 'renewals, remember-me sign-ins and revocations all happened')
-})
+    t.ok(c.renewals > 0 && c.claims > 0 && c.revocations > 0, 'renewals, remember-me sign-ins and revocations all happened')
+  })
+}
 
 // ---------------------------------------------------------------------------------------------
 // The races the randomized test runs by chance, each at its exact point: instance A has read the

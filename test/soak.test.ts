@@ -415,6 +415,7 @@ test(`soak: ${SOAK_SECONDS} s at ${SOAK_RATE} requests/s on a MemoryStore and on
   const maxSize = { devices: 0, users: 0, heap: 0 }
   let maxHeap = 0
   const sampler = (async () => {
+    // eslint-disable-next-line no-unmodified-loop-condition -- cleared when the load ends
     while (sampling) {
       await sleep(SAMPLE_MS)
       samples++

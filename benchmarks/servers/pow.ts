@@ -35,7 +35,6 @@ async function redisClient (): Promise<Redis> {
   return redis
 }
 
-
 const info: Record<string, unknown> = { store: kind, prefill }
 let store: Pow.PowStore
 let client: Redis | undefined

@@ -35,6 +35,7 @@ let count = 0
 process.on('message', (message) => { if (message === 'stop') running = false })
 ;(process.send as (m: unknown) => void)('ready')
 await Promise.all(Array.from({ length: concurrency }, async () => {
+  // eslint-disable-next-line no-unmodified-loop-condition -- set by the message listener
   while (running) {
     await login()
     count++
