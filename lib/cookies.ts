@@ -1,5 +1,9 @@
-import type { CookieSerializeOptions } from '@fastify/cookie'
+import { stringifySetCookie } from 'cookie'
 import type { FastifyReply } from 'fastify'
+import type { CookieAttributes } from './options.js'
+
+// What a cleared cookie is sent with, over its own attributes: the browser drops it at once.
+const CLEARED = { expires: new Date(0), maxAge: 0 }
 
 /**
  * The cookies one request's session helpers want to set. They reach the reply only when the
@@ -8,18 +12,22 @@ import type { FastifyReply } from 'fastify'
  */
 export class PendingCookies {
   #reply: FastifyReply
-  #pending: Array<[string, string | null, CookieSerializeOptions]> = []
+  #pending: Array<[string, string | null, CookieAttributes]> = []
   #depth = 0
+  /** Cookie name -> the header this request's calls wrote for it; made on the first write. */
+  #written: Map<string, string> | undefined
+  /** The headers written so far. */
+  #sent: string[] | undefined
 
   constructor (reply: FastifyReply) {
     this.#reply = reply
   }
 
-  set (name: string, value: string, options: CookieSerializeOptions): void {
+  set (name: string, value: string, options: CookieAttributes): void {
     this.#pending.push([name, value, options])
   }
 
-  clear (name: string, options: CookieSerializeOptions): void {
+  clear (name: string, options: CookieAttributes): void {
     this.#pending.push([name, null, options])
   }
 
@@ -57,9 +65,22 @@ export class PendingCookies {
     // Taken first: a cookie the reply refuses (it throws) is not written again by a later call.
     const pending = this.#pending
     this.#pending = []
+    const reply = this.#reply
+    const written = this.#written ??= new Map()
     for (const [name, value, options] of pending) {
-      if (value === null) this.#reply.clearCookie(name, options)
-      else this.#reply.setCookie(name, value, options)
+      written.set(name, value === null ? stringifySetCookie({ ...options, ...CLEARED, name, value: '' }) : stringifySetCookie({ ...options, name, value }))
     }
+    // Written as headers, not through @fastify/cookie's reply.setCookie: fastify-pow needs no
+    // cookie plugin, and an app's own @fastify/cookie (registered before or after fastify-pow,
+    // with options of its own) adds its cookies to these. One header per cookie name: a later
+    // call of the same request (a sign-in after the hook renewed) replaces what an earlier wrote.
+    if (this.#sent !== undefined) {
+      const mine = new Set(this.#sent)
+      const others = ([] as Array<string | number>).concat(reply.getHeader('set-cookie') ?? []).filter((h) => !mine.has(String(h)))
+      reply.removeHeader('set-cookie')
+      if (others.length > 0) reply.header('set-cookie', others)
+    }
+    const sent = this.#sent = [...written.values()]
+    reply.header('set-cookie', sent.length === 1 ? sent[0] : sent)
   }
 }

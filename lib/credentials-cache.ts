@@ -1,9 +1,9 @@
 import { hashSecret, isSecret, newSecret, randomFingerprint, secretDevice, userBucket } from './crypto.js'
 import { deviceWrite } from './devices.js'
-import { showSession, signIn } from './lifecycle.js'
+import { isLive, showSession, signIn } from './lifecycle.js'
 import type { Pow } from './pow.js'
 import { toMetadata, toSessionInfos } from './session.js'
-import type { PowMetadata, PowUser, SessionInfo, SessionMetadata } from './types.js'
+import type { PowActor, PowMetadata, PowUser, SessionInfo, SessionMetadata } from './types.js'
 
 /** A user, or the user's id (what `userId(user)` returns). */
 export type UserOrId = PowUser | string | number
@@ -29,7 +29,7 @@ export class CredentialsCache {
    * Signs `user` in on a new device under `sessionId` (from `generateId(user)`), for the
    * session TTL. `metadata` is stored with it, as `create()` does.
    */
-  async put (sessionId: string, user: PowUser, metadata: PowMetadata = {}): Promise<void> {
+  async put (sessionId: string, user: PowUser, metadata: PowMetadata = {}, by: PowActor = {}): Promise<void> {
     const { config } = this.#pow
     const userKey = config.userKey(user)
     if (!isSecret(sessionId) || !sessionId.startsWith(userBucket(userKey))) {
@@ -45,7 +45,7 @@ export class CredentialsCache {
       limit: config.maxDevices
     })
     if (!ok) throw new TypeError('fastify-pow: credentials.put was given a session id that is stored already')
-    this.#pow.notifyEvicted({ user, userKey }, evicted)
+    this.#pow.notifyEvicted({ ...actor(by), user, userKey }, evicted)
   }
 
   /** The user and metadata of the device `sessionId` signs in, or null. Reads only: a renewal due is left to the browser's next request. */
@@ -59,13 +59,20 @@ export class CredentialsCache {
     return step.auth === 'session' ? { user: JSON.parse(loaded.user), metadata: toMetadata(loaded.device) } : null
   }
 
-  /** Ends the device `sessionId` belongs to (its remember-me token too); false when there was none. */
-  async delete (sessionId: string): Promise<boolean> {
+  /**
+   * Ends the device `sessionId` belongs to (its remember-me token too); false when there was
+   * none. `session:deleted` (reason `'revoked'`) carries `by`.
+   */
+  async delete (sessionId: string, by: PowActor = {}): Promise<boolean> {
     if (!isSecret(sessionId)) return false
     const { bucket, fingerprint } = secretDevice(sessionId)
     const loaded = await this.#pow.devices.read(bucket, fingerprint)
     if (loaded === null) return false
-    await this.#pow.devices.end(loaded.device.userKey, fingerprint)
+    const { userKey } = loaded.device
+    await this.#pow.devices.end(userKey, fingerprint)
+    if (isLive(loaded.device, Date.now(), this.#pow.config.rules) && this.#pow.listenerCount('session:deleted') > 0) {
+      this.#pow.notify('session:deleted', { ...actor(by), user: JSON.parse(loaded.user) as PowUser, userKey, fingerprint, reason: 'revoked' })
+    }
     return true
   }
 
@@ -81,16 +88,18 @@ export class CredentialsCache {
   }
 
   /**
-   * Ends the user's devices, all but the fingerprint `except` (for example
-   * `request.powSession.metadata.fingerprint` after a password change). Returns the
-   * fingerprints that were ended.
+   * Ends the user's devices, all but the fingerprint `except` (after a password change:
+   * `request.powSession.metadata?.fingerprint`). Returns the fingerprints that were ended; each
+   * fires `session:deleted` (reason `'revoked'`) with the `request` or `actor` given.
    */
-  async deleteUserSessions (user: UserOrId, options: { except?: string } = {}): Promise<string[]> {
+  async deleteUserSessions (user: UserOrId, options: PowActor & { except?: string | undefined } = {}): Promise<string[]> {
     const userKey = this.#userKey(user)
-    const revoked = await this.#pow.devices.revokeAll(userKey, options.except)
-    const known = typeof user === 'object' ? user : null
-    for (const fingerprint of revoked) this.#pow.notify('session:deleted', { user: known, userKey, fingerprint, reason: 'revoked' })
-    return revoked
+    const { fingerprints, user: stored } = await this.#pow.devices.revokeAll(userKey, options.except)
+    if (fingerprints.length > 0 && this.#pow.listenerCount('session:deleted') > 0) {
+      const shown = stored === null ? user as PowUser : JSON.parse(stored) as PowUser
+      for (const fingerprint of fingerprints) this.#pow.notify('session:deleted', { ...actor(options), user: shown, userKey, fingerprint, reason: 'revoked' })
+    }
+    return fingerprints
   }
 
   /** Stores new credentials for the user: every device of the user sees them on its next request. */
@@ -103,4 +112,12 @@ export class CredentialsCache {
     if ((typeof user === 'string' && user !== '') || (typeof user === 'number' && Number.isFinite(user))) return String(user)
     return this.#pow.config.userKey(user)
   }
+}
+
+/** What an event says of who acted: only the fields given. */
+function actor (by: PowActor): PowActor {
+  const shown: PowActor = {}
+  if (by.request !== undefined) shown.request = by.request
+  if (by.actor !== undefined) shown.actor = by.actor
+  return shown
 }

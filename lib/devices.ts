@@ -2,7 +2,7 @@ import { newSecret, userBucket } from './crypto.js'
 import { storeError } from './errors.js'
 import { type Device, isLive, type Mint, type Rules, type Step, storeTtl } from './lifecycle.js'
 import { ParsedRecords } from './parsed.js'
-import type { CommitResult, DeviceWrite, PowStore } from './types.js'
+import type { CommitResult, DeviceWrite, PowStore, StoredDevice } from './types.js'
 
 /** A device as read: the record, the user's credentials (JSON text) and the version a write must name. */
 export interface Loaded {
@@ -141,13 +141,17 @@ export class Devices {
     await this.commit(userKey, [deviceDelete(fingerprint, Date.now())])
   }
 
-  /** Ends the user's devices but `except`; returns the fingerprints of those that were live. */
-  async revokeAll (userKey: string, except?: string): Promise<string[]> {
+  /**
+   * Ends the user's devices but `except`; returns the fingerprints of those that were live, and
+   * the user's credentials (JSON text) as the store had them (null when it had no device).
+   */
+  async revokeAll (userKey: string, except?: string): Promise<{ fingerprints: string[], user: string | null }> {
     const now = Date.now()
     const doomed = (await this.#store.list(userKey)).filter((stored) => stored.fingerprint !== except)
-    if (doomed.length === 0) return []
+    if (doomed.length === 0) return { fingerprints: [], user: null }
     await this.commit(userKey, doomed.map((stored) => deviceDelete(stored.fingerprint, now)))
-    return doomed.filter((stored) => isLive(this.#parsed.get(stored.data, stored.fingerprint), now, this.#rules)).map((stored) => stored.fingerprint)
+    const fingerprints = doomed.filter((stored) => isLive(this.#parsed.get(stored.data, stored.fingerprint), now, this.#rules)).map((stored) => stored.fingerprint)
+    return { fingerprints, user: (doomed[0] as StoredDevice).user }
   }
 
   /** Ends one device of the user; false when the user has no such live device. */

@@ -1,55 +1,102 @@
-import createError from '@fastify/error'
+// fastify-pow's errors are plain classes: `instanceof` works, their declarations need no other
+// package's types, and each can be constructed with no arguments. Fastify answers an error with
+// its `statusCode` and shows its `code` and `message`; a message is for the client to read, so
+// details go in other properties, which Fastify's logger prints.
 
-/** An invalid plugin option; `error.option` names it (for example `session.ttl`). */
-export const PowOptionError = createError<[string, string]>(
-  'POW_ERR_OPTION',
-  'fastify-pow option "%s" %s',
-  500,
-  TypeError
-)
+/** An invalid plugin option; `error.option` names it (for example `session.ttl`). Fails `app.ready()`. */
+export class PowOptionError extends TypeError {
+  override name = 'PowOptionError'
+  readonly code = 'POW_ERR_OPTION'
+  readonly statusCode = 500
+  /** The option, as written in the plugin's options (`session.ttl`). */
+  readonly option: string | undefined
 
-/** The store failed or timed out; answered with 503 and no cookie change. */
-export const PowStoreError = createError(
-  'POW_ERR_STORE_UNAVAILABLE',
-  'Session store unavailable',
-  503
-)
-
-/** A helper that needs a signed-in user was called on an anonymous request. */
-export const PowNotSignedInError = createError<[string]>(
-  'POW_ERR_NOT_SIGNED_IN',
-  'request.powSession.%s() needs a signed-in user',
-  401
-)
-
-/**
- * `request.powSession.create()` lost a race: another request (say "sign out everywhere else" on
- * another device) revoked the new session before its remember-me token was stored. Nothing is
- * signed in and no cookie is changed; answered 401.
- */
-export const PowSignInRevokedError = createError(
-  'POW_ERR_SIGN_IN_REVOKED',
-  'The new session was revoked while it was being created',
-  401
-)
-
-/** `create()` was given metadata whose JSON is longer than the `maxMetadataBytes` option. */
-export const PowMetadataTooLargeError = createError<[number]>(
-  'POW_ERR_METADATA_TOO_LARGE',
-  'Session metadata is larger than maxMetadataBytes (%d bytes of JSON)',
-  400
-)
-
-export function optionError (option: string, problem: string): Error & { option: string } {
-  const err = new PowOptionError(option, problem) as unknown as Error & { option: string }
-  err.option = option
-  return err
+  constructor (option?: string, problem?: string) {
+    super(option === undefined ? 'Invalid fastify-pow option' : `fastify-pow option "${option}" ${problem ?? 'is invalid'}`)
+    this.option = option
+  }
 }
 
 /**
- * The 503 carries no cause: the store's own error is logged once per outage by fastify-pow, not
- * again with every failed request that Fastify's error handler logs.
+ * The store failed or timed out: 503, and no cookie changes. It carries no cause: fastify-pow
+ * logs the store's own error once per outage, not again with every request that fails.
  */
-export function storeError (): Error {
+export class PowStoreError extends Error {
+  override name = 'PowStoreError'
+  readonly code = 'POW_ERR_STORE_UNAVAILABLE'
+  readonly statusCode = 503
+
+  constructor () {
+    super('Session store unavailable')
+  }
+}
+
+/**
+ * The `reloadUser` option threw: 503, and no cookie changes. As with the store, its error is
+ * logged once per outage.
+ */
+export class PowReloadUserError extends Error {
+  override name = 'PowReloadUserError'
+  readonly code = 'POW_ERR_RELOAD_USER'
+  readonly statusCode = 503
+
+  constructor () {
+    super('User unavailable')
+  }
+}
+
+/**
+ * A signed-in user is needed (`requireUser()`, `sessions()`, ...): 401 "Not signed in".
+ * `helper` says which call asked, for the log.
+ */
+export class PowNotSignedInError extends Error {
+  override name = 'PowNotSignedInError'
+  readonly code = 'POW_ERR_NOT_SIGNED_IN'
+  readonly statusCode = 401
+  /** The call that needed a user, as `request.powSession.sessions()`. */
+  readonly helper: string | undefined
+
+  constructor (helper?: string) {
+    super('Not signed in')
+    this.helper = helper
+  }
+}
+
+/**
+ * `request.powPersistentSession.create()` lost a race: another request (say "sign out everywhere
+ * else" on another device) revoked the new session before its remember-me token was stored.
+ * Nothing is signed in and no cookie is changed; answered 401.
+ */
+export class PowSignInRevokedError extends Error {
+  override name = 'PowSignInRevokedError'
+  readonly code = 'POW_ERR_SIGN_IN_REVOKED'
+  readonly statusCode = 401
+
+  constructor () {
+    super('The new session was revoked while it was being created')
+  }
+}
+
+/** `create()` was given metadata whose JSON is longer than the `maxMetadataBytes` option: 400. */
+export class PowMetadataTooLargeError extends Error {
+  override name = 'PowMetadataTooLargeError'
+  readonly code = 'POW_ERR_METADATA_TOO_LARGE'
+  readonly statusCode = 400
+  /** The `maxMetadataBytes` option. */
+  readonly maxMetadataBytes: number | undefined
+
+  constructor (maxMetadataBytes?: number) {
+    super(maxMetadataBytes === undefined
+      ? 'Session metadata is too large'
+      : `Session metadata is larger than maxMetadataBytes (${maxMetadataBytes} bytes of JSON)`)
+    this.maxMetadataBytes = maxMetadataBytes
+  }
+}
+
+export function optionError (option: string, problem: string): PowOptionError {
+  return new PowOptionError(option, problem)
+}
+
+export function storeError (): PowStoreError {
   return new PowStoreError()
 }

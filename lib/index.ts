@@ -1,4 +1,4 @@
-import fastifyCookie from '@fastify/cookie'
+import { parseCookie as parseCookies } from 'cookie'
 import type { FastifyInstance, FastifyPluginAsync } from 'fastify'
 import fp from 'fastify-plugin'
 import { optionError } from './errors.js'
@@ -27,10 +27,12 @@ declare module 'fastify' {
 const plugin: FastifyPluginAsync<PowOptions> = async function fastifyPow (fastify: FastifyInstance, opts: PowOptions) {
   const config = buildConfig(opts)
   const store = config.store ?? defaultStore(fastify)
-  if (!fastify.hasReplyDecorator('setCookie')) await fastify.register(fastifyCookie)
   // A store that needs it checks (or creates) its tables now: a missing migration fails app.ready().
   if (typeof store.ready === 'function') await store.ready(fastify.log)
   if (typeof store.close === 'function') fastify.addHook('onClose', async () => { await store.close?.() })
+  if (store instanceof MemoryStore && process.env.NODE_ENV === 'production') {
+    fastify.log.warn('fastify-pow: sessions are kept in memory (MemoryStore) under NODE_ENV=production: they are lost on restart and not shared with other instances; register @fastify/redis or @fastify/postgres before fastify-pow, or pass the store option')
+  }
   if (config.store === undefined && store instanceof MemoryStore) {
     fastify.addHook('onReady', async function powLateStore () {
       for (const [name, plugin] of [['redis', '@fastify/redis'], ['pg', '@fastify/postgres']]) {
@@ -54,8 +56,8 @@ const plugin: FastifyPluginAsync<PowOptions> = async function fastifyPow (fastif
     const session = new PowSession(pow, request, reply)
     request.powSession = session
     const header = request.headers.cookie
-    // @fastify/cookie parses in its own onRequest hook unless the app registered it with another hook.
-    const cookies = header === undefined ? undefined : request.cookies ?? fastify.parseCookie(header)
+    // An app's @fastify/cookie, registered before fastify-pow, has parsed them already.
+    const cookies = header === undefined ? undefined : (request as { cookies?: Record<string, string | undefined> }).cookies ?? parseCookies(header)
     const sidCookie = cookies?.[sessionCookie]
     const tokenCookie = persistentCookie === undefined ? undefined : cookies?.[persistentCookie]
     const persistent = persistentCookie === undefined ? null : new PowPersistentSession(pow, request, session, tokenCookie !== undefined)
@@ -114,7 +116,7 @@ export { MemoryStore } from './stores/memory.js'
 export { RedisStore, type RedisStoreOptions } from './stores/redis.js'
 export { PostgresStore, postgresSchema, type PostgresStoreOptions, type PgPool, type PgClient } from './stores/postgres.js'
 export { userBucket } from './crypto.js'
-export { PowOptionError, PowStoreError, PowNotSignedInError, PowSignInRevokedError, PowMetadataTooLargeError } from './errors.js'
+export { PowOptionError, PowStoreError, PowReloadUserError, PowNotSignedInError, PowSignInRevokedError, PowMetadataTooLargeError } from './errors.js'
 export { Pow } from './pow.js'
 export { CredentialsCache } from './credentials-cache.js'
 export { PowSession, type CreateOptions } from './session.js'

@@ -1,17 +1,21 @@
-import type { CookieSerializeOptions } from '@fastify/cookie'
 import type { FastifyRequest } from 'fastify'
 import { optionError } from './errors.js'
 import type { Rules } from './lifecycle.js'
-import type { PowOptions, PowStore, PowUser } from './types.js'
+import type { PowCookieOptions, PowOptions, PowStore, PowUser } from './types.js'
 
 const MINUTE = 60_000
 const DAY = 24 * 60 * MINUTE
 export const STORE_METHODS = ['read', 'list', 'commit', 'users'] as const
 
+/** A cookie's attributes as fastify-pow writes them. */
+export type CookieAttributes = PowCookieOptions & { maxAge?: number }
+
 export interface CookieConfig {
   name: string
-  options: CookieSerializeOptions
+  options: CookieAttributes
 }
+
+const COOKIE_ATTRIBUTES = new Set(['domain', 'path', 'sameSite', 'secure', 'httpOnly', 'partitioned', 'priority'])
 
 export interface Config {
   secrets: string[]
@@ -55,14 +59,17 @@ function cookieConfig (
     throw optionError(`${prefix}.cookieName`, 'must be a valid cookie name')
   }
   if (cookie !== undefined && !isObject(cookie)) throw optionError(`${prefix}.cookie`, 'must be an object')
+  for (const key of Object.keys(cookie ?? {})) {
+    if (!COOKIE_ATTRIBUTES.has(key)) throw optionError(`${prefix}.cookie.${key}`, `is not an attribute fastify-pow lets you set (${[...COOKIE_ATTRIBUTES].join(', ')})`)
+  }
   const cookieName = (name as string | undefined) ?? fallbackName
   const hostPrefixed = cookieName.startsWith('__Host-')
-  const options: CookieSerializeOptions = {
+  const options: CookieAttributes = {
     httpOnly: true,
     sameSite: 'lax',
     path: '/',
     secure: hostPrefixed || cookieName.startsWith('__Secure-') || process.env.NODE_ENV === 'production',
-    ...(cookie as CookieSerializeOptions | undefined)
+    ...(cookie as PowCookieOptions | undefined)
   }
   if (hostPrefixed && (options.secure !== true || options.path !== '/' || options.domain !== undefined)) {
     throw optionError(`${prefix}.cookie`, 'must keep Secure, Path=/ and no Domain with a __Host- cookie name')
@@ -70,8 +77,6 @@ function cookieConfig (
   if (cookieName.startsWith('__Secure-') && options.secure !== true) {
     throw optionError(`${prefix}.cookie`, 'must keep Secure with a __Secure- cookie name')
   }
-  // The value is signed by fastify-pow itself; @fastify/cookie must not sign it again.
-  delete options.signed
   return { name: cookieName, options }
 }
 

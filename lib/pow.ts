@@ -1,12 +1,12 @@
 import { EventEmitter } from 'node:events'
 import { Signer } from '@fastify/cookie'
-import type { FastifyBaseLogger, FastifyRequest } from 'fastify'
+import type { FastifyBaseLogger, FastifyReply, FastifyRequest } from 'fastify'
 import { CredentialsCache } from './credentials-cache.js'
 import { hashSecret, isSecret, SECRET_LENGTH, secretDevice } from './crypto.js'
 import { Devices } from './devices.js'
-import { PowStoreError, storeError } from './errors.js'
+import { PowNotSignedInError, PowReloadUserError, PowStoreError, storeError } from './errors.js'
 import { type Config, STORE_METHODS } from './options.js'
-import type { PowEvent, PowEvents, PowStore } from './types.js'
+import type { PowEvent, PowEvents, PowStore, PowUser } from './types.js'
 
 // A signed secret is `<69 chars>.<43 chars of base64 HMAC-SHA256>`; anything else is rejected before any HMAC.
 const SIGNED_LENGTH = SECRET_LENGTH + 44
@@ -66,6 +66,20 @@ export class Pow extends EventEmitter<PowEvents> {
   #verified = new Map<string, Verified>()
   /** Whether the last store call failed: an outage is logged when it starts and when it ends. */
   #failing = false
+  /** The same for the `reloadUser` option. */
+  #reloadFailing = false
+
+  /**
+   * A hook for routes that need a signed-in user: `{ onRequest: app.pow.requireUser }` (or
+   * `preHandler`) answers 401 `POW_ERR_NOT_SIGNED_IN` "Not signed in" to anonymous requests, so
+   * the handler can read `request.powSession.requireUser()` or `request.powSession.user!`.
+   * fastify-pow's own `onRequest` hook, registered with the plugin, has run before a route's.
+   */
+  readonly requireUser = (request: FastifyRequest, _reply: FastifyReply, done: (err?: Error) => void): void => {
+    if (request.powSession?.user != null) return done()
+    const err = new PowNotSignedInError(request.powSession === undefined ? 'app.pow.requireUser (request.powSession is missing: is the route registered where fastify-pow is?)' : 'app.pow.requireUser')
+    done(err)
+  }
 
   constructor (config: Config, store: PowStore, log: FastifyBaseLogger) {
     super()
@@ -98,6 +112,31 @@ export class Pow extends EventEmitter<PowEvents> {
       this.log.debug({ err }, 'fastify-pow: the session store failed again')
     }
     return err instanceof PowStoreError ? err : storeError()
+  }
+
+  /**
+   * @internal The `reloadUser` option's answer for `user`, null to sign out. When it throws, a
+   * 503 `POW_ERR_RELOAD_USER`; its error is logged once per outage, as the store's.
+   */
+  async reload (user: PowUser, request: FastifyRequest): Promise<PowUser | null> {
+    const reloadUser = this.config.reloadUser as NonNullable<Config['reloadUser']>
+    let reloaded: PowUser | null | undefined
+    try {
+      reloaded = await reloadUser(user, request)
+    } catch (err) {
+      if (!this.#reloadFailing) {
+        this.#reloadFailing = true
+        this.log.error({ err }, 'fastify-pow: reloadUser failed; answering 503 to signed-in requests until it answers')
+      } else {
+        request.log.debug({ err }, 'fastify-pow: reloadUser failed again')
+      }
+      throw new PowReloadUserError()
+    }
+    if (this.#reloadFailing) {
+      this.#reloadFailing = false
+      this.log.info('fastify-pow: reloadUser answers again')
+    }
+    return reloaded ?? null
   }
 
   /** @internal */

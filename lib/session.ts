@@ -8,6 +8,12 @@ import { copyMetadata } from './parsed.js'
 import type { Pow, Verified } from './pow.js'
 import type { DeletedReason, DeviceWrite, PowEvent, PowMetadata, PowUser, SessionInfo, SessionMetadata } from './types.js'
 
+/** A device this request's cookies named, with its user's credentials (JSON text) as read. */
+interface Named {
+  device: Device
+  user: string
+}
+
 export const kAuthenticate = Symbol('fastify-pow.authenticate')
 export const kCookies = Symbol('fastify-pow.cookies')
 export const kDevice = Symbol('fastify-pow.device')
@@ -16,9 +22,9 @@ export const kClearCookie = Symbol('fastify-pow.clearCookie')
 
 export interface CreateOptions {
   /** Also create a remember-me token for this browser. */
-  persistent?: boolean
+  persistent?: boolean | undefined
   /** Custom metadata stored with the device (JSON-serializable, at most `maxMetadataBytes` as JSON). */
-  metadata?: PowMetadata
+  metadata?: PowMetadata | undefined
 }
 
 /** The metadata `request.powSession.metadata` shows for a device. */
@@ -61,7 +67,7 @@ export class PowSession {
   /** The device this request is signed in with. */
   #device: Device | null = null
   /** Devices this request's cookies named, signed in or not: a sign-in or sign-out ends them. */
-  #named: Device[] = []
+  #named: Named[] = []
 
   constructor (pow: Pow, request: FastifyRequest, reply: FastifyReply) {
     this.#pow = pow
@@ -77,6 +83,15 @@ export class PowSession {
 
   set [kDevice] (device: Device | null) {
     this.#device = device
+  }
+
+  /**
+   * The signed-in user; throws `PowNotSignedInError` (401 "Not signed in") when nobody is. For a
+   * route that needs a user, `{ onRequest: app.pow.requireUser }` answers 401 before the handler.
+   */
+  requireUser (): PowUser {
+    if (this.user === null) throw new PowNotSignedInError('request.powSession.requireUser()')
+    return this.user
   }
 
   /** `fingerprint`, `insertedAt`, `signedInAt` and the custom metadata of this device, or null. */
@@ -122,16 +137,17 @@ export class PowSession {
     // round trip only for another user's).
     const ended = this.#named
     const same: DeviceWrite[] = []
-    for (const old of ended) {
+    for (const { device: old } of ended) {
       if (old.userKey === userKey) same.push(deviceDelete(old.fingerprint, now))
       else await pow.devices.end(old.userKey, old.fingerprint)
     }
+    const userJson = JSON.stringify(user)
     const { evicted } = await pow.devices.commit(userKey, [deviceWrite(device, 0, now, config.rules), ...same], {
-      user: JSON.stringify(user),
+      user: userJson,
       limit: config.maxDevices
     })
     for (const old of ended) this.#notifyDeleted(old, 'sign-in')
-    this.#named = [device]
+    this.#named = [{ device, user: userJson }]
     this.#device = device
     this.user = user
     this.#setCookies(step, null)
@@ -147,12 +163,12 @@ export class PowSession {
 
   async #end (reason: DeletedReason): Promise<void> {
     const ended = this.#named
-    for (const old of ended) await this.#pow.devices.end(old.userKey, old.fingerprint)
-    const user = this.user
+    for (const { device } of ended) await this.#pow.devices.end(device.userKey, device.fingerprint)
+    const current = this.#device === null ? null : { device: this.#device, user: this.user }
     this.#named = []
     this.#device = null
     this.user = null
-    for (const old of ended) this.#notifyDeleted(old, reason, user)
+    for (const old of ended) this.#notifyDeleted(old, reason, current)
     this.#request.powPersistentSession?.[kClearCookie]()
     const { name, options } = this.#pow.config.session
     this.#cookies.clear(name, options)
@@ -160,7 +176,7 @@ export class PowSession {
 
   /** Stores new credentials for the signed-in user; all the user's devices see them. */
   async update (user: PowUser): Promise<void> {
-    const device = this.#requireUser('update')
+    const device = this.#requireDevice('update')
     if (this.#pow.config.userKey(user) !== device.userKey) {
       throw new TypeError('fastify-pow: update(user) must be given the signed-in user')
     }
@@ -170,29 +186,29 @@ export class PowSession {
 
   /** The signed-in user's devices: each browser with a working session or remember-me token. */
   async sessions (): Promise<SessionInfo[]> {
-    const device = this.#requireUser('sessions')
+    const device = this.#requireDevice('sessions')
     return toSessionInfos(this.#pow, await this.#pow.devices.list(device.userKey), device.fingerprint)
   }
 
   /** Ends another device of the signed-in user; false when the fingerprint is not one of this user's devices. */
   async deleteSession (fingerprint: string): Promise<boolean> {
-    const device = this.#requireUser('deleteSession')
+    const device = this.#requireDevice('deleteSession')
     if (fingerprint === device.fingerprint) {
       await this.delete()
       return true
     }
     if (!isFingerprint(fingerprint)) return false
     const ended = await this.#pow.devices.revoke(device.userKey, fingerprint)
-    if (ended) this.#pow.notify('session:deleted', { ...this.#event(this.user, device), fingerprint, reason: 'revoked' })
+    if (ended) this.#pow.notify('session:deleted', { ...this.#event(this.user as PowUser, device), fingerprint, reason: 'revoked' })
     return ended
   }
 
   /** Ends every other device of the signed-in user; returns their fingerprints. */
   async deleteOtherSessions (): Promise<string[]> {
-    const device = this.#requireUser('deleteOtherSessions')
-    const ended = await this.#pow.devices.revokeAll(device.userKey, device.fingerprint)
-    for (const fingerprint of ended) this.#pow.notify('session:deleted', { ...this.#event(this.user, device), fingerprint, reason: 'revoked' })
-    return ended
+    const device = this.#requireDevice('deleteOtherSessions')
+    const { fingerprints } = await this.#pow.devices.revokeAll(device.userKey, device.fingerprint)
+    for (const fingerprint of fingerprints) this.#pow.notify('session:deleted', { ...this.#event(this.user as PowUser, device), fingerprint, reason: 'revoked' })
+    return fingerprints
   }
 
   /**
@@ -210,10 +226,10 @@ export class PowSession {
       const read = await pow.devices.read(sid.bucket, sid.fingerprint)
       const first = { loaded: read, step: decide(read === null ? null : read.device, Date.now()) }
       const { step, loaded } = first.step.write ? await pow.devices.settle(sid.bucket, sid.fingerprint, decide, first) : first
-      if (loaded !== null) this.#named.push(loaded.device)
+      if (loaded !== null) this.#named.push(loaded)
       if (step.auth === 'theft') {
         const { userKey, fingerprint } = step.device as Device
-        await pow.revokeStolen({ request: this.#request, user: null, userKey, fingerprint }, 'session:reuse',
+        await pow.revokeStolen({ request: this.#request, user: JSON.parse((loaded as Loaded).user) as PowUser, userKey, fingerprint }, 'session:reuse',
           'a superseded session id came back')
         this.#named = []
         this.#cookies.clear(pow.config.session.name, pow.config.session.options)
@@ -221,7 +237,7 @@ export class PowSession {
       }
       if (step.auth === 'session') {
         if (!await this.#signedIn(step, (loaded as Loaded).user, reloadUser, token)) return
-        if (step.event !== undefined) pow.notify('session:renewed', this.#event(this.user, step.device as Device))
+        if (step.event !== undefined) pow.notify('session:renewed', this.#event(this.user as PowUser, step.device as Device))
         // Signed with an older secret: signed again with the current one. Only the current id: a
         // retired one must not come back into the cookie over its replacement.
         if (step.session === undefined && sid.renew && step.device?.session?.hash === sid.hash) {
@@ -235,10 +251,10 @@ export class PowSession {
     const { step, loaded } = await pow.devices.settle(token.bucket, token.fingerprint,
       (device, now) => showToken(device, token.hash, now, rules, minter(token.bucket, token.fingerprint)))
     const persistent = pow.config.persistent as NonNullable<Pow['config']['persistent']>
-    if (loaded !== null && !this.#named.some((d) => d.fingerprint === loaded.device.fingerprint)) this.#named.push(loaded.device)
+    if (loaded !== null && !this.#named.some((n) => n.device.fingerprint === loaded.device.fingerprint)) this.#named.push(loaded)
     if (step.auth === 'theft') {
       const { userKey, fingerprint } = step.device as Device
-      await pow.revokeStolen({ request: this.#request, user: null, userKey, fingerprint }, 'persistent:reuse',
+      await pow.revokeStolen({ request: this.#request, user: JSON.parse((loaded as Loaded).user) as PowUser, userKey, fingerprint }, 'persistent:reuse',
         'a used remember-me token came back after its grace')
       this.#named = []
     }
@@ -263,9 +279,8 @@ export class PowSession {
     this.#device = device
     this.user = JSON.parse(user) as PowUser
     if (reloadUser) {
-      const reload = this.#pow.config.reloadUser as NonNullable<Pow['config']['reloadUser']>
-      const reloaded = await reload(this.user, this.#request)
-      if (reloaded === null || reloaded === undefined) {
+      const reloaded = await this.#pow.reload(this.user, this.#request)
+      if (reloaded === null) {
         await this.#end('reload')
         return false
       }
@@ -294,17 +309,23 @@ export class PowSession {
     return Math.max(0, Math.ceil((expiresAt - Date.now()) / 1000))
   }
 
-  #requireUser (method: string): Device {
-    if (this.#device === null || this.user === null) throw new PowNotSignedInError(method)
+  #requireDevice (method: string): Device {
+    if (this.#device === null || this.user === null) throw new PowNotSignedInError(`request.powSession.${method}()`)
     return this.#device
   }
 
-  #event (user: unknown, device: Device): PowEvent {
+  #event (user: PowUser, device: Device): PowEvent {
     return { request: this.#request, user, userKey: device.userKey, fingerprint: device.fingerprint }
   }
 
-  #notifyDeleted (device: Device, reason: DeletedReason, user: unknown = this.user): void {
+  /**
+   * `session:deleted` for a device this request's cookies named, when it was live. Its user: the
+   * request's (as `reloadUser` gave it) when it is the device signed in, else as the store had it.
+   */
+  #notifyDeleted ({ device, user }: Named, reason: DeletedReason, current = this.#device === null ? null : { device: this.#device, user: this.user }): void {
     if (!isLive(device, Date.now(), this.#pow.config.rules)) return
-    this.#pow.notify('session:deleted', { ...this.#event(user, device), reason })
+    if (this.#pow.listenerCount('session:deleted') === 0) return
+    const shown = current !== null && current.user !== null && current.device.fingerprint === device.fingerprint ? current.user : JSON.parse(user) as PowUser
+    this.#pow.notify('session:deleted', { ...this.#event(shown, device), reason })
   }
 }

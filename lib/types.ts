@@ -1,4 +1,3 @@
-import type { CookieSerializeOptions } from '@fastify/cookie'
 import type { FastifyBaseLogger, FastifyRequest } from 'fastify'
 
 /**
@@ -12,8 +11,17 @@ import type { FastifyBaseLogger, FastifyRequest } from 'fastify'
  */
 export interface PowUser {}
 
-/** Custom metadata an application stores with a session (user agent, IP, ...). Must be JSON-serializable. */
-export type PowMetadata = Record<string, unknown>
+/**
+ * Custom metadata an application stores with a device (browser, IP, ...); JSON-serializable.
+ * Type yours by merging, as with `PowUser`:
+ *
+ * ```ts
+ * declare module 'fastify-pow' {
+ *   interface PowMetadata { browser?: string, ip?: string }
+ * }
+ * ```
+ */
+export interface PowMetadata { [key: string]: unknown }
 
 /**
  * A device as a store holds it. The store does not read `data`: what it means is written in
@@ -99,50 +107,66 @@ export interface PowStore {
   close?: () => Promise<void>
 }
 
+/** Attributes of a fastify-pow cookie, over its defaults (HttpOnly, SameSite=Lax, Path=/, Secure in production). */
+export interface PowCookieOptions {
+  domain?: string | undefined
+  path?: string | undefined
+  sameSite?: 'lax' | 'strict' | 'none' | boolean | undefined
+  secure?: boolean | undefined
+  httpOnly?: boolean | undefined
+  partitioned?: boolean | undefined
+  priority?: 'low' | 'medium' | 'high' | undefined
+}
+
 export interface SessionOptions {
   /** Cookie name. Default `pow_session`; a `__Host-` name is supported. */
-  cookieName?: string
+  cookieName?: string | undefined
   /** Idle timeout in ms. Default 30 minutes. */
-  ttl?: number
+  ttl?: number | undefined
   /** Age in ms after which a request renews the session id. Default 15 minutes; must be below `ttl`. */
-  renewAfter?: number
+  renewAfter?: number | undefined
   /** How long in ms a retired session id or a used remember-me token keeps working once its replacement is claimed. Default 10 s. */
-  rotationGrace?: number
+  rotationGrace?: number | undefined
   /** Hard limit in ms on a session from its start (a sign-in or a remember-me sign-in), across renewals. Off by default. */
-  absoluteTtl?: number
+  absoluteTtl?: number | undefined
   /** Cookie attributes; they override the defaults (HttpOnly, SameSite=Lax, Path=/, Secure in production). */
-  cookie?: CookieSerializeOptions
+  cookie?: PowCookieOptions | undefined
 }
 
 export interface PersistentSessionOptions {
   /** Cookie name. Default `pow_persistent_session`. */
-  cookieName?: string
+  cookieName?: string | undefined
   /** Token and cookie lifetime in ms, from the token's last use or renewal. Default 30 days. */
-  ttl?: number
+  ttl?: number | undefined
   /**
    * A token no longer signs in once the device's last sign-in with credentials (`signedInAt`)
    * is older than this, in ms, however active the browser. Off by default.
    */
-  absoluteTtl?: number
-  cookie?: CookieSerializeOptions
+  absoluteTtl?: number | undefined
+  cookie?: PowCookieOptions | undefined
 }
 
 export interface PowOptions {
   /** Cookie signing secrets, each at least 32 characters. The first signs; all verify. */
   secret: string | string[]
   /** Default: a `RedisStore` on `app.redis` when @fastify/redis is registered, else a `PostgresStore` on `app.pg` when @fastify/postgres is, else a new `MemoryStore`. */
-  store?: PowStore
+  store?: PowStore | undefined
   /** The user's unique id. Default `user.id`. */
-  userId?: (user: PowUser) => string | number
-  /** Refreshes the user on every authenticated request; null ends the session (Pow's `reload`). */
-  reloadUser?: (user: PowUser, request: FastifyRequest) => Promise<PowUser | null>
+  userId?: ((user: PowUser) => string | number) | undefined
+  /**
+   * Called on every authenticated request with the stored user: what it returns is this
+   * request's `request.powSession.user` (the store keeps what it had: `update()` stores); null
+   * signs the device out (Pow's `reload`). A throw answers 503 `POW_ERR_RELOAD_USER` and changes
+   * no cookie.
+   */
+  reloadUser?: ((user: PowUser, request: FastifyRequest) => Promise<PowUser | null>) | undefined
   /** How many devices a user may have; a sign-in beyond it ends the least recently used. Default 100. */
-  maxDevices?: number
+  maxDevices?: number | undefined
   /** The largest session metadata `create()` accepts, in bytes of its JSON. Default 4096. */
-  maxMetadataBytes?: number
-  session?: SessionOptions
+  maxMetadataBytes?: number | undefined
+  session?: SessionOptions | undefined
   /** Remember-me; on by default, `false` turns it off. */
-  persistentSession?: false | PersistentSessionOptions
+  persistentSession?: false | PersistentSessionOptions | undefined
 }
 
 /** A device of the signed-in user, as `request.powSession.sessions()` lists it. */
@@ -184,12 +208,27 @@ export type DeletedReason =
 
 /** Payload of the events on `app.pow`. */
 export interface PowEvent {
-  request?: FastifyRequest
-  user: unknown
+  /**
+   * The request that caused the event: the user's own, or the request of whoever called an
+   * `app.pow.credentials` method with `{ request }` (an admin: `request.powSession.user`).
+   */
+  request?: FastifyRequest | undefined
+  /** Who acted, as an `app.pow.credentials` call outside a request named them (`{ actor: 'cli' }`). */
+  actor?: string | undefined
+  /** The user whose device it is, with the credentials the store holds (or the new ones at sign-in). */
+  user: PowUser
   userKey: string
   fingerprint: string
   /** `session:deleted` only: why. */
-  reason?: DeletedReason
+  reason?: DeletedReason | undefined
+}
+
+/** Who made an `app.pow.credentials` change, for its events. */
+export interface PowActor {
+  /** The request that made the change (an admin's); events carry it. */
+  request?: FastifyRequest | undefined
+  /** A name for whoever made it outside a request (`'cli'`, `'password-reset-job'`). */
+  actor?: string | undefined
 }
 
 export interface PowEvents {

@@ -106,10 +106,11 @@ test('app.pow.credentials: sessions, users, updateUser, deleteUserSessions; a us
   const bFingerprint = sessions.find((s) => s.metadata.ua === 'B')?.fingerprint as string
   const deleted: PowEvent[] = []
   app.pow.on('session:deleted', (e) => deleted.push(e))
-  const revoked = await credentials.deleteUserSessions(1, { except: keep })
+  const revoked = await credentials.deleteUserSessions(1, { except: keep, actor: 'admin-cli' })
   t.same(revoked.sort(), [bFingerprint, cFingerprint].sort(), 'the remembered browser is ended too')
   t.same(deleted.map((e) => e.fingerprint).sort(), revoked, 'one deleted event per device')
-  t.match(deleted, [{ reason: 'revoked', userKey: '1', user: null }, { reason: 'revoked', userKey: '1', user: null }], 'reason revoked; given an id, the event has no user')
+  t.same(deleted.map((e) => ({ ...e, fingerprint: '' })), [0, 1].map(() => ({ actor: 'admin-cli', user: { id: 1, name: 'renamed' }, userKey: '1', fingerprint: '', reason: 'revoked' })),
+    'reason revoked; given an id, the event has the user as stored, and the actor named; no request')
   t.equal((await me(a)).status, 200, 'the kept fingerprint stays (a password change from this browser)')
   t.equal((await me(b)).status, 401)
   t.equal((await me(c)).status, 401, "c's token is dead")

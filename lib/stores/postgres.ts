@@ -4,17 +4,17 @@ import type { CommitResult, DeviceChange, PowStore, StoredDevice } from '../type
 
 export interface PostgresStoreOptions {
   /** The schema of the table and function. Default `public`. */
-  schema?: string
+  schema?: string | undefined
   /** The start of their names: `<prefix>devices`, `<prefix>commit`. Default `pow_`. */
-  tablePrefix?: string
+  tablePrefix?: string | undefined
   /** Create the table and function when fastify-pow is registered, if they are missing. Default false. */
-  createTables?: boolean
+  createTables?: boolean | undefined
   /** Milliseconds after which a query counts as failed (a 503). Default 2000. */
-  commandTimeout?: number
+  commandTimeout?: number | undefined
   /** Milliseconds between sweeps of expired rows; 0 turns the sweep off. Default 5 minutes. */
-  sweepInterval?: number
+  sweepInterval?: number | undefined
   /** The most expired rows one sweep deletes, in batches of at most 1000. Default 10000. */
-  sweepLimit?: number
+  sweepLimit?: number | undefined
 }
 
 /** The part of a node-postgres client that the store uses. */
@@ -83,7 +83,7 @@ function names (schema: string, prefix: string): Names {
  * clock) ends it. Every query leaves expired rows out; the writes that meet them and a sweep
  * delete them.
  */
-export function postgresSchema (options: { schema?: string, tablePrefix?: string } = {}): string {
+export function postgresSchema (options: { schema?: string | undefined, tablePrefix?: string | undefined } = {}): string {
   const { schema = 'public', tablePrefix = 'pow_' } = options
   checkNames(schema, tablePrefix)
   const { table, commit, lockClass } = names(schema, tablePrefix)

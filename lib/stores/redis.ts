@@ -5,9 +5,9 @@ import type { CommitResult, DeviceChange, PowStore, StoredDevice } from '../type
 
 export interface RedisStoreOptions {
   /** Key prefix. Default `pow`. */
-  namespace?: string
+  namespace?: string | undefined
   /** Milliseconds after which a command counts as failed (a 503). Default 2000. */
-  commandTimeout?: number
+  commandTimeout?: number | undefined
 }
 
 interface Script {
