@@ -3,8 +3,8 @@ import fastifyCookie from '@fastify/cookie'
 import fastifyHelmet from '@fastify/helmet'
 import fastifyPostgres from '@fastify/postgres'
 import fastifyRedis from '@fastify/redis'
-import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest, type FastifyServerOptions } from 'fastify'
-import pow, { type PersistentSessionOptions, type PowStore, type SessionOptions } from '../lib/index.js'
+import Fastify, { type FastifyInstance, type FastifyRequest, type FastifyServerOptions } from 'fastify'
+import pow, { type PersistentSessionOptions, PowNotSignedInError, type PowStore, type SessionOptions } from '../lib/index.js'
 import { pages } from './pages.js'
 import { deviceMetadata, readDeviceMetadata } from './user-agent.js'
 import { type PublicUser, UserStore } from './users.js'
@@ -71,16 +71,9 @@ const userReply = {
   properties: { user: userSchema }
 } as const
 
-/** preHandler: 401 `{ error: 'Not signed in' }` unless somebody is signed in. */
-export async function requireUser (request: FastifyRequest, reply: FastifyReply): Promise<FastifyReply | undefined> {
-  if (request.powSession.user === null) return reply.code(401).send({ error: 'Not signed in' })
-}
-
-/** The signed-in user, in a handler behind `requireUser`. */
+/** The signed-in user, in a handler behind `app.pow.requireUser`. */
 function signedIn (request: FastifyRequest): PublicUser {
-  const user = request.powSession.user as PublicUser | null
-  if (user === null) throw new Error('requireUser must run before this handler')
-  return user
+  return request.powSession.requireUser() as PublicUser
 }
 
 export async function buildApp (options: BuildAppOptions = {}): Promise<FastifyInstance> {
@@ -96,7 +89,7 @@ export async function buildApp (options: BuildAppOptions = {}): Promise<FastifyI
   const users = await UserStore.create()
   app.decorate('users', users)
 
-  // Real applications register @fastify/cookie themselves; fastify-pow uses it when present.
+  // For the CSRF protection of the pages; fastify-pow writes its own cookies and works without it.
   await app.register(fastifyCookie)
   // With @fastify/redis registered and no `store` option, fastify-pow uses app.redis.
   if (options.redisUrl !== undefined) await app.register(fastifyRedis, { url: options.redisUrl })
@@ -117,6 +110,13 @@ export async function buildApp (options: BuildAppOptions = {}): Promise<FastifyI
   })
   // HTML pages (login, account, devices) beside the JSON API below.
   await app.register(pages, { users, loginAttemptsPerMinute: options.loginAttemptsPerMinute })
+
+  // The JSON API answers its errors as `{ error }`; `app.pow.requireUser` throws a
+  // PowNotSignedInError (401 "Not signed in"). Other errors keep Fastify's answer.
+  app.setErrorHandler(async (err, request, reply) => {
+    if (err instanceof PowNotSignedInError) return await reply.code(401).send({ error: err.message })
+    throw err
+  })
 
   app.post<{ Body: LoginBody }>('/api/login', {
     schema: {
@@ -151,7 +151,7 @@ export async function buildApp (options: BuildAppOptions = {}): Promise<FastifyI
   })
 
   app.get('/api/me', {
-    preHandler: requireUser,
+    preHandler: app.pow.requireUser,
     schema: {
       response: {
         200: {
@@ -184,7 +184,7 @@ export async function buildApp (options: BuildAppOptions = {}): Promise<FastifyI
   })
 
   app.patch<{ Body: UpdateMeBody }>('/api/me', {
-    preHandler: requireUser,
+    preHandler: app.pow.requireUser,
     schema: {
       body: {
         type: 'object',
@@ -204,7 +204,7 @@ export async function buildApp (options: BuildAppOptions = {}): Promise<FastifyI
   })
 
   app.get('/api/sessions', {
-    preHandler: requireUser,
+    preHandler: app.pow.requireUser,
     schema: {
       response: {
         200: {
@@ -251,7 +251,7 @@ export async function buildApp (options: BuildAppOptions = {}): Promise<FastifyI
   })
 
   app.delete<{ Params: SessionParams }>('/api/sessions/:fingerprint', {
-    preHandler: requireUser,
+    preHandler: app.pow.requireUser,
     schema: {
       params: {
         type: 'object',
@@ -268,7 +268,7 @@ export async function buildApp (options: BuildAppOptions = {}): Promise<FastifyI
   })
 
   app.delete('/api/sessions', {
-    preHandler: requireUser,
+    preHandler: app.pow.requireUser,
     schema: { response: { 204: noContent, 401: errorSchema } }
   }, async (request, reply) => {
     await request.powSession.deleteOtherSessions()

@@ -1,7 +1,7 @@
 import { Writable } from 'node:stream'
 import fastifyCookie from '@fastify/cookie'
 import Fastify, { type FastifyInstance } from 'fastify'
-import { test } from 'tap'
+import { type Test, test } from 'tap'
 import pow, {
   MemoryStore, PowMetadataTooLargeError, PowNotSignedInError, PowOptionError, PowReloadUserError, PowSignInRevokedError,
   PowStoreError, type PowOptions, type PowUser
@@ -14,7 +14,7 @@ const SECRET = 'guard-test-secret-that-is-long-enough-0123'
 const MINUTE = 60_000
 
 /** An app whose log lines are kept, with a login, a guarded route of each kind and a public one. */
-async function guardedApp (t: Parameters<Parameters<typeof test>[1]>[0], options: Partial<PowOptions> = {}, setup?: (app: FastifyInstance) => void): Promise<{ app: FastifyInstance, lines: LogLine[], handled: string[] }> {
+async function guardedApp (t: Test, options: Partial<PowOptions> = {}, setup?: (app: FastifyInstance) => void): Promise<{ app: FastifyInstance, lines: LogLine[], handled: string[] }> {
   const lines: LogLine[] = []
   const handled: string[] = []
   const stream = new Writable({
