@@ -27,6 +27,13 @@ export interface CreateOptions {
   metadata?: PowMetadata | undefined
 }
 
+/** Custom metadata without what `metadata` shows of the device itself (`fingerprint`, `insertedAt`, `signedInAt`). */
+function customOnly (metadata: PowMetadata): PowMetadata {
+  if (!('fingerprint' in metadata) && !('insertedAt' in metadata) && !('signedInAt' in metadata)) return metadata
+  const { fingerprint: _f, insertedAt: _i, signedInAt: _s, ...custom } = metadata
+  return custom
+}
+
 /** The metadata `request.powSession.metadata` shows for a device. */
 export function toMetadata (device: Device): SessionMetadata {
   return {
@@ -125,7 +132,9 @@ export class PowSession {
       throw new TypeError('fastify-pow: create(user, { persistent: true }) needs the persistentSession option')
     }
     // As the store will give it back (a Date becomes its ISO string), in this request too.
-    const json = options.metadata === undefined ? '{}' : JSON.stringify(options.metadata)
+    // What `metadata` shows of the device itself is not custom metadata: `create(user, { metadata:
+    // request.powSession.metadata })` keeps the custom part only.
+    const json = options.metadata === undefined ? '{}' : JSON.stringify(customOnly(options.metadata))
     if (Buffer.byteLength(json) > config.maxMetadataBytes) throw new PowMetadataTooLargeError(config.maxMetadataBytes)
     const metadata = JSON.parse(json) as PowMetadata
     const now = Date.now()

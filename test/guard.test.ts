@@ -264,3 +264,26 @@ test('an admin revoking by user id: the events carry the admin\'s request and th
   t.equal((await laptop.request('/account')).statusCode, 401)
   t.equal((await admin.request('/account')).statusCode, 200, 'the admin stays signed in')
 })
+
+test('create(user, { metadata: request.powSession.metadata }) keeps the custom metadata only, not the old device\'s fields', async (t) => {
+  const clock = fakeClock(t)
+  const { app } = await guardedApp(t, {}, (app) => {
+    app.post('/again', { onRequest: app.pow.requireUser }, async (request) => {
+      await request.powSession.create(request.powSession.requireUser(), { metadata: request.powSession.metadata ?? undefined })
+      return request.powSession.metadata
+    })
+    app.post('/tagged', async (request) => {
+      await request.powSession.create({ id: 2 } as PowUser, { metadata: { browser: 'Firefox' } })
+      return request.powSession.metadata
+    })
+  })
+  const jar = new CookieJar(app)
+  const first = (await jar.request({ method: 'POST', url: '/tagged' })).json()
+  clock.tick(60_000)
+  const again = (await jar.request({ method: 'POST', url: '/again' })).json()
+  t.equal(again.browser, 'Firefox', 'the custom metadata is carried over')
+  t.not(again.fingerprint, first.fingerprint, 'a new device')
+  t.equal(again.signedInAt, first.signedInAt + 60_000, 'signed in now, not when the old device did')
+  const [listed] = await app.pow.credentials.sessions(2)
+  t.same(listed?.metadata, { browser: 'Firefox' }, 'the store keeps only the custom part')
+})
