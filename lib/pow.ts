@@ -81,6 +81,7 @@ export class Pow extends EventEmitter<PowEvents> {
     done(err)
   }
 
+  /** @internal made by the plugin */
   constructor (config: Config, store: PowStore, log: FastifyBaseLogger) {
     super()
     this.config = config

@@ -46,7 +46,7 @@ export interface DeviceWrite {
    * device that must not exist (an expired one does not). Undefined: whatever it is. Versions
    * change only with writes of the device (not with `DeviceChange.user`).
    */
-  version?: number
+  version?: number | undefined
   /** The new record (JSON text), or null to delete the device. */
   data: string | null
   /** Milliseconds from now until the store may forget the device. Ignored for a delete. */
@@ -65,12 +65,12 @@ export interface DeviceChange {
    * creates a user's first device must carry them; a later new device without them reads the
    * user's current ones. A user without devices keeps none.
    */
-  user?: string
+  user?: string | undefined
   /**
    * After the writes, keep at most this many devices of the user: those with the lowest
    * `usedAt` go, never one this change writes.
    */
-  limit?: number
+  limit?: number | undefined
 }
 
 /** What `PowStore.commit` answers. */
@@ -102,9 +102,9 @@ export interface PowStore {
    * Optional: called when fastify-pow is registered (to check or create tables), with the app's
    * logger for what should not stop the app; a throw fails `app.ready()`.
    */
-  ready?: (log: FastifyBaseLogger) => Promise<void>
+  ready?: ((log: FastifyBaseLogger) => Promise<void>) | undefined
   /** Optional: called when the app closes, to stop the store's own timers. Never closes a client or pool the store was given. */
-  close?: () => Promise<void>
+  close?: (() => Promise<void>) | undefined
 }
 
 /** Attributes of a fastify-pow cookie, over its defaults (HttpOnly, SameSite=Lax, Path=/, Secure in production). */
