@@ -116,7 +116,7 @@ export class Devices {
   async settle (
     bucket: string, fingerprint: string, decide: (device: Device | null, now: number) => Step, first?: { loaded: Loaded | null, step: Step }
   ): Promise<{ step: Step, loaded: Loaded | null }> {
-    for (let attempt = 1; ; attempt++) {
+    for (let attempt = 1; attempt <= ATTEMPTS; attempt++) {
       let loaded: Loaded | null
       let step: Step
       let now: number
@@ -132,8 +132,8 @@ export class Devices {
       const device = step.device as Device
       const { ok } = await this.commit(device.userKey, [deviceWrite(device, loaded === null ? 0 : loaded.version, now, this.#rules)])
       if (ok) return { step, loaded }
-      if (attempt === ATTEMPTS) throw storeError()
     }
+    throw storeError()
   }
 
   /** Ends one device of the user, whatever its version. */

@@ -218,3 +218,26 @@ test('a renewal that loses the race three times is a 503 that leaves the cookies
   t.equal(jar.header(), before)
   t.equal((await me(jar)).status, 200, 'the next request renews')
 })
+
+test('a store method that throws instead of rejecting is a 503 too', async (t) => {
+  const inner = new MemoryStore()
+  let throwing = false
+  const store: PowStore = {
+    read: async (bucket, fingerprint) => await inner.read(bucket, fingerprint),
+    list: async (userKey) => await inner.list(userKey),
+    users: async () => await inner.users(),
+    commit: (change) => {
+      if (throwing) throw new Error('the client is closed')
+      return inner.commit(change)
+    }
+  }
+  const app = await buildApp(t, { store })
+  const jar = await signIn(app, 1)
+  throwing = true
+  const login = await jar.request({ method: 'POST', url: '/login', payload: { id: 2 } })
+  t.equal(login.statusCode, 503)
+  t.equal(login.json().code, 'POW_ERR_STORE_UNAVAILABLE')
+  t.equal(login.headers['set-cookie'], undefined, 'no cookie change')
+  throwing = false
+  t.same((await me(jar)).user, { id: 1, name: 'user1' }, 'still signed in as before')
+})

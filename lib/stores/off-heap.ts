@@ -55,14 +55,9 @@ export class StringColumn {
   /** Bytes written so far: live strings and garbage. */
   #end = 0
   #garbage = 0
-  /** With `versioned`: a number for each slot's string that no other string of the column ever had. */
-  #version: Float64Array | undefined
-  #versions = 0
-
-  constructor (capacity: number, options: { versioned?: boolean } = {}) {
+  constructor (capacity: number) {
     this.#start = new Uint32Array(capacity)
     this.#length = new Int32Array(capacity).fill(EMPTY)
-    if (options.versioned === true) this.#version = new Float64Array(capacity)
   }
 
   /** Bytes held by live strings. */
@@ -81,20 +76,11 @@ export class StringColumn {
     return this.#bytes.toString('utf8', start, start + length)
   }
 
-  /**
-   * A number that stands for the slot's string until the slot is set again, never reused in this
-   * column (what to cache a derived value under); 0 for a slot never set. Needs `versioned`.
-   */
-  version (slot: number): number {
-    return (this.#version as Float64Array)[slot]
-  }
-
   set (slot: number, value: string | undefined): void {
     // A UTF-16 code unit is at most 3 bytes of UTF-8. Room is made first, so that a column that
     // cannot grow (it throws) still holds what it held.
     const room = value === undefined ? 0 : value.length * 3
     if (this.#end + room > this.#bytes.length) this.#reclaim(room)
-    if (this.#version !== undefined) this.#version[slot] = ++this.#versions
     const old = this.#length[slot]
     if (old !== EMPTY) {
       this.#garbage += old
@@ -139,7 +125,6 @@ export class StringColumn {
   resize (capacity: number): void {
     this.#start = grown(this.#start, capacity)
     this.#length = grown(this.#length, capacity, EMPTY)
-    if (this.#version !== undefined) this.#version = grown(this.#version, capacity)
   }
 
   /**
@@ -149,17 +134,14 @@ export class StringColumn {
   move (moved: Int32Array, top: number, capacity: number): void {
     const start = new Uint32Array(capacity)
     const length = new Int32Array(capacity).fill(EMPTY)
-    const version = this.#version === undefined ? undefined : new Float64Array(capacity)
     for (let slot = 0; slot < top; slot++) {
       const to = moved[slot]
       if (to === EMPTY) continue
       start[to] = this.#start[slot]
       length[to] = this.#length[slot]
-      if (version !== undefined) version[to] = (this.#version as Float64Array)[slot]
     }
     this.#start = start
     this.#length = length
-    this.#version = version
     // The slots shrank because most strings went: so does the buffer, once they are mostly garbage.
     if (this.#garbage > this.#end - this.#garbage && this.#bytes.length > MIN_BYTES) this.#reclaim(0)
   }
