@@ -7,6 +7,7 @@ import pow, {
 
 declare module '../../lib/types.js' {
   interface PowUser { id: number, email: string }
+  interface PowMetadata { ip?: string, browser?: string }
 }
 
 const app = Fastify()
@@ -74,3 +75,20 @@ const isOptionError: boolean = new Error() instanceof PowOptionError || new Erro
 void revoked
 void store
 void isOptionError
+
+// Custom metadata merges into PowMetadata, and requireUser() is the user without null.
+app.get('/typed', { onRequest: app.pow.requireUser }, async (request) => {
+  const user: PowUser = request.powSession.requireUser()
+  const ip: string | undefined = request.powSession.metadata?.ip
+  await request.powSession.create(user, { metadata: { ip: request.ip, browser: 'Firefox' } })
+  // @ts-expect-error a merged metadata field keeps its type
+  await request.powSession.create(user, { metadata: { ip: 1 } })
+  const listed: string | undefined = (await request.powSession.sessions())[0]?.metadata.browser
+  await app.pow.credentials.deleteUserSessions(2, { except: request.powSession.metadata?.fingerprint, request, actor: 'admin' })
+  app.pow.on('session:deleted', (event) => {
+    const id: number = event.user.id
+    void id
+  })
+  return { ip, listed }
+})
+app.get('/preHandled', { preHandler: app.pow.requireUser }, async () => ({}))
