@@ -1,4 +1,3 @@
-import { Writable } from 'node:stream'
 import fastifyCookie from '@fastify/cookie'
 import Fastify, { type FastifyInstance } from 'fastify'
 import { type Test, test } from 'tap'
@@ -8,21 +7,15 @@ import pow, {
 } from '../lib/index.js'
 import { fakeClock } from './helpers/clock.js'
 import { CookieJar } from './helpers/jar.js'
-import type { LogLine } from './helpers/outage.js'
+import { type LogLine, logLines } from './helpers/outage.js'
 
 const SECRET = 'guard-test-secret-that-is-long-enough-0123'
 const MINUTE = 60_000
 
 /** An app whose log lines are kept, with a login, a guarded route of each kind and a public one. */
 async function guardedApp (t: Test, options: Partial<PowOptions> = {}, setup?: (app: FastifyInstance) => void): Promise<{ app: FastifyInstance, lines: LogLine[], handled: string[] }> {
-  const lines: LogLine[] = []
+  const { lines, stream } = logLines()
   const handled: string[] = []
-  const stream = new Writable({
-    write (chunk, _enc, cb) {
-      lines.push(JSON.parse(String(chunk)))
-      cb()
-    }
-  })
   const app = Fastify({ logger: { level: 'info', stream } })
   t.teardown(() => app.close())
   await app.register(pow, { secret: SECRET, ...options })

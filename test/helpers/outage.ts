@@ -21,11 +21,8 @@ export function assertUnavailable (t: Test, response: LightMyRequestResponse, wh
 /** A line fastify-pow logged. */
 export interface LogLine { level: number, msg: string, err?: { message?: string } }
 
-/**
- * An app on `store` whose log lines are kept, with a POST /login (user 1, remember-me) and a
- * GET /me; and the cookies of a browser signed in through it.
- */
-export async function loggedApp (t: Test, store: PowStore): Promise<{ app: FastifyInstance, lines: LogLine[], cookie: string }> {
+/** A stream for Fastify's logger that keeps the lines, parsed. */
+export function logLines (): { lines: LogLine[], stream: Writable } {
   const lines: LogLine[] = []
   const stream = new Writable({
     write (chunk, _enc, cb) {
@@ -33,6 +30,15 @@ export async function loggedApp (t: Test, store: PowStore): Promise<{ app: Fasti
       cb()
     }
   })
+  return { lines, stream }
+}
+
+/**
+ * An app on `store` whose log lines are kept, with a POST /login (user 1, remember-me) and a
+ * GET /me; and the cookies of a browser signed in through it.
+ */
+export async function loggedApp (t: Test, store: PowStore): Promise<{ app: FastifyInstance, lines: LogLine[], cookie: string }> {
+  const { lines, stream } = logLines()
   const app = Fastify({ logger: { level: 'info', stream } })
   t.teardown(() => app.close())
   await app.register(pow, { secret: 'x'.repeat(32), store })
