@@ -15,7 +15,8 @@
 // differently. Everything sent is derived from the seed, but Redis and timers are real, so a
 // replay (CONCURRENCY_SEED=<seed> [CONCURRENCY_PATH=<path>]) reproduces the operations and the
 // delays, not necessarily the exact timing; a failure's message carries the whole trace of the
-// interleaving. CONCURRENCY_RUNS changes the number of interleavings (default 250).
+// interleaving. CONCURRENCY_RUNS changes the number of interleavings per backend (default 30, in
+// npm test; the stress tier runs this file with 250: test/stress/concurrency.test.ts).
 //
 // The model. Browsers are cookie jars: concurrent requests of one browser carry the cookies the
 // jar holds when each is sent, and the jar takes every response's Set-Cookie as a browser would.
@@ -101,7 +102,7 @@ function intEnv (name: string): number | undefined {
   return n
 }
 
-const RUNS = intEnv('CONCURRENCY_RUNS') ?? 250
+const RUNS = intEnv('CONCURRENCY_RUNS') ?? 30
 const SEED = intEnv('CONCURRENCY_SEED') ?? (Math.random() * 2 ** 31) | 0
 const PATH = process.env.CONCURRENCY_PATH
 

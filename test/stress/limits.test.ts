@@ -4,9 +4,9 @@ import { setPriority } from 'node:os'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { test } from 'tap'
-import { RedisStore } from '../lib/index.js'
-import { buildApp, me, signIn } from './helpers/app.js'
-import { startRedis } from './helpers/redis.js'
+import { RedisStore } from '../../lib/index.js'
+import { buildApp, me, signIn } from '../helpers/app.js'
+import { startRedis } from '../helpers/redis.js'
 
 const MAX_DEVICES = 100
 
@@ -50,7 +50,7 @@ test('one account signing in at maxDevices from 8 connections does not slow anot
   await admin.config('RESETSTAT')
   await admin.call('LATENCY', 'RESET')
 
-  const load = fork(path.join(import.meta.dirname, 'helpers', 'login-load.ts'), [], {
+  const load = fork(path.join(import.meta.dirname, '..', 'helpers', 'login-load.ts'), [], {
     execArgv: ['--import', 'tsx'],
     env: { ...process.env, REDIS_PORT: String(server.port), LOAD_USER: '1', LOAD_CONCURRENCY: '8', LOAD_MAX_DEVICES: String(MAX_DEVICES) },
     stdio: ['ignore', 'inherit', 'inherit', 'ipc']

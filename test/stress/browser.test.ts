@@ -3,8 +3,8 @@ import { mkdir } from 'node:fs/promises'
 import path from 'node:path'
 import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core'
 import t0, { test } from 'tap'
-import { buildApp } from '../examples/app.js'
-import { fakeClock } from './helpers/clock.js'
+import { buildApp } from '../../examples/app.js'
+import { fakeClock } from '../helpers/clock.js'
 
 const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium'
 const ARTIFACTS = path.resolve('artifacts')

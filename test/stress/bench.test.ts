@@ -8,9 +8,9 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { test } from 'tap'
-import { postgresAvailable } from './helpers/postgres.js'
+import { postgresAvailable } from '../helpers/postgres.js'
 
-const ROOT = path.resolve(import.meta.dirname, '..')
+const ROOT = path.resolve(import.meta.dirname, '..', '..')
 
 test('npm run bench --quick: every variant answers, the tables and the targets are printed, the results written', async (t) => {
   t.setTimeout(240_000)

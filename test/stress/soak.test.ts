@@ -34,11 +34,11 @@ import vm from 'node:vm'
 import type { FastifyInstance, InjectOptions, LightMyRequestResponse } from 'fastify'
 import type { Redis } from 'ioredis'
 import { test, type Test } from 'tap'
-import { MemoryStore, RedisStore } from '../lib/index.js'
-import { buildApp } from './helpers/app.js'
-import { CookieJar } from './helpers/jar.js'
-import { startRedis } from './helpers/redis.js'
-import { Mutex } from './helpers/tools.js'
+import { MemoryStore, RedisStore } from '../../lib/index.js'
+import { buildApp } from '../helpers/app.js'
+import { CookieJar } from '../helpers/jar.js'
+import { startRedis } from '../helpers/redis.js'
+import { Mutex } from '../helpers/tools.js'
 
 const SOAK_SECONDS = Number(process.env.SOAK_SECONDS ?? 60)
 const SOAK_RATE = Number(process.env.SOAK_RATE ?? 200)
