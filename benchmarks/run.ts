@@ -1,6 +1,6 @@
 /**
  * `npm run bench`: the cost of an authenticated request with fastify-pow beside the alternatives,
- * and how it grows (issue 5). See benchmarks/README.md.
+ * and how it grows. See benchmarks/README.md.
  *
  * One run: builds dist/ when stale, starts private redis-servers, creates a database of its own
  * on the machine's PostgreSQL (the PostgreSQL rows are skipped, loudly, without one), starts
@@ -793,7 +793,7 @@ function print (r: {
       out.push(line)
     }
   }
-  if (r.targets.length > 0) out.push('', 'Targets (issue 5)')
+  if (r.targets.length > 0) out.push('', 'Targets')
   for (const t of r.targets) out.push(`  ${t.met ? 'MET   ' : 'MISSED'}  ${pad(t.name, 66)} ${lpad(t.value, 7)}   ${t.detail}`)
   if (r.profiles !== undefined) {
     out.push('')

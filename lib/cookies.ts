@@ -81,6 +81,6 @@ export class PendingCookies {
       if (others.length > 0) reply.header('set-cookie', others)
     }
     const sent = this.#sent = [...written.values()]
-    reply.header('set-cookie', sent.length === 1 ? sent[0] : sent)
+    reply.header('set-cookie', sent.length === 1 ? sent[0] : [...sent])
   }
 }

@@ -1,6 +1,6 @@
 import { hashSecret, isSecret, newSecret, randomFingerprint, secretDevice, userBucket } from './crypto.js'
 import { deviceWrite } from './devices.js'
-import { isLive, showSession, signIn } from './lifecycle.js'
+import { type Device, isLive, showSession, signIn } from './lifecycle.js'
 import type { Pow } from './pow.js'
 import { toMetadata, toSessionInfos } from './session.js'
 import type { PowActor, PowMetadata, PowUser, SessionInfo, SessionMetadata } from './types.js'
@@ -45,6 +45,7 @@ export class CredentialsCache {
       limit: config.maxDevices
     })
     if (!ok) throw new TypeError('fastify-pow: credentials.put was given a session id that is stored already')
+    this.#pow.notify('session:created', { ...actor(by), user, userKey, fingerprint })
     this.#pow.notifyEvicted({ ...actor(by), user, userKey }, evicted)
   }
 
@@ -54,20 +55,23 @@ export class CredentialsCache {
     const { bucket, fingerprint } = secretDevice(sessionId)
     const loaded = await this.#pow.devices.read(bucket, fingerprint)
     if (loaded === null) return null
-    const step = showSession(loaded.device, hashSecret(sessionId), undefined, Date.now(), this.#pow.config.rules,
-      () => ({ secret: '', hash: '' }))
-    return step.auth === 'session' ? { user: JSON.parse(loaded.user), metadata: toMetadata(loaded.device) } : null
+    return this.#signsIn(loaded.device, sessionId) ? { user: JSON.parse(loaded.user), metadata: toMetadata(loaded.device) } : null
+  }
+
+  /** Whether `sessionId` signs `device` in now; reads only (a renewal due is left to the browser). */
+  #signsIn (device: Device, sessionId: string): boolean {
+    return showSession(device, hashSecret(sessionId), undefined, Date.now(), this.#pow.config.rules, () => ({ secret: '', hash: '' })).auth === 'session'
   }
 
   /**
-   * Ends the device `sessionId` belongs to (its remember-me token too); false when there was
+   * Ends the device `sessionId` signs in (its remember-me token too); false when it signs in
    * none. `session:deleted` (reason `'revoked'`) carries `by`.
    */
   async delete (sessionId: string, by: PowActor = {}): Promise<boolean> {
     if (!isSecret(sessionId)) return false
     const { bucket, fingerprint } = secretDevice(sessionId)
     const loaded = await this.#pow.devices.read(bucket, fingerprint)
-    if (loaded === null) return false
+    if (loaded === null || !this.#signsIn(loaded.device, sessionId)) return false
     const { userKey } = loaded.device
     await this.#pow.devices.end(userKey, fingerprint)
     if (isLive(loaded.device, Date.now(), this.#pow.config.rules) && this.#pow.listenerCount('session:deleted') > 0) {

@@ -56,8 +56,9 @@ const plugin: FastifyPluginAsync<PowOptions> = async function fastifyPow (fastif
     const session = new PowSession(pow, request, reply)
     request.powSession = session
     const header = request.headers.cookie
-    // An app's @fastify/cookie, registered before fastify-pow, has parsed them already.
-    const cookies = header === undefined ? undefined : (request as { cookies?: Record<string, string | undefined> }).cookies ?? parseCookies(header)
+    // Parsed here even when an app's @fastify/cookie has parsed them: its options (a `decode`) are
+    // for the app's cookies, not fastify-pow's.
+    const cookies = header === undefined ? undefined : parseCookies(header)
     const sidCookie = cookies?.[sessionCookie]
     const tokenCookie = persistentCookie === undefined ? undefined : cookies?.[persistentCookie]
     const persistent = persistentCookie === undefined ? null : new PowPersistentSession(pow, request, session, tokenCookie !== undefined)
@@ -113,7 +114,7 @@ export const fastifyPow = fp(plugin, { fastify: '5.x', name: 'fastify-pow' })
 export default fastifyPow
 
 export { MemoryStore } from './stores/memory.js'
-export { RedisStore, type RedisStoreOptions } from './stores/redis.js'
+export { RedisStore, type RedisStoreOptions, type RedisClient } from './stores/redis.js'
 export { PostgresStore, postgresSchema, type PostgresStoreOptions, type PgPool, type PgClient } from './stores/postgres.js'
 export { userBucket } from './crypto.js'
 export { PowOptionError, PowStoreError, PowReloadUserError, PowNotSignedInError, PowSignInRevokedError, PowMetadataTooLargeError } from './errors.js'

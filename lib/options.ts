@@ -1,4 +1,5 @@
 import type { FastifyRequest } from 'fastify'
+import { stringifySetCookie } from 'cookie'
 import { optionError } from './errors.js'
 import type { Rules } from './lifecycle.js'
 import type { PowCookieOptions, PowOptions, PowStore, PowUser } from './types.js'
@@ -15,7 +16,18 @@ export interface CookieConfig {
   options: CookieAttributes
 }
 
-const COOKIE_ATTRIBUTES = new Set(['domain', 'path', 'sameSite', 'secure', 'httpOnly', 'partitioned', 'priority'])
+const isBoolean = (value: unknown): boolean => typeof value === 'boolean'
+/** What each cookie attribute may be; `stringifySetCookie` then checks a domain's and a path's characters. */
+const COOKIE_VALUES: Record<string, (value: unknown) => boolean> = {
+  domain: (value) => typeof value === 'string' && value !== '',
+  path: (value) => typeof value === 'string' && value.startsWith('/'),
+  sameSite: (value) => value === 'lax' || value === 'strict' || value === 'none' || typeof value === 'boolean',
+  secure: isBoolean,
+  httpOnly: isBoolean,
+  partitioned: isBoolean,
+  priority: (value) => value === 'low' || value === 'medium' || value === 'high'
+}
+const COOKIE_ATTRIBUTES = new Set(Object.keys(COOKIE_VALUES))
 
 export interface Config {
   secrets: string[]
@@ -59,8 +71,14 @@ function cookieConfig (
     throw optionError(`${prefix}.cookieName`, 'must be a valid cookie name')
   }
   if (cookie !== undefined && !isObject(cookie)) throw optionError(`${prefix}.cookie`, 'must be an object')
-  for (const key of Object.keys(cookie ?? {})) {
+  // An attribute given as undefined keeps its default, as one left out does.
+  const given: Record<string, unknown> = {}
+  for (const [key, value] of Object.entries(cookie ?? {})) {
     if (!COOKIE_ATTRIBUTES.has(key)) throw optionError(`${prefix}.cookie.${key}`, `is not an attribute fastify-pow lets you set (${[...COOKIE_ATTRIBUTES].join(', ')})`)
+    if (value === undefined) continue
+    const allowed = COOKIE_VALUES[key] as (value: unknown) => boolean
+    if (!allowed(value)) throw optionError(`${prefix}.cookie.${key}`, `is not a valid value (got ${JSON.stringify(value)})`)
+    given[key] = value
   }
   const cookieName = (name as string | undefined) ?? fallbackName
   const hostPrefixed = cookieName.startsWith('__Host-')
@@ -69,7 +87,12 @@ function cookieConfig (
     sameSite: 'lax',
     path: '/',
     secure: hostPrefixed || cookieName.startsWith('__Secure-') || process.env.NODE_ENV === 'production',
-    ...(cookie as PowCookieOptions | undefined)
+    ...(given as PowCookieOptions)
+  }
+  try {
+    stringifySetCookie({ ...options, name: cookieName, value: 'x' })
+  } catch (err) {
+    throw optionError(`${prefix}.cookie`, `is not a valid cookie: ${(err as Error).message}`)
   }
   if (hostPrefixed && (options.secure !== true || options.path !== '/' || options.domain !== undefined)) {
     throw optionError(`${prefix}.cookie`, 'must keep Secure, Path=/ and no Domain with a __Host- cookie name')

@@ -6,6 +6,7 @@ import { hashSecret, isSecret, SECRET_LENGTH, secretDevice } from './crypto.js'
 import { Devices } from './devices.js'
 import { PowNotSignedInError, PowReloadUserError, PowStoreError, storeError } from './errors.js'
 import { type Config, STORE_METHODS } from './options.js'
+import type { PowSession } from './session.js'
 import type { PowEvent, PowEvents, PowStore, PowUser } from './types.js'
 
 // A signed secret is `<69 chars>.<43 chars of base64 HMAC-SHA256>`; anything else is rejected before any HMAC.
@@ -13,6 +14,8 @@ const SIGNED_LENGTH = SECRET_LENGTH + 44
 // Cookies verified lately, so that a browser's every request does not cost an HMAC and a SHA-256.
 // 1024 entries: about 350 kB at most.
 const VERIFIED_CACHE_SIZE = 1024
+// At most one error line a minute while reloadUser keeps failing.
+const RELOAD_LOG_INTERVAL = 60_000
 
 /** A cookie value that passed verification: the secret, its device, its hash, and whether it must be re-signed. */
 export interface Verified {
@@ -66,8 +69,10 @@ export class Pow extends EventEmitter<PowEvents> {
   #verified = new Map<string, Verified>()
   /** Whether the last store call failed: an outage is logged when it starts and when it ends. */
   #failing = false
-  /** The same for the `reloadUser` option. */
+  /** The `reloadUser` option: whether a failure was logged since it last answered, when, and the failures since. */
   #reloadFailing = false
+  #reloadLoggedAt: number | undefined
+  #reloadNotLogged = 0
 
   /**
    * A hook for routes that need a signed-in user: `{ onRequest: app.pow.requireUser }` (or
@@ -76,9 +81,14 @@ export class Pow extends EventEmitter<PowEvents> {
    * fastify-pow's own `onRequest` hook, registered with the plugin, has run before a route's.
    */
   readonly requireUser = (request: FastifyRequest, _reply: FastifyReply, done: (err?: Error) => void): void => {
-    if (request.powSession?.user != null) return done()
-    const err = new PowNotSignedInError(request.powSession === undefined ? 'app.pow.requireUser (request.powSession is missing: is the route registered where fastify-pow is?)' : 'app.pow.requireUser')
-    done(err)
+    const session = request.powSession as PowSession | undefined
+    if (session === undefined) {
+      done(new Error('fastify-pow: app.pow.requireUser ran on a route outside the context fastify-pow is registered in (request.powSession is missing): register fastify-pow at the root'))
+    } else if (session.user === null) {
+      done(new PowNotSignedInError('app.pow.requireUser'))
+    } else {
+      done()
+    }
   }
 
   /** @internal made by the plugin */
@@ -116,8 +126,11 @@ export class Pow extends EventEmitter<PowEvents> {
   }
 
   /**
-   * @internal The `reloadUser` option's answer for `user`, null to sign out. When it throws, a
-   * 503 `POW_ERR_RELOAD_USER`; its error is logged once per outage, as the store's.
+   * @internal The `reloadUser` option's answer for `user`, null (or undefined) to sign out. An
+   * error with a 4xx `statusCode` (a 403 for a banned user) is the answer as thrown; any other
+   * is a 503 `POW_ERR_RELOAD_USER`. Failures are logged as an outage: an error line when the
+   * first comes, then at most one a minute while they go on (a user whose reload always fails
+   * must not log a line per request), and a line when a reload answers after a logged failure.
    */
   async reload (user: PowUser, request: FastifyRequest): Promise<PowUser | null> {
     const reloadUser = this.config.reloadUser as NonNullable<Config['reloadUser']>
@@ -125,10 +138,16 @@ export class Pow extends EventEmitter<PowEvents> {
     try {
       reloaded = await reloadUser(user, request)
     } catch (err) {
-      if (!this.#reloadFailing) {
+      const status = (err as { statusCode?: unknown } | null)?.statusCode
+      if (typeof status === 'number' && status >= 400 && status < 500) throw err
+      const now = Date.now()
+      if (this.#reloadLoggedAt === undefined || now - this.#reloadLoggedAt >= RELOAD_LOG_INTERVAL) {
+        this.log.error({ err, failuresNotLogged: this.#reloadNotLogged }, 'fastify-pow: reloadUser failed; answering 503 to the requests it fails for')
+        this.#reloadLoggedAt = now
+        this.#reloadNotLogged = 0
         this.#reloadFailing = true
-        this.log.error({ err }, 'fastify-pow: reloadUser failed; answering 503 to signed-in requests until it answers')
       } else {
+        this.#reloadNotLogged++
         request.log.debug({ err }, 'fastify-pow: reloadUser failed again')
       }
       throw new PowReloadUserError()

@@ -1,5 +1,5 @@
 /**
- * Replacements are claimed on first use (issue 6, faults): the answer that carries a renewed
+ * Replacements are claimed on first use (faults): the answer that carries a renewed
  * session id or a rotated remember-me token can be lost after the store ran the write (a 503 when
  * the reply came too late, a dropped connection). The browser, still holding its old cookies,
  * must stay signed in; and a copy of a cookie that someone else moved on from must still be

@@ -16,7 +16,7 @@ import {
 import { CookieJar } from './helpers/jar.js'
 
 /*
- * Property and fuzz tests (issue 6): generated cookie headers, mutated signed cookies and request
+ * Property and fuzz tests: generated cookie headers, mutated signed cookies and request
  * bodies against every route of the example app and the plugin's helpers (test/helpers/app.ts).
  * Every property checks: no 5xx; an anonymous request (no valid cookie) makes no store write and
  * reads only what a correctly signed cookie names; a valid cookie authenticates whatever garbage

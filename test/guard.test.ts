@@ -149,7 +149,12 @@ test('reloadUser that throws: 503 POW_ERR_RELOAD_USER, no cookie change, logged 
 
   failing = true
   await jar.request('/account')
-  t.equal(lines.filter((l) => l.msg.startsWith('fastify-pow: reloadUser failed;')).length, 2, 'a new outage is logged again')
+  t.equal(lines.filter((l) => l.msg.startsWith('fastify-pow: reloadUser failed;')).length, 1, 'a failure within a minute of the last line logged is not logged')
+  clock.tick(60_000)
+  await jar.request('/account')
+  const logged = lines.filter((l) => l.msg.startsWith('fastify-pow: reloadUser failed;'))
+  t.equal(logged.length, 2, 'a minute later, it is')
+  t.equal((logged[1] as { failuresNotLogged?: number }).failuresNotLogged, 1, 'with the count of the failures not logged')
 })
 
 test('a MemoryStore under NODE_ENV=production is a warning at registration; not in development', async (t) => {
@@ -279,4 +284,101 @@ test('create(user, { metadata: request.powSession.metadata }) keeps the custom m
   t.equal(again.signedInAt, first.signedInAt + 60_000, 'signed in now, not when the old device did')
   const [listed] = await app.pow.credentials.sessions(2)
   t.same(listed?.metadata, { browser: 'Firefox' }, 'the store keeps only the custom part')
+})
+
+test('reloadUser failing for one user while it answers for others: one error line a minute, not one per request', async (t) => {
+  fakeClock(t)
+  const { app, lines } = await guardedApp(t, {
+    reloadUser: async (user) => {
+      if ((user as { id: number }).id === 1) throw new Error('row 1 is corrupt')
+      return user
+    }
+  })
+  const broken = new CookieJar(app)
+  await broken.request({ method: 'POST', url: '/login', payload: { id: 1 } })
+  const fine = new CookieJar(app)
+  await fine.request({ method: 'POST', url: '/login', payload: { id: 2 } })
+  for (let round = 0; round < 5; round++) {
+    t.equal((await broken.request('/account')).statusCode, 503)
+    t.equal((await fine.request('/account')).statusCode, 200)
+  }
+  t.equal(lines.filter((l) => l.msg.startsWith('fastify-pow: reloadUser failed;')).length, 1, 'one error line')
+  t.equal(lines.filter((l) => l.msg === 'fastify-pow: reloadUser answers again').length, 1, 'one line when it answered after it')
+})
+
+test('reloadUser: a 4xx it throws is the answer; undefined signs out as null does', async (t) => {
+  const { app } = await guardedApp(t, {
+    reloadUser: async (user) => {
+      const { id } = user as { id: number }
+      if (id === 1) throw Object.assign(new Error('This account is suspended'), { statusCode: 403, code: 'APP_SUSPENDED' })
+      return id === 2 ? undefined as unknown as null : user
+    }
+  })
+  const suspended = new CookieJar(app)
+  await suspended.request({ method: 'POST', url: '/login', payload: { id: 1 } })
+  const response = await suspended.request('/public')
+  t.equal(response.statusCode, 403)
+  t.equal(response.json().code, 'APP_SUSPENDED', 'the error as thrown')
+  t.equal(response.headers['set-cookie'], undefined, 'no cookie change')
+  const gone = new CookieJar(app)
+  await gone.request({ method: 'POST', url: '/login', payload: { id: 2 } })
+  const out = await gone.request('/account')
+  t.equal(out.statusCode, 401, 'undefined: signed out')
+  t.equal(gone.get('pow_session'), undefined, 'and the cookie cleared')
+})
+
+test('app.pow.requireUser on a route outside fastify-pow\'s context is a 500 that says so, not a 401', async (t) => {
+  const { lines, stream } = logLines()
+  const app = Fastify({ logger: { level: 'error', stream } })
+  t.teardown(() => app.close())
+  let hook: FastifyInstance['pow']['requireUser'] | undefined
+  await app.register(async (child) => {
+    await child.register(pow, { secret: SECRET })
+    hook = child.pow.requireUser
+  })
+  await app.register(async (sibling) => {
+    sibling.get('/x', { onRequest: hook }, async () => ({ ok: true }))
+  })
+  const response = await app.inject('/x')
+  t.equal(response.statusCode, 500)
+  t.match(lines.find((l) => l.level === 50)?.err?.message, /app\.pow\.requireUser ran on a route outside the context fastify-pow is registered in/)
+})
+
+test('cookie attributes given as undefined keep their defaults', async (t) => {
+  const saved = process.env.NODE_ENV
+  process.env.NODE_ENV = 'production'
+  t.teardown(() => { process.env.NODE_ENV = saved })
+  const { app } = await guardedApp(t, { session: { cookie: { secure: undefined, httpOnly: undefined, sameSite: undefined, path: undefined } } })
+  const login = await app.inject({ method: 'POST', url: '/login', payload: { id: 1 } })
+  const header = ([] as string[]).concat(login.headers['set-cookie'] as string | string[]).find((h) => h.startsWith('pow_session='))
+  t.match(header, /; Path=\/; HttpOnly; Secure; SameSite=Lax$/)
+})
+
+test('@fastify/cookie registered before fastify-pow: its parse options do not apply to fastify-pow\'s cookies', async (t) => {
+  const app = Fastify()
+  t.teardown(() => app.close())
+  await app.register(fastifyCookie, { parseOptions: { decode: (value: string) => value.slice(0, 10) } as never })
+  await app.register(pow, { secret: SECRET })
+  app.post('/login', async (request) => {
+    await request.powSession.create({ id: 1 } as PowUser)
+    return {}
+  })
+  app.get('/me', async (request) => ({ user: request.powSession.user }))
+  const jar = new CookieJar(app)
+  await jar.request({ method: 'POST', url: '/login' })
+  t.same((await jar.request('/me')).json(), { user: { id: 1 } })
+})
+
+test('credentials.put fires session:created; credentials.delete needs an id that signs the device in', async (t) => {
+  const { app } = await guardedApp(t)
+  const created: Array<{ user: unknown, actor?: string | undefined }> = []
+  app.pow.on('session:created', (e) => { created.push({ user: e.user, actor: e.actor }) })
+  const id = app.pow.credentials.generateId({ id: 5 } as PowUser)
+  await app.pow.credentials.put(id, { id: 5 } as PowUser, {}, { actor: 'import-job' })
+  t.same(created, [{ user: { id: 5 }, actor: 'import-job' }])
+  const forged = id.slice(0, -4) + (id.endsWith('AAAA') ? 'BBBB' : 'AAAA')
+  t.equal(await app.pow.credentials.delete(forged), false, 'an id of the same device that never signed it in ends nothing')
+  t.not(await app.pow.credentials.get(id), null, 'the device lives on')
+  t.equal(await app.pow.credentials.delete(id), true)
+  t.equal(await app.pow.credentials.get(id), null)
 })

@@ -48,7 +48,14 @@ const cases: Array<[string, unknown, string]> = [
   ['__Host- without Secure', { session: { cookieName: '__Host-s', cookie: { secure: false } } }, 'session.cookie'],
   ['__Host- with another path', { session: { cookieName: '__Host-s', cookie: { path: '/x' } } }, 'session.cookie'],
   ['__Secure- without Secure', { persistentSession: { cookieName: '__Secure-r', cookie: { secure: false } } }, 'persistentSession.cookie'],
-  ['session not an object', { session: 'yes' }, 'session']
+  ['session not an object', { session: 'yes' }, 'session'],
+  ['a cookie attribute fastify-pow does not set', { session: { cookie: { maxAge: 60 } } }, 'session.cookie.maxAge'],
+  ['a domain with a space', { session: { cookie: { domain: 'bad domain' } } }, 'session.cookie'],
+  ['a path with a semicolon', { persistentSession: { cookie: { path: '/a;b' } } }, 'persistentSession.cookie'],
+  ['a path not from the root', { session: { cookie: { path: 'app' } } }, 'session.cookie.path'],
+  ["secure: 'auto'", { session: { cookie: { secure: 'auto' } } }, 'session.cookie.secure'],
+  ["sameSite: 'Lax'", { session: { cookie: { sameSite: 'Lax' } } }, 'session.cookie.sameSite'],
+  ["priority: 'urgent'", { persistentSession: { cookie: { priority: 'urgent' } } }, 'persistentSession.cookie.priority']
 ]
 
 for (const [name, options, option] of cases) {

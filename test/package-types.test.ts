@@ -6,7 +6,8 @@
  * tsconfig.<name>.json` in it.
  */
 import { execFile } from 'node:child_process'
-import { copyFile, readFile, writeFile } from 'node:fs/promises'
+import { cp, copyFile, mkdir, mkdtemp, readdir, readFile, rm, symlink, writeFile } from 'node:fs/promises'
+import os from 'node:os'
 import path from 'node:path'
 import { promisify } from 'node:util'
 import t from 'tap'
@@ -111,6 +112,15 @@ const CONFIGS: Array<{ name: string, file: string, options: Record<string, unkno
   { name: 'nodenext-cjs', file: 'consumer.cts', options: { module: 'nodenext', moduleResolution: 'nodenext' } }
 ]
 
+// An app on the default MemoryStore, in a project without the optional peers ioredis and pg.
+const MINIMAL = `import Fastify from 'fastify'
+import pow, { MemoryStore } from 'fastify-pow'
+
+const app = Fastify()
+await app.register(pow, { secret: 'x'.repeat(32), store: new MemoryStore() })
+app.get('/', { onRequest: app.pow.requireUser }, async (request) => ({ user: request.powSession.requireUser() }))
+`
+
 // Loads the package from CommonJS and serves a request with it.
 const REQUIRE = `const Fastify = require('fastify')
 let pow
@@ -152,10 +162,25 @@ await copyFile(path.join(dir, 'consumer.ts'), path.join(dir, 'consumer.cts'))
 for (const { name, file, options } of CONFIGS) {
   await writeFile(path.join(dir, `tsconfig.${name}.json`), JSON.stringify({ compilerOptions: { ...STRICT, ...options }, files: [file] }, null, 2))
 }
+// The same package in a project with fastify-pow's dependencies and fastify only (no ioredis, no pg).
+const minimal = await mkdtemp(path.join(os.tmpdir(), 'fastify-pow-minimal-'))
+t.teardown(async () => { if (!keep) await rm(minimal, { recursive: true, force: true }) })
+await cp(path.join(dir, 'node_modules', 'fastify-pow'), path.join(minimal, 'node_modules', 'fastify-pow'), { recursive: true })
+for (const scope of ['', ...(await readdir(path.join(dir, 'node_modules'))).filter((n) => n.startsWith('@'))]) {
+  for (const name of await readdir(path.join(dir, 'node_modules', scope))) {
+    const linked = path.join(scope, name)
+    if (name.startsWith('@') || ['fastify-pow', 'ioredis', 'pg', path.join('@types', 'pg')].includes(linked)) continue
+    await mkdir(path.join(minimal, 'node_modules', scope), { recursive: true })
+    await symlink(path.join(dir, 'node_modules', linked), path.join(minimal, 'node_modules', linked), 'junction')
+  }
+}
+await writeFile(path.join(minimal, 'package.json'), JSON.stringify({ name: 'minimal', private: true, type: 'module' }))
+await writeFile(path.join(minimal, 'minimal.ts'), MINIMAL)
+
 // Both nodenext jobs first, so that one worker parses their declarations once.
-const checked = await typecheck(CONFIGS.map(({ name, file, options }) => ({
+const checked = await typecheck([...CONFIGS, { name: 'without-peers', file: 'minimal.ts', options: { module: 'nodenext', moduleResolution: 'nodenext' } }].map(({ name, file, options }) => ({
   id: name,
-  dir,
+  dir: name === 'without-peers' ? minimal : dir,
   rootNames: [file],
   compilerOptions: { ...STRICT, ...options },
   report: 'package' as const,
@@ -175,6 +200,12 @@ for (const [i, { name, options }] of CONFIGS.entries()) {
     t.equal(formatted, '', `tsc -p tsconfig.${name}.json: no errors in the consumer or in fastify-pow's declarations (${ms} ms)`)
   })
 }
+
+t.test('types in a project without the optional peers (ioredis, pg)', async (t) => {
+  const { formatted, ms } = checked[CONFIGS.length]
+  if (formatted !== '') keep = true
+  t.equal(formatted, '', `no errors in the consumer or in fastify-pow's declarations (${ms} ms); project in ${minimal}`)
+})
 
 t.test('every optional property of an option or argument type accepts undefined', async (t) => {
   const found = checked[0].optionalWithoutUndefined

@@ -1,5 +1,4 @@
 import { createHash } from 'node:crypto'
-import type { Cluster, Redis } from 'ioredis'
 import { BUCKET_LENGTH, userBucket } from '../crypto.js'
 import type { CommitResult, DeviceChange, PowStore, StoredDevice } from '../types.js'
 
@@ -218,7 +217,27 @@ function globEscape (text: string): string {
   return text.replace(/[*?[\]\\]/g, '\\$&')
 }
 
-type Client = Redis | Cluster
+/**
+ * What the store uses of an ioredis client, a `Redis` or a `Cluster` (both fit): declared here so
+ * that fastify-pow's types do not need ioredis installed.
+ */
+export interface RedisClient {
+  readonly status: string
+  on (event: string, listener: (...args: any[]) => void): unknown
+  hmget (key: string, ...fields: string[]): Promise<Array<string | null>>
+  scan (cursor: string, matchToken: 'MATCH', pattern: string, countToken: 'COUNT', count: number): Promise<[cursor: string, keys: string[]]>
+  evalsha (sha: string, numKeys: number, ...args: Array<string | number>): Promise<unknown>
+  eval (script: string, numKeys: number, ...args: Array<string | number>): Promise<unknown>
+  time (): Promise<unknown[]>
+}
+
+/** A `Cluster`: its master nodes are scanned one by one. */
+interface ClusterClient extends RedisClient {
+  readonly isCluster: true
+  nodes (role: 'master'): RedisClient[]
+}
+
+type Client = RedisClient
 
 /** A command in flight: when it times out, and how (undefined once it answered or timed out). */
 interface Waiting {
@@ -253,7 +272,7 @@ export class RedisStore implements PowStore {
 
   constructor (client: Client, options: RedisStoreOptions = {}) {
     const { namespace = 'pow', commandTimeout = 2000 } = options
-    if (client === null || typeof client !== 'object' || typeof (client as Redis).evalsha !== 'function') {
+    if (client === null || typeof client !== 'object' || typeof (client as RedisClient).evalsha !== 'function') {
       throw new TypeError('RedisStore needs an ioredis client (Redis or Cluster)')
     }
     if (typeof namespace !== 'string' || !/^[\w.:-]+$/.test(namespace)) {
@@ -319,9 +338,8 @@ export class RedisStore implements PowStore {
 
   async users (): Promise<string[]> {
     const client = this.#client
-    const nodes: Redis[] = 'nodes' in client && typeof (client as Cluster).nodes === 'function' && (client as Cluster).isCluster
-      ? (client as Cluster).nodes('master')
-      : [client as Redis]
+    const cluster = client as Partial<ClusterClient>
+    const nodes: RedisClient[] = typeof cluster.nodes === 'function' && cluster.isCluster === true ? cluster.nodes('master') : [client]
     const pattern = `${globEscape(this.#keyPrefix + this.#ns)}:{${'?'.repeat(BUCKET_LENGTH)}}:d:*`
     // A user has a key per device: one answer per user key.
     const users = new Map<string, string>()
