@@ -9,10 +9,7 @@ import type { Pow, Verified } from './pow.js'
 import type { DeletedReason, DeviceWrite, PowEvent, PowMetadata, PowUser, SessionInfo, SessionMetadata } from './types.js'
 
 /** A device this request's cookies named, with its user's credentials (JSON text) as read. */
-interface Named {
-  device: Device
-  user: string
-}
+type Named = Pick<Loaded, 'device' | 'user'>
 
 export const kAuthenticate = Symbol('fastify-pow.authenticate')
 export const kCookies = Symbol('fastify-pow.cookies')
