@@ -1,4 +1,5 @@
 import fastifyCookie from '@fastify/cookie'
+import fastifyRedis from '@fastify/redis'
 import Fastify, { type FastifyInstance } from 'fastify'
 import { type Test, test } from 'tap'
 import pow, {
@@ -7,6 +8,7 @@ import pow, {
 } from '../lib/index.js'
 import { fakeClock } from './helpers/clock.js'
 import { CookieJar } from './helpers/jar.js'
+import { startRedis } from './helpers/redis.js'
 import { type LogLine, logLines } from './helpers/outage.js'
 
 const SECRET = 'guard-test-secret-that-is-long-enough-0123'
@@ -381,4 +383,16 @@ test('credentials.put fires session:created; credentials.delete needs an id that
   t.not(await app.pow.credentials.get(id), null, 'the device lives on')
   t.equal(await app.pow.credentials.delete(id), true)
   t.equal(await app.pow.credentials.get(id), null)
+})
+
+test('@fastify/redis registered after fastify-pow: a warning at ready says sessions stay in memory', async (t) => {
+  const server = await startRedis(t)
+  const { lines, stream } = logLines()
+  const app = Fastify({ logger: { level: 'warn', stream } })
+  t.teardown(() => app.close())
+  await app.register(pow, { secret: SECRET })
+  await app.register(fastifyRedis, { url: server.url })
+  await app.ready()
+  t.ok(app.pow.rawStore instanceof MemoryStore, 'the store is the MemoryStore chosen at registration')
+  t.ok(lines.some((l) => l.level === 40 && /@fastify\/redis was registered after fastify-pow, so sessions are kept in memory/.test(l.msg)), 'warned')
 })
