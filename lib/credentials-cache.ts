@@ -46,7 +46,7 @@ export class CredentialsCache {
     })
     if (!ok) throw new TypeError('fastify-pow: credentials.put was given a session id that is stored already')
     this.#pow.notify('session:created', { ...actor(by), user, userKey, fingerprint })
-    this.#pow.notifyEvicted({ ...actor(by), user, userKey }, evicted)
+    this.#pow.notifyDeleted({ ...actor(by), user, userKey }, evicted, 'evicted')
   }
 
   /** The user and metadata of the device `sessionId` signs in, or null. Reads only: a renewal due is left to the browser's next request. */
@@ -75,7 +75,7 @@ export class CredentialsCache {
     const { userKey } = loaded.device
     await this.#pow.devices.end(userKey, fingerprint)
     if (isLive(loaded.device, Date.now(), this.#pow.config.rules) && this.#pow.listenerCount('session:deleted') > 0) {
-      this.#pow.notify('session:deleted', { ...actor(by), user: JSON.parse(loaded.user) as PowUser, userKey, fingerprint, reason: 'revoked' })
+      this.#pow.notifyDeleted({ ...actor(by), user: JSON.parse(loaded.user) as PowUser, userKey }, [fingerprint], 'revoked')
     }
     return true
   }
@@ -99,9 +99,9 @@ export class CredentialsCache {
   async deleteUserSessions (user: UserOrId, options: PowActor & { except?: string | undefined } = {}): Promise<string[]> {
     const userKey = this.#userKey(user)
     const { fingerprints, user: stored } = await this.#pow.devices.revokeAll(userKey, options.except)
-    if (fingerprints.length > 0 && this.#pow.listenerCount('session:deleted') > 0) {
-      const shown = stored === null ? user as PowUser : JSON.parse(stored) as PowUser
-      for (const fingerprint of fingerprints) this.#pow.notify('session:deleted', { ...actor(options), user: shown, userKey, fingerprint, reason: 'revoked' })
+    // The credentials are parsed for listeners only; a user with no device ended has none stored.
+    if (stored !== null && this.#pow.listenerCount('session:deleted') > 0) {
+      this.#pow.notifyDeleted({ ...actor(options), user: JSON.parse(stored) as PowUser, userKey }, fingerprints, 'revoked')
     }
     return fingerprints
   }

@@ -61,7 +61,7 @@ export class PowPersistentSession {
         user: JSON.stringify(user),
         limit: pow.config.maxDevices
       })
-      pow.notifyEvicted({ request: this.#request, user, userKey }, evicted)
+      pow.notifyDeleted({ request: this.#request, user, userKey }, evicted, 'evicted')
     }
     const device = step.device as Device
     if (this.#session.user !== null) this.#session[kDevice] = device

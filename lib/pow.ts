@@ -7,7 +7,7 @@ import { Devices } from './devices.js'
 import { PowNotSignedInError, PowReloadUserError, PowStoreError, storeError } from './errors.js'
 import { type Config, STORE_METHODS } from './options.js'
 import type { PowSession } from './session.js'
-import type { PowEvent, PowEvents, PowStore, PowUser } from './types.js'
+import type { DeletedReason, PowEvent, PowEvents, PowStore, PowUser } from './types.js'
 
 // A signed secret is `<69 chars>.<43 chars of base64 HMAC-SHA256>`; anything else is rejected before any HMAC.
 const SIGNED_LENGTH = SECRET_LENGTH + 44
@@ -196,9 +196,9 @@ export class Pow extends EventEmitter<PowEvents> {
     this.notify('session:deleted', { ...event, reason: 'theft' })
   }
 
-  /** @internal the devices a sign-in's `maxDevices` ended */
-  notifyEvicted (event: Omit<PowEvent, 'fingerprint' | 'reason'>, fingerprints: string[]): void {
-    for (const fingerprint of fingerprints) this.notify('session:deleted', { ...event, fingerprint, reason: 'evicted' })
+  /** @internal `session:deleted`, with `reason`, for each device of `fingerprints` */
+  notifyDeleted (event: Omit<PowEvent, 'fingerprint' | 'reason'>, fingerprints: string[], reason: DeletedReason): void {
+    for (const fingerprint of fingerprints) this.notify('session:deleted', { ...event, fingerprint, reason })
   }
 
   /** @internal listeners must not break a request */

@@ -159,7 +159,7 @@ export class PowSession {
     this.#setCookies(step, null)
     if (step.token === undefined) persistent?.[kClearCookie]()
     pow.notify('session:created', this.#event(user, device))
-    pow.notifyEvicted({ request: this.#request, user, userKey }, evicted)
+    pow.notifyDeleted({ request: this.#request, user, userKey }, evicted, 'evicted')
   }
 
   /** Signs out: ends this browser's device (its session and remember-me token) and clears both cookies. */
@@ -205,7 +205,7 @@ export class PowSession {
     }
     if (!isFingerprint(fingerprint)) return false
     const ended = await this.#pow.devices.revoke(device.userKey, fingerprint)
-    if (ended) this.#pow.notify('session:deleted', { ...this.#event(this.user as PowUser, device), fingerprint, reason: 'revoked' })
+    if (ended) this.#pow.notifyDeleted({ request: this.#request, user: this.user as PowUser, userKey: device.userKey }, [fingerprint], 'revoked')
     return ended
   }
 
@@ -213,7 +213,7 @@ export class PowSession {
   async deleteOtherSessions (): Promise<string[]> {
     const device = this.#requireDevice('deleteOtherSessions')
     const { fingerprints } = await this.#pow.devices.revokeAll(device.userKey, device.fingerprint)
-    for (const fingerprint of fingerprints) this.#pow.notify('session:deleted', { ...this.#event(this.user as PowUser, device), fingerprint, reason: 'revoked' })
+    this.#pow.notifyDeleted({ request: this.#request, user: this.user as PowUser, userKey: device.userKey }, fingerprints, 'revoked')
     return fingerprints
   }
 
