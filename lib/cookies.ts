@@ -16,8 +16,6 @@ export class PendingCookies {
   #depth = 0
   /** Cookie name -> the header this request's calls wrote for it; made on the first write. */
   #written: Map<string, string> | undefined
-  /** The headers written so far. */
-  #sent: string[] | undefined
 
   constructor (reply: FastifyReply) {
     this.#reply = reply
@@ -66,21 +64,22 @@ export class PendingCookies {
     const pending = this.#pending
     this.#pending = []
     const reply = this.#reply
-    const written = this.#written ??= new Map()
-    for (const [name, value, options] of pending) {
-      written.set(name, value === null ? stringifySetCookie({ ...options, ...CLEARED, name, value: '' }) : stringifySetCookie({ ...options, name, value }))
-    }
     // Written as headers, not through @fastify/cookie's reply.setCookie: fastify-pow needs no
     // cookie plugin, and an app's own @fastify/cookie (registered before or after fastify-pow,
     // with options of its own) adds its cookies to these. One header per cookie name: a later
     // call of the same request (a sign-in after the hook renewed) replaces what an earlier wrote.
-    if (this.#sent !== undefined) {
-      const mine = new Set(this.#sent)
+    const earlier = this.#written
+    if (earlier !== undefined) {
+      const mine = new Set(earlier.values())
       const others = ([] as Array<string | number>).concat(reply.getHeader('set-cookie') ?? []).filter((h) => !mine.has(String(h)))
       reply.removeHeader('set-cookie')
       if (others.length > 0) reply.header('set-cookie', others)
     }
-    const sent = this.#sent = [...written.values()]
-    reply.header('set-cookie', sent.length === 1 ? sent[0] : [...sent])
+    const written = this.#written = earlier ?? new Map()
+    for (const [name, value, options] of pending) {
+      written.set(name, value === null ? stringifySetCookie({ ...options, ...CLEARED, name, value: '' }) : stringifySetCookie({ ...options, name, value }))
+    }
+    const sent = [...written.values()]
+    reply.header('set-cookie', sent.length === 1 ? sent[0] : sent)
   }
 }
