@@ -53,13 +53,13 @@ const plugin: FastifyPluginAsync<PowOptions> = async function fastifyPow (fastif
   const reload = config.reloadUser !== undefined
 
   fastify.addHook('onRequest', async function powAuthenticate (request, reply) {
-    const session = new PowSession(pow, request, reply)
-    request.powSession = session
     const header = request.headers.cookie
     // Parsed here even when an app's @fastify/cookie has parsed them: its options (a `decode`) are
     // for the app's cookies, not fastify-pow's.
     const cookies = header === undefined ? undefined : parseCookies(header)
     const sidCookie = cookies?.[sessionCookie]
+    const session = new PowSession(pow, request, reply, sidCookie !== undefined)
+    request.powSession = session
     const tokenCookie = persistentCookie === undefined ? undefined : cookies?.[persistentCookie]
     const persistent = persistentCookie === undefined ? null : new PowPersistentSession(pow, request, session, tokenCookie !== undefined)
     request.powPersistentSession = persistent

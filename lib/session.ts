@@ -72,12 +72,15 @@ export class PowSession {
   #device: Device | null = null
   /** Devices this request's cookies named, signed in or not: a sign-in or sign-out ends them. */
   #named: Named[] = []
+  /** The browser holds a session cookie: it came with the request, or this request set one. */
+  #hasCookie: boolean
 
-  constructor (pow: Pow, request: FastifyRequest, reply: FastifyReply) {
+  constructor (pow: Pow, request: FastifyRequest, reply: FastifyReply, hasCookie: boolean) {
     this.#pow = pow
     this.#request = request
     this.#cookies = new PendingCookies(reply)
     this[kCookies] = this.#cookies
+    this.#hasCookie = hasCookie
   }
 
   /** @internal the device this request is signed in with */
@@ -162,7 +165,7 @@ export class PowSession {
     pow.notifyDeleted({ request: this.#request, user, userKey }, evicted, 'evicted')
   }
 
-  /** Signs out: ends this browser's device (its session and remember-me token) and clears both cookies. */
+  /** Signs out: ends this browser's device (its session and remember-me token) and clears the cookies the request carried. */
   async delete (): Promise<void> {
     await this.#cookies.run(async () => { await this.#end('sign-out') })
   }
@@ -176,8 +179,18 @@ export class PowSession {
     this.user = null
     for (const old of ended) this.#notifyDeleted(old, reason, current)
     this.#request.powPersistentSession?.[kClearCookie]()
+    this.#clearCookie()
+  }
+
+  /**
+   * Expires the session cookie, if the browser holds one. A sign-out that came without cookies
+   * (a cross-site post, say) sends no Set-Cookie: there is nothing of this browser's to clear.
+   */
+  #clearCookie (): void {
+    if (!this.#hasCookie) return
     const { name, options } = this.#pow.config.session
     this.#cookies.clear(name, options)
+    this.#hasCookie = false
   }
 
   /** Stores new credentials for the signed-in user; all the user's devices see them. */
@@ -238,7 +251,7 @@ export class PowSession {
         await pow.revokeStolen({ request: this.#request, user: JSON.parse((loaded as Loaded).user) as PowUser, userKey, fingerprint }, 'session:reuse',
           'a superseded session id came back')
         this.#named = []
-        this.#cookies.clear(pow.config.session.name, pow.config.session.options)
+        this.#clearCookie()
         return
       }
       if (step.auth === 'session') {
@@ -300,7 +313,10 @@ export class PowSession {
   #setCookies (step: Step, token: Verified | null): void {
     const pow = this.#pow
     const { session, persistent } = pow.config
-    if (step.session !== undefined) this.#cookies.set(session.name, pow.sign(step.session), session.options)
+    if (step.session !== undefined) {
+      this.#cookies.set(session.name, pow.sign(step.session), session.options)
+      this.#hasCookie = true
+    }
     if (persistent === undefined) return
     if (step.token !== undefined) {
       this.#cookies.set(persistent.name, pow.sign(step.token), { ...persistent.options, maxAge: this.#tokenMaxAge(step.device as Device) })

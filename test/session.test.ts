@@ -159,6 +159,23 @@ test('delete signs out: the device (session and token) gone server-side, both co
   t.same(deleted, [`${fingerprint as string}:sign-out`])
 })
 
+test('delete clears only the cookies the request carried: a sign-out without cookies sets none', async (t) => {
+  const app = await buildApp(t, { store: new MemoryStore() })
+  const bare = await app.inject({ method: 'POST', url: '/logout', headers: { 'content-type': 'text/plain' }, payload: '' })
+  t.equal(bare.statusCode, 204)
+  t.equal(bare.headers['set-cookie'], undefined, 'a cross-site post without cookies clears nothing in the browser')
+  const jar = await signIn(app, 1, { persistent: true })
+  const onlyToken = jar.clone()
+  onlyToken.delete('pow_session')
+  const tokenOut = await app.inject({ method: 'POST', url: '/logout', headers: { cookie: onlyToken.header() } })
+  t.same(tokenOut.cookies.map((c) => `${c.name}=${c.value}`).sort(), ['pow_persistent_session=', 'pow_session='],
+    'a remember-me cookie alone signs in (a new session cookie), so sign-out clears both')
+  const forged = await app.inject({ method: 'POST', url: '/logout', headers: { cookie: 'pow_session=forged.value' } })
+  t.same(forged.cookies.map((c) => `${c.name}=${c.value}`), ['pow_session='], 'a cookie the request carried is cleared, even a forged one')
+  const otherCookie = await app.inject({ method: 'POST', url: '/logout', headers: { cookie: 'theme=dark' } })
+  t.equal(otherCookie.headers['set-cookie'], undefined)
+})
+
 test('session:deleted fires only for a device that was live', async (t) => {
   const clock = fakeClock(t)
   const app = await buildApp(t)
