@@ -1,15 +1,19 @@
 import fastifyCsrf from '@fastify/csrf-protection'
 import fastifyFormbody from '@fastify/formbody'
-import fastifyRateLimit from '@fastify/rate-limit'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { SessionInfo } from '../lib/index.js'
+import { limitedSignIn, type LoginLimiter } from './login-limits.js'
 import { deviceMetadata, readDeviceMetadata } from './user-agent.js'
 import type { PublicUser, UserStore } from './users.js'
 
 export interface PagesOptions {
   users: UserStore
-  /** Login attempts allowed per IP and minute. Default 10. */
-  loginAttemptsPerMinute?: number
+  /** Failed sign-ins per IP and account, shared with the JSON login. */
+  limiter: LoginLimiter
+  /** A `__Host-` CSRF cookie, Secure. */
+  production: boolean
+  /** The HMAC key of the CSRF tokens. */
+  csrfKey: Buffer
 }
 
 /** Escapes text for HTML element content and quoted attribute values. */
@@ -87,6 +91,11 @@ function currentUser (request: FastifyRequest): PublicUser | null {
   return request.powSession.user as PublicUser | null
 }
 
+/** What the CSRF tokens are bound to: this browser's device, or 'signed-out' (never a fingerprint). */
+function deviceOf (request: FastifyRequest): string {
+  return request.powSession.metadata?.fingerprint ?? 'signed-out'
+}
+
 /** preHandler for pages: a page that needs a user sends the browser to the login page. */
 async function requireUserPage (request: FastifyRequest, reply: FastifyReply): Promise<FastifyReply | undefined> {
   if (request.powSession.user === null) return reply.redirect('/login', 303)
@@ -120,20 +129,35 @@ function deviceItem (session: SessionInfo, csrf: string): string {
  * with 303 redirects; the login form is rate limited per IP.
  */
 export async function pages (app: FastifyInstance, options: PagesOptions): Promise<void> {
-  const { users } = options
+  const { users, limiter } = options
   await app.register(fastifyFormbody)
-  await app.register(fastifyCsrf, { cookieOpts: { httpOnly: true, sameSite: 'strict', path: '/' } })
-  await app.register(fastifyRateLimit, { global: false })
+  // The CSRF secret is in a cookie, and each token is an HMAC (with a server key) of that secret
+  // and of this browser's device fingerprint ('signed-out' when signed out): a token made before sign-in,
+  // or made for another device, or made for a secret another subdomain planted in a cookie, does
+  // not verify. Sign-in and sign-out also replace the secret. In production the cookie is
+  // `__Host-`: Secure, and no other subdomain can set or shadow it.
+  const csrfCookie = options.production ? '__Host-csrf' : '_csrf'
+  const csrfCookieOptions = { httpOnly: true, sameSite: 'strict', path: '/', secure: options.production } as const
+  await app.register(fastifyCsrf, {
+    cookieKey: csrfCookie,
+    cookieOpts: csrfCookieOptions,
+    csrfOpts: { hmacKey: options.csrfKey },
+    getUserInfo: deviceOf
+  })
+  const csrfToken = (request: FastifyRequest, reply: FastifyReply): string => reply.generateCsrf({ userInfo: deviceOf(request) })
+  /** After a sign-in or sign-out: the next page makes a new CSRF secret. */
+  const renewCsrf = (reply: FastifyReply): void => { reply.clearCookie(csrfCookie, csrfCookieOptions) }
 
-  app.setErrorHandler(async (err: Error & { statusCode?: number, code?: string }, request, reply) => {
+  app.setErrorHandler(async (err: Error & { statusCode?: number, code?: string, retryAfter?: number }, request, reply) => {
     const status = err.statusCode ?? 500
     if (status >= 500) request.log.error({ err }, 'page failed')
+    if (status === 429 && err.retryAfter !== undefined) reply.header('retry-after', String(err.retryAfter))
     const message = err.code === 'POW_ERR_SIGN_IN_REVOKED'
       ? 'Another of your devices signed everyone else out while you were signing in. Sign in again.'
       : status === 403
         ? 'Your form expired. Go back, reload the page and try again.'
         : status === 429
-          ? 'Too many attempts. Wait a minute and try again.'
+          ? 'Too many failed sign-ins. Wait a few minutes and try again.'
           : status === 503
             ? 'Sign-in is unavailable right now. Try again in a moment.'
             : status >= 500 ? 'Something went wrong.' : 'That request was not understood.'
@@ -154,7 +178,7 @@ export async function pages (app: FastifyInstance, options: PagesOptions): Promi
     }
   }, async (request, reply) => {
     if (currentUser(request) !== null) return reply.redirect('/', 303)
-    const csrf = reply.generateCsrf()
+    const csrf = csrfToken(request, reply)
     const notice = request.query.error !== undefined
       ? '<p class="error" role="alert">Invalid email or password.</p>'
       : request.query.signedOut !== undefined ? '<p class="notice" role="status">You are signed out.</p>' : ''
@@ -179,7 +203,6 @@ ${notice}
 
   app.post<{ Body: { email: string, password: string, remember?: 'on', _csrf: string } }>('/login', {
     preHandler: app.csrfProtection,
-    config: { rateLimit: { max: options.loginAttemptsPerMinute ?? 10, timeWindow: '1 minute' } },
     schema: {
       body: {
         type: 'object',
@@ -195,7 +218,8 @@ ${notice}
     }
   }, async (request, reply) => {
     const { email, password, remember } = request.body
-    const user = await users.authenticate(email, password)
+    // A 429 page with Retry-After once this IP or account failed too often, as the JSON login.
+    const user = await limitedSignIn(limiter, request.ip, email, async () => await users.authenticate(email, password))
     // The same answer whether the email exists or the password is wrong.
     if (user === null) return reply.redirect('/login?error=1', 303)
     await request.powSession.create(user, {
@@ -203,18 +227,20 @@ ${notice}
       // Parsed and cut, as the JSON login does: the raw header is whatever the client sends.
       metadata: deviceMetadata(request.headers['user-agent'], request.ip)
     })
+    renewCsrf(reply)
     return reply.redirect('/', 303)
   })
 
   app.post('/logout', { preHandler: app.csrfProtection }, async (request, reply) => {
     await request.powSession.delete()
+    renewCsrf(reply)
     return reply.redirect('/login?signedOut=1', 303)
   })
 
   app.get('/', { preHandler: requireUserPage }, async (request, reply) => {
     const user = currentUser(request) as PublicUser
     const metadata = request.powSession.metadata
-    const csrf = reply.generateCsrf()
+    const csrf = csrfToken(request, reply)
     return reply.type('text/html; charset=utf-8').send(layout({
       title: 'Account',
       user,
@@ -232,7 +258,7 @@ ${notice}
   app.get('/sessions', { preHandler: requireUserPage }, async (request, reply) => {
     const user = currentUser(request) as PublicUser
     const sessions = await request.powSession.sessions()
-    const csrf = reply.generateCsrf()
+    const csrf = csrfToken(request, reply)
     const others = sessions.filter((s) => !s.current).length
     return reply.type('text/html; charset=utf-8').send(layout({
       title: 'Your devices',

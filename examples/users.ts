@@ -43,6 +43,11 @@ const SEED = [
   { id: 2, email: 'bob@example.com', name: 'Bob', password: 'bob-password' }
 ]
 
+/** An email as accounts are keyed: trimmed and lower-cased. */
+export function normalizeEmail (email: string): string {
+  return email.trim().toLowerCase()
+}
+
 function toPublic (record: UserRecord): PublicUser {
   return { id: record.id, email: record.email, name: record.name }
 }
@@ -70,7 +75,7 @@ export class UserStore {
   }
 
   #findByEmail (email: string): UserRecord | undefined {
-    const normalized = email.trim().toLowerCase()
+    const normalized = normalizeEmail(email)
     for (const record of this.#byId.values()) {
       if (record.email === normalized) return record
     }

@@ -15,7 +15,7 @@ const CHROME_LINUX = 'Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML,
 const SAFARI_IOS = 'Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.0 Mobile/15E148 Safari/604.1'
 
 async function setup (t: Test, options: BuildAppOptions = {}): Promise<FastifyInstance> {
-  const app = await buildApp({ secret: SECRET, loginAttemptsPerMinute: 1000, ...options })
+  const app = await buildApp({ secret: SECRET, loginLimits: { perIp: 1000, perAccount: 1000 }, ...options })
   t.teardown(() => app.close())
   return app
 }
@@ -127,11 +127,18 @@ test('a bad form body is a 400 page, not a 500', async (t) => {
   }
 })
 
-test('the login form is rate limited per IP', async (t) => {
-  const app = await setup(t, { loginAttemptsPerMinute: 3 })
+test('the login form answers 429 with Retry-After once the failed sign-ins reach the limit', async (t) => {
+  const app = await setup(t, { loginLimits: { perIp: 3, perAccount: 100 } })
   const statuses: number[] = []
-  for (let i = 0; i < 5; i++) statuses.push((await formLogin(new CookieJar(app), 'alice@example.com', 'wrong')).statusCode)
+  let last
+  for (let i = 0; i < 5; i++) {
+    last = await formLogin(new CookieJar(app), `user${i}@example.com`, 'wrong')
+    statuses.push(last.statusCode)
+  }
   t.same(statuses, [303, 303, 303, 429, 429])
+  t.match(last?.headers['retry-after'], /^\d+$/)
+  t.match(last?.headers['content-type'], /^text\/html/)
+  t.match(last?.body, /Too many failed sign-ins/)
 })
 
 test('the devices page lists each device, marks this one, and signs others out', async (t) => {

@@ -9,7 +9,7 @@ import { escapeHtml } from '../examples/pages.js'
 import type { UserStore } from '../examples/users.js'
 import { buildApp, recordingStore, SECRET, signIn } from './helpers/app.js'
 import {
-  type Browser, buildHeader, buildRequest, type BuiltRequest, cookieHeader, cookiePairs, csrfPasses, expectation, hasPoison, type HeaderSpec, headerSpec, rightCredentials,
+  type Browser, buildHeader, buildRequest, type BuiltRequest, cookieHeader, cookiePairs, csrfPasses, expectation, hasPoison, jsonRequired, type HeaderSpec, headerSpec, rightCredentials,
   PERSISTENT, parsedBody, type RequestContext, type RequestSpec, requestSpec, runs, SESSION, setCookie, Tally,
   validLoginForm, validLoginJson, validNameJson, writesOf
 } from './helpers/fuzz.js'
@@ -171,7 +171,7 @@ const PASSWORDS = { 'alice@example.com': 'alice-password', 'bob@example.com': 'b
 
 async function example (t: Test): Promise<{ app: FastifyInstance, store: Store, users: UserStore }> {
   const store = recordingStore()
-  const app = await buildExample({ secret: EXAMPLE_SECRET, store, loginAttemptsPerMinute: 1e9 })
+  const app = await buildExample({ secret: EXAMPLE_SECRET, store, loginLimits: { perIp: 1e9, perAccount: 1e9 } })
   t.teardown(() => app.close())
   return { app, store, users: (app as unknown as { users: UserStore }).users }
 }
@@ -199,13 +199,16 @@ test('valid signed cookies, mutated, with and without the other cookie (example 
   }, tally)
 })
 
-/** A CSRF token and its secret cookie, from the login page. */
-async function csrfOf (app: FastifyInstance): Promise<{ csrfToken: string, csrfSecret: string }> {
-  const res = await app.inject('/login')
+/**
+ * A CSRF token and its secret cookie: from the login page, or with `device` (its session cookie
+ * and fingerprint) from the account page, where the token is bound to that device.
+ */
+async function csrfOf (app: FastifyInstance, device?: { cookie: string, fp: string }): Promise<{ csrfToken: string, csrfSecret: string, csrfDevice: string }> {
+  const res = device === undefined ? await app.inject('/login') : await app.inject({ url: '/', headers: { cookie: `${SESSION}=${device.cookie}` } })
   const match = /name="_csrf" value="([^"]+)"/.exec(res.body)
   const secret = setCookie(cookiesOf(res), '_csrf')
-  if (match === null || secret === undefined) throw new Error('no CSRF token on the login page')
-  return { csrfToken: match[1], csrfSecret: secret }
+  if (match === null || secret === undefined) throw new Error('no CSRF token on the page')
+  return { csrfToken: match[1], csrfSecret: secret, csrfDevice: device === undefined ? 'signed-out' : device.fp }
 }
 
 /** Password checks (scrypt, ~30 ms each) per property; requests beyond that which would reach one are skipped. */
@@ -241,11 +244,12 @@ function outcome (spec: RequestSpec, built: BuiltRequest, cookies: Record<string
   // A fingerprint in the URL that routes as one path segment and decodes back to itself.
   const preciseFp = spec.fp.which !== 'random' || (spec.fp.encode && fp !== '' && fp !== '.' && fp !== '..')
   if (!preciseFp && (spec.route === 'api-session-delete' || spec.route === 'session-delete-post')) return ANY
+  if (jsonRequired(built)) return { statuses: [415] }
   const parsed = parsedBody(spec, built, PAGE_ROUTES.has(spec.route))
   if (parsed === undefined) return ANY
   if (!parsed.ok) return { statuses: BODY_ERRORS }
   const body = parsed.body
-  const csrf = csrfPasses(body, built, cookies, ctx)
+  const csrf = csrfPasses(body, built, cookies, ctx, signedIn)
   switch (spec.route) {
     case 'api-login':
       if (!validLoginJson(body)) return { statuses: [400] }
@@ -352,14 +356,18 @@ test('signed-in requests with arbitrary bodies, content types, CSRF tokens and s
   const alive = async (sid: string): Promise<boolean> => await app.pow.credentials.get(sid) !== null
   let own = await mint('fuzz')
   let other = await mint('other device')
-  const csrf = await csrfOf(app)
+  // CSRF tokens are bound to the device: a new one for each new own device.
+  let csrf = await csrfOf(app, own)
   const tally = new Tally()
   let passwordChecks = 0
   // Stray cookies come after the session cookie (the parser keeps the first of a name); a garbage remember-me cookie among them.
   const noise = fc.tuple(cookiePairs(3), fc.option(fc.string({ maxLength: 100 }))).map(([pairs, tok]) => tok === null ? pairs : [...pairs, [PERSISTENT, tok] as [string, string]])
   await check(t, 'request bodies, signed in (example app)', runs(7_000), requestSpec(noise), async (spec) => {
     // Both devices signed in at the start of each run (a run that failed midway leaves them as they were).
-    if (!await alive(own.sid)) own = await mint('fuzz')
+    if (!await alive(own.sid)) {
+      own = await mint('fuzz')
+      csrf = await csrfOf(app, own)
+    }
     if (!await alive(other.sid)) other = await mint('other device')
     const ctx: RequestContext = { ...csrf, ownFingerprint: own.fp, otherFingerprint: other.fp, leadingCookies: [[SESSION, own.cookie]] }
     const built = buildRequest(spec, ctx)

@@ -585,6 +585,8 @@ export const requestSpec = (noise: fc.Arbitrary<Array<[string, string]>>): fc.Ar
 export interface RequestContext {
   csrfToken: string
   csrfSecret: string
+  /** The device the CSRF token is bound to: a fingerprint, or 'signed-out'. */
+  csrfDevice: string
   ownFingerprint: string
   otherFingerprint: string
   /** Cookies that come first in the header (the session cookie in authenticated runs). */
@@ -741,9 +743,18 @@ export function validLoginForm (body: unknown): boolean {
     typeof body._csrf === 'string' && codePoints(body._csrf) <= 200
 }
 
-/** Whether @fastify/csrf-protection lets the request through: the token it reads, against the secret cookie. */
-export function csrfPasses (body: unknown, built: BuiltRequest, cookies: Record<string, string | undefined>, ctx: RequestContext): boolean {
+/**
+ * Whether @fastify/csrf-protection lets the request through: the token it reads, against the
+ * secret cookie, made for the device the request is signed in with ('signed-out' when none).
+ */
+export function csrfPasses (body: unknown, built: BuiltRequest, cookies: Record<string, string | undefined>, ctx: RequestContext, signedIn: boolean): boolean {
   const h = built.headers
   const token = (body as { _csrf?: unknown } | null | undefined)?._csrf || h['csrf-token'] || h['xsrf-token'] || h['x-csrf-token'] || h['x-xsrf-token']
-  return cookies._csrf === ctx.csrfSecret && token === ctx.csrfToken
+  return cookies._csrf === ctx.csrfSecret && token === ctx.csrfToken && ctx.csrfDevice === (signedIn ? ctx.ownFingerprint : 'signed-out')
+}
+
+/** The example's JSON API refuses a POST, PUT or PATCH whose media type is not application/json (415), before parsing. */
+export function jsonRequired (built: BuiltRequest): boolean {
+  if (!['POST', 'PUT', 'PATCH'].includes(built.method) || !built.url.startsWith('/api/')) return false
+  return built.headers['content-type']?.split(';')[0].trim().toLowerCase() !== 'application/json'
 }

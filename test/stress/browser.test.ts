@@ -29,7 +29,7 @@ if (!existsSync(CHROMIUM)) {
 
   // A fresh example server for each test, on a real socket for the browser.
   t0.beforeEach(async (t) => {
-    const app = await buildApp({ secret: 'browser-test-secret-0123456789-abcdefghij', loginAttemptsPerMinute: 1000 })
+    const app = await buildApp({ secret: 'browser-test-secret-0123456789-abcdefghij', loginLimits: { perIp: 1000, perAccount: 1000 } })
     base = await app.listen({ port: 0, host: '127.0.0.1' })
     t.teardown(() => app.close())
   })

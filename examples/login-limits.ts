@@ -1,0 +1,146 @@
+/**
+ * Limits on failed sign-ins, shared by the login form and the JSON login: so many per IP, and so
+ * many per account (the email as typed, normalised, known or not), within a window. Successful
+ * sign-ins and malformed bodies do not count, so an office behind one IP can still sign in.
+ *
+ * Counters live in this process. Several instances behind a load balancer each count their own:
+ * keep such counters in the shared store (Redis INCR with PEXPIRE) instead.
+ */
+import { normalizeEmail } from './users.js'
+
+export interface LoginLimitOptions {
+  /** Failed sign-ins allowed per IP within the window. Default 20. */
+  perIp: number
+  /** Failed sign-ins allowed per account within the window. Default 10. */
+  perAccount: number
+  /** The window in milliseconds, from the first failure it counts. Default 15 minutes. */
+  windowMs: number
+  /** Keys kept per kind at most; when full, expired windows go first, then the oldest. Default 100 000. */
+  maxKeys: number
+}
+
+export const LOGIN_LIMIT_DEFAULTS: LoginLimitOptions = { perIp: 20, perAccount: 10, windowMs: 15 * 60_000, maxKeys: 100_000 }
+
+interface Window {
+  count: number
+  resetAt: number
+}
+
+/** A sign-in under way, counted as a failure until it {@link LoginAttempt.succeeded}. */
+export interface LoginAttempt {
+  succeeded: () => void
+}
+
+/** Counts failures per key in fixed windows. */
+class Counter {
+  #windows = new Map<string, Window>()
+  #max: number
+  #options: LoginLimitOptions
+
+  constructor (max: number, options: LoginLimitOptions) {
+    this.#max = max
+    this.#options = options
+  }
+
+  /** Milliseconds until `key` may try again, or 0 when it may now. */
+  wait (key: string, now: number): number {
+    const window = this.#windows.get(key)
+    if (window === undefined || window.resetAt <= now) return 0
+    return window.count >= this.#max ? window.resetAt - now : 0
+  }
+
+  add (key: string, now: number): void {
+    let window = this.#windows.get(key)
+    if (window === undefined || window.resetAt <= now) {
+      this.#windows.delete(key)
+      this.#makeRoom(now)
+      window = { count: 0, resetAt: now + this.#options.windowMs }
+      this.#windows.set(key, window)
+    }
+    window.count++
+  }
+
+  remove (key: string): void {
+    const window = this.#windows.get(key)
+    if (window !== undefined && --window.count <= 0) this.#windows.delete(key)
+  }
+
+  #makeRoom (now: number): void {
+    const windows = this.#windows
+    if (windows.size < this.#options.maxKeys) return
+    for (const [key, window] of windows) if (window.resetAt <= now) windows.delete(key)
+    // Still full: the oldest windows go (insertion order is opening order).
+    for (const key of windows.keys()) {
+      if (windows.size < this.#options.maxKeys) break
+      windows.delete(key)
+    }
+  }
+}
+
+export class LoginLimiter {
+  readonly options: LoginLimitOptions
+  #byIp: Counter
+  #byAccount: Counter
+
+  constructor (options: Partial<LoginLimitOptions> = {}) {
+    const merged = { ...LOGIN_LIMIT_DEFAULTS }
+    for (const [name, value] of Object.entries(options) as Array<[keyof LoginLimitOptions, number | undefined]>) {
+      if (value === undefined) continue
+      if (!Number.isInteger(value) || value < 1) throw new TypeError(`login limit ${name} must be a positive integer (got ${String(value)})`)
+      merged[name] = value
+    }
+    this.options = merged
+    this.#byIp = new Counter(merged.perIp, merged)
+    this.#byAccount = new Counter(merged.perAccount, merged)
+  }
+
+  /**
+   * Starts a sign-in for `email` from `ip`: the seconds to wait (for `Retry-After`) when the IP or
+   * the account is at its limit, else an attempt. The attempt counts as a failure from now on,
+   * so a burst of parallel guesses cannot all pass before the first one fails; `succeeded()`
+   * takes it back.
+   */
+  begin (ip: string, email: string): LoginAttempt | { retryAfter: number } {
+    const now = Date.now()
+    const account = normalizeEmail(email)
+    const wait = Math.max(this.#byIp.wait(ip, now), this.#byAccount.wait(account, now))
+    if (wait > 0) return { retryAfter: Math.ceil(wait / 1000) }
+    this.#byIp.add(ip, now)
+    this.#byAccount.add(account, now)
+    let open = true
+    return {
+      succeeded: () => {
+        if (!open) return
+        open = false
+        this.#byIp.remove(ip)
+        this.#byAccount.remove(account)
+      }
+    }
+  }
+}
+
+/**
+ * Runs `verify` (the password check) as a sign-in of `email` from `ip`: its result, or a
+ * {@link TooManySignInsError} without running it when the IP or the account is at its limit,
+ * whether or not the account exists. A null result or a throw counts as a failure.
+ */
+export async function limitedSignIn<T> (limiter: LoginLimiter, ip: string, email: string, verify: () => Promise<T | null>): Promise<T | null> {
+  const attempt = limiter.begin(ip, email)
+  if ('retryAfter' in attempt) throw new TooManySignInsError(attempt.retryAfter)
+  const result = await verify()
+  if (result !== null) attempt.succeeded()
+  return result
+}
+
+/** The error a limited sign-in throws: 429, with the seconds for `Retry-After`. */
+export class TooManySignInsError extends Error {
+  readonly statusCode = 429
+  readonly code = 'TOO_MANY_SIGN_INS'
+  readonly retryAfter: number
+
+  constructor (retryAfter: number) {
+    super('Too many failed sign-ins. Try again later.')
+    this.name = 'TooManySignInsError'
+    this.retryAfter = retryAfter
+  }
+}
