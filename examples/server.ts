@@ -9,73 +9,39 @@
  *   in memory.
  * - POW_SESSION_TTL_MS, POW_SESSION_RENEWAL_MS, POW_ROTATION_GRACE_MS, POW_PERSISTENT_TTL_MS:
  *   session idle timeout, renewal age, rotation grace and remember-me lifetime in milliseconds.
+ * - LOGIN_MAX_FAILURES_PER_IP (20), LOGIN_MAX_FAILURES_PER_ACCOUNT (10), LOGIN_FAILURE_WINDOW_MS
+ *   (900000): failed sign-ins allowed per IP and per account within the window.
+ *
+ * All of them are read by examples/config.ts; examples/README.md has the full table.
  */
 import { randomBytes } from 'node:crypto'
 import type { FastifyInstance } from 'fastify'
-import { buildApp, type BuildAppOptions } from './app.js'
+import { buildApp } from './app.js'
+import { configFromEnv, type ServerConfig } from './config.js'
 
 function fail (message: string): never {
   console.error(`fastify-pow example: ${message}`)
   process.exit(1)
 }
 
-/** A positive number of milliseconds from the environment, or undefined when the variable is unset. */
-function durationEnv (name: string): number | undefined {
-  const raw = process.env[name]
-  if (raw === undefined || raw.trim() === '') return undefined
-  const value = Number(raw)
-  if (!Number.isFinite(value) || value <= 0) {
-    fail(`${name} must be a positive number of milliseconds (got ${JSON.stringify(raw)})`)
-  }
-  return value
-}
-
-function portEnv (): number {
-  const raw = process.env.PORT
-  if (raw === undefined || raw.trim() === '') return 3000
-  const port = Number(raw)
-  if (!Number.isInteger(port) || port < 0 || port > 65535) fail(`PORT must be an integer from 0 to 65535 (got ${JSON.stringify(raw)})`)
-  return port
-}
-
 async function main (): Promise<void> {
-  const port = portEnv()
-  const host = process.env.HOST ?? '127.0.0.1'
-
-  let secret = process.env.POW_SECRET
-  const generatedSecret = secret === undefined || secret === ''
-  if (generatedSecret) {
-    if (process.env.NODE_ENV === 'production') {
-      fail('POW_SECRET must be set in production (a random string of at least 32 characters)')
-    }
-    secret = randomBytes(36).toString('base64url') // 48 characters
+  let config: ServerConfig
+  try {
+    config = configFromEnv(process.env, () => randomBytes(36).toString('base64url')) // 48 characters
+  } catch (err) {
+    fail((err as Error).message)
   }
-
-  const session: NonNullable<BuildAppOptions['session']> = {}
-  const ttl = durationEnv('POW_SESSION_TTL_MS')
-  const renewAfter = durationEnv('POW_SESSION_RENEWAL_MS')
-  const rotationGrace = durationEnv('POW_ROTATION_GRACE_MS')
-  const persistentTtl = durationEnv('POW_PERSISTENT_TTL_MS')
-  if (ttl !== undefined) session.ttl = ttl
-  if (renewAfter !== undefined) session.renewAfter = renewAfter
-  if (rotationGrace !== undefined) session.rotationGrace = rotationGrace
+  const { port, host, generatedSecret } = config
 
   let app: FastifyInstance
   try {
-    app = await buildApp({
-      secret,
-      redisUrl: process.env.REDIS_URL === '' ? undefined : process.env.REDIS_URL,
-      databaseUrl: process.env.DATABASE_URL === '' ? undefined : process.env.DATABASE_URL,
-      logger: { level: 'info' },
-      session,
-      persistentSession: persistentTtl === undefined ? {} : { ttl: persistentTtl }
-    })
+    app = await buildApp(config.options)
   } catch (err) {
     // Invalid plugin options (for example renewAfter >= ttl) end up here, named by the plugin.
     fail((err as Error).message)
   }
 
-  if (process.env.REDIS_URL === undefined && process.env.DATABASE_URL === undefined) {
+  if (config.options.redisUrl === undefined && config.options.databaseUrl === undefined) {
     app.log.info('sessions are stored in memory: set REDIS_URL (Redis) or DATABASE_URL (PostgreSQL) to keep them across restarts')
   }
   if (generatedSecret) {
