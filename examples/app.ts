@@ -7,6 +7,7 @@ import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastif
 import pow, { type PersistentSessionOptions, type PowStore, type SessionOptions } from '../lib/index.js'
 import { api } from './api.js'
 import { LoginLimiter, type LoginLimitOptions } from './login-limits.js'
+import type { OidcOptions } from './oidc.js'
 import { pages } from './pages.js'
 import { UserStore } from './users.js'
 
@@ -37,6 +38,13 @@ export interface BuildAppOptions {
    */
   databaseUrl?: string
   persistentSession?: false | PersistentSessionOptions
+  /** "Sign in with OpenID Connect" on the login page (examples/oidc.ts). */
+  oidc?: OidcOptions
+}
+
+/** A key for one purpose, from the first signing secret. */
+function deriveKey (secret: string | string[], purpose: string): Buffer {
+  return createHmac('sha256', Array.isArray(secret) ? secret[0] : secret).update(`fastify-pow example ${purpose}`).digest()
 }
 
 export async function buildApp (options: BuildAppOptions = {}): Promise<FastifyInstance> {
@@ -87,8 +95,9 @@ export async function buildApp (options: BuildAppOptions = {}): Promise<FastifyI
     users,
     limiter,
     production,
-    // The CSRF tokens' HMAC key, from the first signing secret: tokens are bound to the device.
-    csrfKey: createHmac('sha256', Array.isArray(secret) ? secret[0] : secret).update('fastify-pow example csrf').digest()
+    // The CSRF tokens' HMAC key: tokens are bound to the device.
+    csrfKey: deriveKey(secret, 'csrf'),
+    oidc: options.oidc === undefined ? undefined : { options: options.oidc, key: deriveKey(secret, 'oidc') }
   })
   await app.register(api, { prefix: '/api', users, limiter })
   return app

@@ -3,6 +3,7 @@
  * an error naming the variable.
  */
 import type { BuildAppOptions } from './app.js'
+import type { OidcOptions } from './oidc.js'
 
 export interface ServerConfig {
   port: number
@@ -42,6 +43,28 @@ function defined<T extends object> (values: { [K in keyof T]: T[K] | undefined }
   return Object.fromEntries(Object.entries(values).filter(([, v]) => v !== undefined)) as Partial<T>
 }
 
+/** "Sign in with OpenID Connect" when OIDC_ISSUER, OIDC_CLIENT_ID and OIDC_CLIENT_SECRET are set. */
+function oidcFromEnv (env: Env, host: string, port: number): OidcOptions | undefined {
+  const names = ['OIDC_ISSUER', 'OIDC_CLIENT_ID', 'OIDC_CLIENT_SECRET'] as const
+  const [issuer, clientId, clientSecret] = names.map((name) => value(env, name))
+  if (issuer === undefined && clientId === undefined && clientSecret === undefined) return undefined
+  if (issuer === undefined || clientId === undefined || clientSecret === undefined) {
+    throw new Error(`${names.filter((name) => value(env, name) === undefined).join(', ')} must be set with the other OIDC_ variables`)
+  }
+  const url = (name: string, raw: string): string => {
+    if (!URL.canParse(raw)) throw new Error(`${name} must be a URL (got ${JSON.stringify(raw)})`)
+    return raw
+  }
+  const origin = `http://${host === '0.0.0.0' || host === '::' ? 'localhost' : host}:${port}`
+  return {
+    issuer: url('OIDC_ISSUER', issuer),
+    clientId,
+    clientSecret,
+    redirectUri: url('OIDC_REDIRECT_URI', value(env, 'OIDC_REDIRECT_URI') ?? `${origin}/auth/oidc/callback`),
+    name: value(env, 'OIDC_NAME')
+  }
+}
+
 export function configFromEnv (env: Env, randomSecret: () => string): ServerConfig {
   const rawPort = value(env, 'PORT')
   const port = rawPort === undefined ? 3000 : Number(rawPort)
@@ -69,6 +92,8 @@ export function configFromEnv (env: Env, randomSecret: () => string): ServerConf
       windowMs: duration(env, 'LOGIN_FAILURE_WINDOW_MS')
     })
   }
+  const oidc = oidcFromEnv(env, host, port)
+  if (oidc !== undefined) options.oidc = oidc
   const redisUrl = value(env, 'REDIS_URL')
   const databaseUrl = value(env, 'DATABASE_URL')
   if (redisUrl !== undefined) options.redisUrl = redisUrl

@@ -3,6 +3,7 @@ import fastifyFormbody from '@fastify/formbody'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { SessionInfo } from '../lib/index.js'
 import { limitedSignIn, type LoginLimiter } from './login-limits.js'
+import { type OidcOptions, oidcRoutes } from './oidc.js'
 import { deviceMetadata, readDeviceMetadata } from './user-agent.js'
 import type { PublicUser, UserStore } from './users.js'
 
@@ -14,6 +15,16 @@ export interface PagesOptions {
   production: boolean
   /** The HMAC key of the CSRF tokens. */
   csrfKey: Buffer
+  /** "Sign in with OpenID Connect", and the HMAC key of its transaction cookie. */
+  oidc?: { options: OidcOptions, key: Buffer } | undefined
+}
+
+/** The login page's notices, by `?error=`. */
+const LOGIN_ERRORS: Record<string, string> = {
+  1: 'Invalid email or password.',
+  oidc: 'Signing in with your identity provider did not work. Try again.',
+  'oidc-email-taken': 'An account with this email already exists: sign in with its password.',
+  'oidc-email-unverified': 'Your identity provider did not confirm your email address, which this site needs.'
 }
 
 /** Escapes text for HTML element content and quoted attribute values. */
@@ -52,6 +63,8 @@ ul.devices li:first-child { border-top: 0; }
 .badge { display: inline-block; font-size: .75rem; font-weight: 600; background: #dafbe1; color: #116329; border-radius: 2em; padding: 0 .5rem; margin-left: .25rem; }
 .badge.remembered { background: #ddf4ff; color: #0a3069; }
 form.inline { display: inline; margin: 0; }
+form.provider { border-top: 1px solid #d8dee4; margin-top: 1.25rem; padding-top: .5rem; }
+form.provider button.primary { background: #0969da; border-color: #0550ae; }
 `
 
 interface PageContent {
@@ -147,6 +160,10 @@ export async function pages (app: FastifyInstance, options: PagesOptions): Promi
   const csrfToken = (request: FastifyRequest, reply: FastifyReply): string => reply.generateCsrf({ userInfo: deviceOf(request) })
   /** After a sign-in or sign-out: the next page makes a new CSRF secret. */
   const renewCsrf = (reply: FastifyReply): void => { reply.clearCookie(csrfCookie, csrfCookieOptions) }
+  const oidc = options.oidc
+  if (oidc !== undefined) {
+    await app.register(oidcRoutes, { oidc: oidc.options, users, key: oidc.key, production: options.production, signedIn: renewCsrf })
+  }
 
   app.setErrorHandler(async (err: Error & { statusCode?: number, code?: string, retryAfter?: number }, request, reply) => {
     const status = err.statusCode ?? 500
@@ -173,15 +190,22 @@ export async function pages (app: FastifyInstance, options: PagesOptions): Promi
     schema: {
       querystring: {
         type: 'object',
-        properties: { error: { type: 'string', maxLength: 20 }, signedOut: { type: 'string', maxLength: 20 } }
+        properties: { error: { type: 'string', maxLength: 40 }, signedOut: { type: 'string', maxLength: 20 } }
       }
     }
   }, async (request, reply) => {
     if (currentUser(request) !== null) return reply.redirect('/', 303)
     const csrf = csrfToken(request, reply)
-    const notice = request.query.error !== undefined
-      ? '<p class="error" role="alert">Invalid email or password.</p>'
+    const error = request.query.error === undefined ? undefined : LOGIN_ERRORS[request.query.error] ?? LOGIN_ERRORS[1]
+    const notice = error !== undefined
+      ? `<p class="error" role="alert">${escapeHtml(error)}</p>`
       : request.query.signedOut !== undefined ? '<p class="notice" role="status">You are signed out.</p>' : ''
+    const provider = oidc === undefined
+      ? ''
+      : `<form method="get" action="/auth/oidc" class="provider">
+  <label class="check"><input id="oidc-remember" name="remember" type="checkbox" value="on"> Remember me</label>
+  <button class="primary" type="submit" id="oidc">Sign in with ${escapeHtml(oidc.options.name ?? 'OpenID Connect')}</button>
+</form>`
     return reply.type('text/html; charset=utf-8').send(layout({
       title: 'Sign in',
       body: `<div class="card">
@@ -196,6 +220,7 @@ ${notice}
   <label class="check"><input id="remember" name="remember" type="checkbox" value="on"> Remember me</label>
   <button class="primary" type="submit">Sign in</button>
 </form>
+${provider}
 </div>
 <p class="muted">Try alice@example.com / alice-password or bob@example.com / bob-password.</p>`
     }))

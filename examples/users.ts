@@ -8,8 +8,19 @@ export interface PublicUser {
 }
 
 interface UserRecord extends PublicUser {
-  passwordHash: PasswordHash
+  /** Null for an account made at an identity provider's sign-in: no password signs it in. */
+  passwordHash: PasswordHash | null
 }
+
+/** What an identity provider's ID token says about the person signing in. */
+export interface IdentityClaims {
+  email?: string | undefined
+  emailVerified?: boolean | undefined
+  name?: string | undefined
+}
+
+/** Why `signInWithIdentity` made no user. */
+export type IdentityRefusal = 'email-taken' | 'email-unverified'
 
 interface PasswordHash {
   salt: Buffer
@@ -58,6 +69,8 @@ export class UserStore {
   passwordChecks = 0
   #byId: Map<number, UserRecord>
   #dummyHash: PasswordHash
+  /** `<issuer> <subject>` -> user id: the accounts linked to an identity provider's users. */
+  #identities = new Map<string, number>()
 
   private constructor (records: UserRecord[], dummyHash: PasswordHash) {
     this.#byId = new Map(records.map((record) => [record.id, record]))
@@ -90,7 +103,26 @@ export class UserStore {
     const record = this.#findByEmail(email)
     this.passwordChecks++
     const valid = await verifyPassword(password, record?.passwordHash ?? this.#dummyHash)
-    return valid && record !== undefined ? toPublic(record) : null
+    return valid && record?.passwordHash != null ? toPublic(record) : null
+  }
+
+  /**
+   * The user an identity provider signed in: the account linked to its `issuer` and `subject`,
+   * or a new account for a verified email that no account has. An existing account is never
+   * linked by email alone: whoever controls that email at some provider would take it over.
+   */
+  signInWithIdentity (issuer: string, subject: string, claims: IdentityClaims): PublicUser | IdentityRefusal {
+    const key = `${issuer} ${subject}`
+    const linked = this.#identities.get(key)
+    if (linked !== undefined) return toPublic(this.#byId.get(linked) as UserRecord)
+    if (claims.email === undefined || claims.emailVerified !== true) return 'email-unverified'
+    const email = normalizeEmail(claims.email)
+    if (this.#findByEmail(email) !== undefined) return 'email-taken'
+    const id = Math.max(0, ...this.#byId.keys()) + 1
+    const record: UserRecord = { id, email, name: claims.name?.trim().slice(0, 100) || email, passwordHash: null }
+    this.#byId.set(id, record)
+    this.#identities.set(key, id)
+    return toPublic(record)
   }
 
   findById (id: number): PublicUser | null {

@@ -1,0 +1,174 @@
+/**
+ * "Sign in with OpenID Connect": the authorization code flow with PKCE, state and nonce, through
+ * openid-client. The provider's tokens are read once, for the ID token's claims, and kept
+ * nowhere: the browser ends up with fastify-pow's cookies only.
+ */
+import { createHmac, timingSafeEqual } from 'node:crypto'
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
+import * as client from 'openid-client'
+import { deviceMetadata } from './user-agent.js'
+import type { UserStore } from './users.js'
+
+export interface OidcOptions {
+  /** The provider's issuer URL; its discovery document is at `<issuer>/.well-known/openid-configuration`. */
+  issuer: string
+  clientId: string
+  clientSecret: string
+  /** This app's callback as registered at the provider: `<origin>/auth/oidc/callback`. */
+  redirectUri: string
+  /** The button's label. Default "OpenID Connect". */
+  name?: string | undefined
+}
+
+export interface OidcRoutesOptions {
+  oidc: OidcOptions
+  users: UserStore
+  /** The HMAC key of the transaction cookie. */
+  key: Buffer
+  production: boolean
+  /** Called after a sign-in: the pages give the browser a new CSRF secret. */
+  signedIn: (reply: FastifyReply) => void
+}
+
+/** What the browser keeps between the redirect to the provider and the callback. */
+interface Transaction {
+  state: string
+  nonce: string
+  verifier: string
+  remember: boolean
+  /** Milliseconds since the epoch after which the callback is refused. */
+  expiresAt: number
+}
+
+const TRANSACTION_TTL_MS = 10 * 60_000
+const LOOPBACK = new Set(['127.0.0.1', 'localhost', '[::1]'])
+
+/** An HMAC-signed transaction cookie value: `<base64url JSON>.<base64url HMAC>`. */
+function seal (transaction: Transaction, key: Buffer): string {
+  const body = Buffer.from(JSON.stringify(transaction)).toString('base64url')
+  return `${body}.${createHmac('sha256', key).update(body).digest('base64url')}`
+}
+
+function unseal (value: string | undefined, key: Buffer): Transaction | null {
+  if (value === undefined) return null
+  const dot = value.indexOf('.')
+  if (dot < 0) return null
+  const body = value.slice(0, dot)
+  const mac = Buffer.from(value.slice(dot + 1), 'base64url')
+  const expected = createHmac('sha256', key).update(body).digest()
+  if (mac.length !== expected.length || !timingSafeEqual(mac, expected)) return null
+  try {
+    const t = JSON.parse(Buffer.from(body, 'base64url').toString()) as Transaction
+    return typeof t.state === 'string' && typeof t.nonce === 'string' && typeof t.verifier === 'string' &&
+      typeof t.remember === 'boolean' && typeof t.expiresAt === 'number' && t.expiresAt > Date.now()
+      ? t
+      : null
+  } catch {
+    return null
+  }
+}
+
+/** The OIDC routes: `GET /auth/oidc` (to the provider) and `GET /auth/oidc/callback`. */
+export async function oidcRoutes (app: FastifyInstance, options: OidcRoutesOptions): Promise<void> {
+  const { oidc, users, key } = options
+  const issuer = new URL(oidc.issuer)
+  const redirectUri = new URL(oidc.redirectUri)
+  // Plain http only to a provider on this machine (development, the tests).
+  const insecure = issuer.protocol === 'http:' && LOOPBACK.has(issuer.hostname)
+  const cookieName = options.production ? '__Host-pow_oidc' : 'pow_oidc'
+  // Lax: the cookie must come back on the provider's top-level redirect to the callback.
+  const cookieOptions = { httpOnly: true, sameSite: 'lax', path: '/', secure: options.production } as const
+
+  // Discovered on first use, and again after a failure: the app starts while the provider is down.
+  let discovered: Promise<client.Configuration> | undefined
+  const configuration = async (): Promise<client.Configuration> => {
+    discovered ??= client.discovery(issuer, oidc.clientId, { redirect_uris: [redirectUri.href] }, client.ClientSecretBasic(oidc.clientSecret),
+      insecure ? { execute: [client.allowInsecureRequests] } : undefined)
+    try {
+      return await discovered
+    } catch (err) {
+      discovered = undefined
+      throw err
+    }
+  }
+  const unavailable = (request: FastifyRequest, err: unknown): Error => {
+    request.log.error({ err }, 'the OpenID provider is unavailable')
+    return Object.assign(new Error('The identity provider is unavailable'), { statusCode: 503 })
+  }
+
+  app.get<{ Querystring: { remember?: string } }>('/auth/oidc', {
+    schema: { querystring: { type: 'object', properties: { remember: { type: 'string', enum: ['on'] } } } }
+  }, async (request, reply) => {
+    let config: client.Configuration
+    try {
+      config = await configuration()
+    } catch (err) {
+      throw unavailable(request, err)
+    }
+    const transaction: Transaction = {
+      state: client.randomState(),
+      nonce: client.randomNonce(),
+      verifier: client.randomPKCECodeVerifier(),
+      remember: request.query.remember === 'on',
+      expiresAt: Date.now() + TRANSACTION_TTL_MS
+    }
+    const url = client.buildAuthorizationUrl(config, {
+      redirect_uri: redirectUri.href,
+      scope: 'openid email profile',
+      state: transaction.state,
+      nonce: transaction.nonce,
+      code_challenge: await client.calculatePKCECodeChallenge(transaction.verifier),
+      code_challenge_method: 'S256'
+    })
+    reply.setCookie(cookieName, seal(transaction, key), { ...cookieOptions, maxAge: TRANSACTION_TTL_MS / 1000 })
+    return reply.redirect(url.href, 303)
+  })
+
+  app.get('/auth/oidc/callback', async (request, reply) => {
+    // One use: whatever happens next, this browser's transaction is over.
+    const transaction = unseal(request.cookies[cookieName], key)
+    reply.clearCookie(cookieName, cookieOptions)
+    const failed = (reason: string, error = 'oidc'): FastifyReply => {
+      request.log.info({ reason }, 'OpenID Connect sign-in refused')
+      return reply.redirect(`/login?error=${error}`, 303)
+    }
+    if (transaction === null) return failed('no transaction cookie, or a forged or expired one')
+    let config: client.Configuration
+    try {
+      config = await configuration()
+    } catch (err) {
+      throw unavailable(request, err)
+    }
+    let claims: client.IDToken
+    try {
+      // Checks the state and the issuer of the answer, redeems the code with the PKCE verifier
+      // and the client secret, and checks the ID token: signature, issuer, audience, expiry, nonce.
+      const tokens = await client.authorizationCodeGrant(config, new URL(request.url, redirectUri), {
+        pkceCodeVerifier: transaction.verifier,
+        expectedState: transaction.state,
+        expectedNonce: transaction.nonce,
+        idTokenExpected: true
+      })
+      claims = tokens.claims() as client.IDToken
+    } catch (err) {
+      // The provider's refusals (a denied consent, a used code) and failed checks (state, nonce,
+      // issuer): the sign-in fails. Anything else (the provider unreachable) is a 503.
+      if (err instanceof client.ClientError || err instanceof client.AuthorizationResponseError || err instanceof client.ResponseBodyError) {
+        return failed(err instanceof Error ? `${err.name}: ${err.message}` : 'refused')
+      }
+      throw unavailable(request, err)
+    }
+    const user = users.signInWithIdentity(claims.iss, claims.sub, {
+      email: typeof claims.email === 'string' ? claims.email : undefined,
+      emailVerified: claims.email_verified === true,
+      name: typeof claims.name === 'string' ? claims.name : undefined
+    })
+    if (typeof user === 'string') return failed(user, `oidc-${user}`)
+    await request.powSession.create(user, {
+      persistent: transaction.remember && request.powPersistentSession !== null,
+      metadata: deviceMetadata(request.headers['user-agent'], request.ip)
+    })
+    options.signedIn(reply)
+    return reply.redirect('/', 303)
+  })
+}
