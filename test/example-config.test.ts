@@ -49,6 +49,16 @@ test('bad values fail with the name of the variable', async (t) => {
   for (const [env, message] of bad) t.throws(() => configFromEnv(env, random), message, JSON.stringify(env))
 })
 
+test('OIDC_* variables: all three or none; the redirect URI defaults to this server', async (t) => {
+  const config = configFromEnv({ PORT: '4000', OIDC_ISSUER: 'https://idp.example.com', OIDC_CLIENT_ID: 'app', OIDC_CLIENT_SECRET: 'shh' }, random)
+  t.same(config.options.oidc, { issuer: 'https://idp.example.com', clientId: 'app', clientSecret: 'shh', redirectUri: 'http://127.0.0.1:4000/auth/oidc/callback', name: undefined })
+  const named = configFromEnv({ HOST: '0.0.0.0', OIDC_ISSUER: 'https://idp.example.com', OIDC_CLIENT_ID: 'app', OIDC_CLIENT_SECRET: 'shh', OIDC_NAME: 'Acme', OIDC_REDIRECT_URI: 'https://app.example.com/auth/oidc/callback' }, random)
+  t.match(named.options.oidc, { name: 'Acme', redirectUri: 'https://app.example.com/auth/oidc/callback' })
+  t.equal(configFromEnv({}, random).options.oidc, undefined)
+  t.throws(() => configFromEnv({ OIDC_ISSUER: 'https://idp.example.com' }, random), /^OIDC_CLIENT_ID, OIDC_CLIENT_SECRET must be set with the other OIDC_ variables/)
+  t.throws(() => configFromEnv({ OIDC_ISSUER: 'idp', OIDC_CLIENT_ID: 'app', OIDC_CLIENT_SECRET: 'shh' }, random), /OIDC_ISSUER must be a URL/)
+})
+
 test('npm start: the server listens, and a bad variable stops it with a message', async (t) => {
   const server = spawn(process.execPath, [...process.execArgv, 'examples/server.ts'], {
     env: { ...process.env, PORT: '0', NODE_ENV: 'development', LOGIN_MAX_FAILURES_PER_IP: '3' },
