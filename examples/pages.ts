@@ -161,9 +161,6 @@ export async function pages (app: FastifyInstance, options: PagesOptions): Promi
   /** After a sign-in or sign-out: the next page makes a new CSRF secret. */
   const renewCsrf = (reply: FastifyReply): void => { reply.clearCookie(csrfCookie, csrfCookieOptions) }
   const oidc = options.oidc
-  if (oidc !== undefined) {
-    await app.register(oidcRoutes, { oidc: oidc.options, users, key: oidc.key, production: options.production, signedIn: renewCsrf })
-  }
 
   app.setErrorHandler(async (err: Error & { statusCode?: number, code?: string, retryAfter?: number }, request, reply) => {
     const status = err.statusCode ?? 500
@@ -183,6 +180,11 @@ export async function pages (app: FastifyInstance, options: PagesOptions): Promi
       body: `<div class="card"><h1>${status === 429 ? 'Slow down' : 'Sorry'}</h1><p class="error">${escapeHtml(message)}</p><p><a href="/">Back</a></p></div>`
     }))
   })
+
+  // After setErrorHandler: a plugin takes the error handler its parent has when it is registered.
+  if (oidc !== undefined) {
+    await app.register(oidcRoutes, { oidc: oidc.options, users, key: oidc.key, production: options.production, signedIn: renewCsrf })
+  }
 
   app.get('/style.css', async (_request, reply) => reply.type('text/css; charset=utf-8').header('cache-control', 'public, max-age=300').send(STYLE))
 
