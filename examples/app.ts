@@ -81,7 +81,12 @@ export async function buildApp (options: BuildAppOptions = {}): Promise<FastifyI
   await app.register(fastifyHelmet, {
     contentSecurityPolicy: {
       // Plain http on localhost during development must not be upgraded to https.
-      directives: { upgradeInsecureRequests: production ? [] : null }
+      directives: {
+        upgradeInsecureRequests: production ? [] : null,
+        // The OpenID Connect button is a form whose answer redirects to the provider: CSP's
+        // form-action covers the redirect too.
+        formAction: options.oidc === undefined ? ["'self'"] : ["'self'", new URL(options.oidc.issuer).origin]
+      }
     }
   })
   // Pages and API answers carry a user's data (or a CSRF token): no cache, shared or private,

@@ -59,6 +59,8 @@ test('sign in at the provider: back on / signed in, remembered, the device liste
   const page = await app.inject('/login')
   t.match(page.body, /<form method="get" action="\/auth\/oidc"/)
   t.match(page.body, /Sign in with OpenID Connect/)
+  // The button's form is answered with a redirect to the provider, which CSP's form-action covers.
+  t.match(page.headers['content-security-policy'], new RegExp(`form-action 'self' ${issuer.replace(/\./g, '\\.')}(;|$)`))
 
   const jar = new CookieJar(app)
   const authorization = await start(jar, true)
@@ -205,6 +207,8 @@ test('a provider that cannot be reached is a 503, and the password sign-in still
 test('without OIDC_* settings there is no button and no route', async (t) => {
   const app = await buildApp({ secret: SECRET })
   t.teardown(() => app.close())
-  t.notMatch((await app.inject('/login')).body, /auth\/oidc/)
+  const page = await app.inject('/login')
+  t.notMatch(page.body, /auth\/oidc/)
+  t.match(page.headers['content-security-policy'], /form-action 'self'(;|$)/)
   t.equal((await app.inject('/auth/oidc')).statusCode, 404)
 })
