@@ -154,7 +154,11 @@ export async function oidcRoutes (app: FastifyInstance, options: OidcRoutesOptio
       // The provider's refusals (a denied consent, a used code) and failed checks (state, nonce,
       // issuer): the sign-in fails. Anything else (the provider unreachable) is a 503.
       if (err instanceof client.ClientError || err instanceof client.AuthorizationResponseError || err instanceof client.ResponseBodyError) {
-        return failed(err instanceof Error ? `${err.name}: ${err.message}` : 'refused')
+        // The check that failed, or the provider's OAuth error (`invalid_grant` for a used code).
+        const details = err instanceof client.ResponseBodyError || err instanceof client.AuthorizationResponseError
+          ? `${err.error}${err.error_description === undefined ? '' : ` (${err.error_description})`}`
+          : err.cause instanceof Error ? err.cause.message : ''
+        return failed(`${err.message}: ${details}`)
       }
       throw unavailable(request, err)
     }

@@ -9,6 +9,7 @@ import { buildApp } from '../examples/app.js'
 import type { OidcOptions } from '../examples/oidc.js'
 import { CookieJar } from './helpers/jar.js'
 import { signInAtProvider } from './helpers/oidc-login.js'
+import { type LogLine, logLines } from './helpers/outage.js'
 import { startProvider } from './helpers/oidc-provider.js'
 
 const SECRET = 'example-oidc-secret-0123456789-abcdefghijklm'
@@ -17,6 +18,8 @@ const REDIRECT_URI = `${APP_ORIGIN}/auth/oidc/callback`
 
 interface Setup {
   app: FastifyInstance
+  /** The app's log lines. */
+  lines: LogLine[]
   issuer: string
   close: () => Promise<void>
 }
@@ -30,12 +33,14 @@ async function setup (t: Test, oidc: Partial<OidcOptions> = {}): Promise<Setup> 
     }
   })
   t.teardown(() => provider.close())
+  const { lines, stream } = logLines()
   const app = await buildApp({
     secret: SECRET,
+    logger: { level: 'info', stream },
     oidc: { issuer: provider.issuer, clientId: provider.clientId, clientSecret: provider.clientSecret, redirectUri: REDIRECT_URI, ...oidc }
   })
   t.teardown(() => app.close())
-  return { app, issuer: provider.issuer, close: async () => { await provider.close() } }
+  return { app, lines, issuer: provider.issuer, close: async () => { await provider.close() } }
 }
 
 /** `/auth/oidc` in this browser: the authorization URL it is sent to. */
@@ -100,42 +105,35 @@ test('sign in at the provider: back on / signed in, remembered, the device liste
   t.equal(((await jar.request('/api/sessions')).json().sessions as unknown[]).length, 2, 'both devices listed')
 })
 
-test('a wrong state is refused: signed out, back on the login page', async (t) => {
-  const { app } = await setup(t)
-  const jar = new CookieJar(app)
-  const authorization = await start(jar)
-  authorization.searchParams.set('state', 'a-state-this-browser-never-made-0123456789')
-  const back = await callback(jar, await signInAtProvider(authorization.href, 'carol'))
-  t.equal(back.statusCode, 303)
-  t.equal(back.headers.location, '/login?error=oidc')
-  t.equal(sessionCookie(back), undefined)
-  t.equal((await jar.request('/api/me')).statusCode, 401)
-  t.match((await jar.request('/login?error=oidc')).body, /Signing in with your identity provider did not work/)
-})
+// What an attacker who injects a code from another flow, or rewrites the request, would change.
+// The reason logged says which check refused it.
+const TAMPERED: Array<[string, string, string, RegExp]> = [
+  ['a wrong state', 'state', 'a-state-this-browser-never-made-0123456789', /unexpected "state" response parameter value/],
+  ['a wrong nonce', 'nonce', 'a-nonce-this-browser-never-made-0123456789', /unexpected ID Token "nonce" claim value/],
+  ['a code challenge the browser did not make (PKCE)', 'code_challenge', 'E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM', /invalid_grant|PKCE/]
+]
 
-test('a wrong nonce is refused', async (t) => {
-  const { app } = await setup(t)
-  const jar = new CookieJar(app)
-  const authorization = await start(jar)
-  authorization.searchParams.set('nonce', 'a-nonce-this-browser-never-made-0123456789')
-  const back = await callback(jar, await signInAtProvider(authorization.href, 'carol'))
-  t.equal(back.headers.location, '/login?error=oidc')
-  t.equal(sessionCookie(back), undefined)
-  t.equal((await jar.request('/api/me')).statusCode, 401)
-})
-
-test('a code challenge the browser did not make is refused (PKCE)', async (t) => {
-  const { app } = await setup(t)
-  const jar = new CookieJar(app)
-  const authorization = await start(jar)
-  authorization.searchParams.set('code_challenge', 'E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM')
-  const back = await callback(jar, await signInAtProvider(authorization.href, 'carol'))
-  t.equal(back.headers.location, '/login?error=oidc')
-  t.equal(sessionCookie(back), undefined)
-})
+for (const [what, name, value, reason] of TAMPERED) {
+  test(`${what} is refused: signed out, back on the login page`, async (t) => {
+    const { app, lines } = await setup(t)
+    const jar = new CookieJar(app)
+    const authorization = await start(jar)
+    authorization.searchParams.set(name, value)
+    const back = await callback(jar, await signInAtProvider(authorization.href, 'carol'))
+    t.equal(back.statusCode, 303)
+    t.equal(back.headers.location, '/login?error=oidc')
+    t.equal(sessionCookie(back), undefined)
+    t.equal((await jar.request('/api/me')).statusCode, 401)
+    t.match((await jar.request('/login?error=oidc')).body, /Signing in with your identity provider did not work/)
+    const refused = lines.filter((line) => line.msg === 'OpenID Connect sign-in refused') as Array<LogLine & { reason: string }>
+    t.equal(refused.length, 1)
+    t.match(refused[0]?.reason, reason)
+  })
+}
 
 test('a replayed code signs nobody in: not in this browser, not with a copy of its cookies, not in another', async (t) => {
-  const { app } = await setup(t)
+  const { app, lines } = await setup(t)
+  const reasons = (): string[] => lines.filter((line) => line.msg === 'OpenID Connect sign-in refused').map((line) => (line as LogLine & { reason: string }).reason)
   const jar = new CookieJar(app)
   const authorization = await start(jar)
   const url = await signInAtProvider(authorization.href, 'carol')
@@ -145,8 +143,10 @@ test('a replayed code signs nobody in: not in this browser, not with a copy of i
 
   const again = await callback(jar, url)
   t.equal(again.headers.location, '/login?error=oidc', 'this browser: its transaction is over')
+  t.match(reasons().at(-1), /no transaction cookie/)
   const replayed = await callback(copy, url)
   t.equal(replayed.headers.location, '/login?error=oidc', 'a copy of the transaction cookie: the provider refuses the used code')
+  t.match(reasons().at(-1), /invalid_grant/)
   t.equal(sessionCookie(replayed), undefined)
   t.equal((await copy.request('/api/me')).statusCode, 401)
   const elsewhere = await callback(other, url)

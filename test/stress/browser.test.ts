@@ -1,30 +1,20 @@
-import { existsSync } from 'node:fs'
 import { mkdir } from 'node:fs/promises'
 import path from 'node:path'
-import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core'
+import { type Browser, type BrowserContext, type Page } from 'playwright-core'
 import t0, { test } from 'tap'
 import { buildApp } from '../../examples/app.js'
 import { fakeClock } from '../helpers/clock.js'
+import { launchChromium } from '../helpers/chromium.js'
 
-const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium'
 const ARTIFACTS = path.resolve('artifacts')
-const FLAGS = ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync']
 const MINUTE = 60_000
 // The plugin's default idle timeout, which the example keeps.
 const SESSION_TTL = 30 * MINUTE
 const SAFARI_IOS = 'Mozilla/5.0 (iPhone; CPU iPhone OS 18_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/18.0 Mobile/15E148 Safari/604.1'
 
-if (!existsSync(CHROMIUM)) {
-  const message = `Chromium not found at ${CHROMIUM}: install it with \`apt-get install -y chromium\` (.ci/run does this)`
-  if (process.env.CI === 'true') {
-    test('browser tests need Chromium', async (t) => { t.fail(message) })
-  } else {
-    console.error(`\n!!! SKIPPING THE BROWSER TESTS: ${message}\n`)
-    test('browser tests', { skip: message }, async () => {})
-  }
-} else {
-  const browser: Browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: FLAGS })
-  t0.teardown(async () => { await browser.close() })
+const launched = await launchChromium('browser tests')
+if (launched !== null) {
+  const browser: Browser = launched
   let base = ''
 
   // A fresh example server for each test, on a real socket for the browser.

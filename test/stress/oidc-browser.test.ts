@@ -3,15 +3,12 @@
  * loopback port: click the button, sign in at the provider, land on / signed in and see the
  * device listed; and the same with a wrong state, a wrong nonce and a replayed code.
  */
-import { existsSync } from 'node:fs'
 import { createServer } from 'node:net'
-import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core'
+import { type Browser, type BrowserContext, type Page } from 'playwright-core'
 import t0, { test, type Test } from 'tap'
 import { buildApp } from '../../examples/app.js'
 import { startProvider } from '../helpers/oidc-provider.js'
-
-const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium'
-const FLAGS = ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync']
+import { launchChromium } from '../helpers/chromium.js'
 
 /** A loopback port free right now: the app's callback URL must be registered before it listens. */
 async function freePort (): Promise<number> {
@@ -22,17 +19,9 @@ async function freePort (): Promise<number> {
   return port
 }
 
-if (!existsSync(CHROMIUM)) {
-  const message = `Chromium not found at ${CHROMIUM}: install it with \`apt-get install -y chromium\` (.ci/run does this)`
-  if (process.env.CI === 'true') {
-    test('browser tests need Chromium', async (t) => { t.fail(message) })
-  } else {
-    console.error(`\n!!! SKIPPING THE BROWSER TESTS: ${message}\n`)
-    test('OIDC browser tests', { skip: message }, async () => {})
-  }
-} else {
-  const browser: Browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: FLAGS })
-  t0.teardown(async () => { await browser.close() })
+const launched = await launchChromium('OIDC browser tests')
+if (launched !== null) {
+  const browser: Browser = launched
   const port = await freePort()
   const base = `http://127.0.0.1:${port}`
   const provider = await startProvider({ redirectUris: [`${base}/auth/oidc/callback`] })
