@@ -205,6 +205,7 @@ export async function pages (app: FastifyInstance, options: PagesOptions): Promi
     const provider = oidc === undefined
       ? ''
       : `<form method="get" action="/auth/oidc" class="provider">
+  <p class="muted">Or sign in at your identity provider:</p>
   <label class="check"><input id="oidc-remember" name="remember" type="checkbox" value="on"> Remember me</label>
   <button class="primary" type="submit" id="oidc">Sign in with ${escapeHtml(oidc.options.name ?? 'OpenID Connect')}</button>
 </form>`
