@@ -23,6 +23,12 @@ export interface BuildAppOptions {
   store?: PowStore
   logger?: FastifyServerOptions['logger']
   session?: SessionOptions
+  /**
+   * Fastify's `trustProxy`, so that `request.ip` (which the sign-in limits count by) is the
+   * client's behind a proxy: the proxies' addresses or CIDRs, comma-separated. `true` trusts any
+   * `X-Forwarded-For`, which a client can then forge. Default: the socket's address.
+   */
+  trustProxy?: boolean | string
   /** Limits on failed sign-ins per IP and per account, shared by the form and the JSON login. */
   loginLimits?: Partial<LoginLimitOptions>
   /**
@@ -50,6 +56,7 @@ function deriveKey (secret: string | string[], purpose: string): Buffer {
 export async function buildApp (options: BuildAppOptions = {}): Promise<FastifyInstance> {
   const app = Fastify({
     logger: options.logger ?? false,
+    trustProxy: options.trustProxy ?? false,
     ajv: {
       // Fastify's defaults silently drop unknown properties and coerce types ("123" -> 123);
       // this API rejects both with a 400.
@@ -78,6 +85,8 @@ export async function buildApp (options: BuildAppOptions = {}): Promise<FastifyI
     persistentSession
   })
 
+  // The OpenID provider's origins, for CSP form-action (examples/oidc.ts adds its authorization endpoint's).
+  const formActionOrigins = new Set(options.oidc === undefined ? [] : [new URL(options.oidc.issuer).origin])
   await app.register(fastifyHelmet, {
     contentSecurityPolicy: {
       // Plain http on localhost during development must not be upgraded to https.
@@ -85,7 +94,7 @@ export async function buildApp (options: BuildAppOptions = {}): Promise<FastifyI
         upgradeInsecureRequests: production ? [] : null,
         // The OpenID Connect button is a form whose answer redirects to the provider: CSP's
         // form-action covers the redirect too.
-        formAction: options.oidc === undefined ? ["'self'"] : ["'self'", new URL(options.oidc.issuer).origin]
+        formAction: options.oidc === undefined ? ["'self'"] : ["'self'", () => [...formActionOrigins].join(' ')]
       }
     }
   })
@@ -102,7 +111,7 @@ export async function buildApp (options: BuildAppOptions = {}): Promise<FastifyI
     production,
     // The CSRF tokens' HMAC key: tokens are bound to the device.
     csrfKey: deriveKey(secret, 'csrf'),
-    oidc: options.oidc === undefined ? undefined : { options: options.oidc, key: deriveKey(secret, 'oidc') }
+    oidc: options.oidc === undefined ? undefined : { options: options.oidc, key: deriveKey(secret, 'oidc'), formActionOrigins }
   })
   await app.register(api, { prefix: '/api', users, limiter })
   return app

@@ -44,7 +44,7 @@ function defined<T extends object> (values: { [K in keyof T]: T[K] | undefined }
 }
 
 /** "Sign in with OpenID Connect" when OIDC_ISSUER, OIDC_CLIENT_ID and OIDC_CLIENT_SECRET are set. */
-function oidcFromEnv (env: Env, host: string, port: number): OidcOptions | undefined {
+function oidcFromEnv (env: Env, host: string, port: number, production: boolean): OidcOptions | undefined {
   const names = ['OIDC_ISSUER', 'OIDC_CLIENT_ID', 'OIDC_CLIENT_SECRET'] as const
   const [issuer, clientId, clientSecret] = names.map((name) => value(env, name))
   if (issuer === undefined && clientId === undefined && clientSecret === undefined) return undefined
@@ -55,12 +55,15 @@ function oidcFromEnv (env: Env, host: string, port: number): OidcOptions | undef
     if (!URL.canParse(raw)) throw new Error(`${name} must be a URL (got ${JSON.stringify(raw)})`)
     return raw
   }
+  const redirectUri = value(env, 'OIDC_REDIRECT_URI')
+  // The default is this server over plain http: right for development only.
+  if (redirectUri === undefined && production) throw new Error('OIDC_REDIRECT_URI must be set in production (https://<your site>/auth/oidc/callback)')
   const origin = `http://${host === '0.0.0.0' || host === '::' ? 'localhost' : host}:${port}`
   return {
     issuer: url('OIDC_ISSUER', issuer),
     clientId,
     clientSecret,
-    redirectUri: url('OIDC_REDIRECT_URI', value(env, 'OIDC_REDIRECT_URI') ?? `${origin}/auth/oidc/callback`),
+    redirectUri: url('OIDC_REDIRECT_URI', redirectUri ?? `${origin}/auth/oidc/callback`),
     name: value(env, 'OIDC_NAME')
   }
 }
@@ -92,7 +95,9 @@ export function configFromEnv (env: Env, randomSecret: () => string): ServerConf
       windowMs: duration(env, 'LOGIN_FAILURE_WINDOW_MS')
     })
   }
-  const oidc = oidcFromEnv(env, host, port)
+  const trustProxy = value(env, 'TRUST_PROXY')
+  if (trustProxy !== undefined) options.trustProxy = trustProxy === 'true' ? true : trustProxy
+  const oidc = oidcFromEnv(env, host, port, production)
   if (oidc !== undefined) options.oidc = oidc
   const redisUrl = value(env, 'REDIS_URL')
   const databaseUrl = value(env, 'DATABASE_URL')

@@ -6,6 +6,8 @@
  * Counters live in this process. Several instances behind a load balancer each count their own:
  * keep such counters in the shared store (Redis INCR with PEXPIRE) instead.
  */
+import { createHash } from 'node:crypto'
+import { isIPv6 } from 'node:net'
 import { normalizeEmail } from './users.js'
 
 export interface LoginLimitOptions {
@@ -68,13 +70,32 @@ class Counter {
   #makeRoom (now: number): void {
     const windows = this.#windows
     if (windows.size < this.#options.maxKeys) return
-    for (const [key, window] of windows) if (window.resetAt <= now) windows.delete(key)
-    // Still full: the oldest windows go (insertion order is opening order).
-    for (const key of windows.keys()) {
-      if (windows.size < this.#options.maxKeys) break
+    // Insertion order is opening order, and every window is as long: the expired ones are first.
+    for (const [key, window] of windows) {
+      if (window.resetAt > now && windows.size < this.#options.maxKeys) break
       windows.delete(key)
     }
   }
+}
+
+/**
+ * The key an IP is counted under: an IPv4 address, or the /64 network of an IPv6 address (one
+ * subscriber usually has a whole /64, and would otherwise get a fresh limit per address).
+ */
+export function ipKey (ip: string): string {
+  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(ip)
+  if (mapped !== null) return mapped[1]
+  if (!isIPv6(ip)) return ip
+  const [head, tail = ''] = ip.toLowerCase().split('::')
+  const left = head === '' ? [] : head.split(':')
+  const right = tail === '' ? [] : tail.split(':')
+  const groups = ip.includes('::') ? [...left, ...Array(8 - left.length - right.length).fill('0'), ...right] : left
+  return `${groups.slice(0, 4).map((g) => g.replace(/^0+(?=.)/, '')).join(':')}::/64`
+}
+
+/** The key an account is counted under: a hash of the normalised email, short whatever was typed. */
+function accountKey (email: string): string {
+  return createHash('sha256').update(normalizeEmail(email)).digest('base64url').slice(0, 22)
 }
 
 export class LoginLimiter {
@@ -102,7 +123,8 @@ export class LoginLimiter {
    */
   begin (ip: string, email: string): LoginAttempt | { retryAfter: number } {
     const now = Date.now()
-    const account = normalizeEmail(email)
+    ip = ipKey(ip)
+    const account = accountKey(email)
     const wait = Math.max(this.#byIp.wait(ip, now), this.#byAccount.wait(account, now))
     if (wait > 0) return { retryAfter: Math.ceil(wait / 1000) }
     this.#byIp.add(ip, now)

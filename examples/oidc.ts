@@ -14,7 +14,10 @@ export interface OidcOptions {
   issuer: string
   clientId: string
   clientSecret: string
-  /** This app's callback as registered at the provider: `<origin>/auth/oidc/callback`. */
+  /**
+   * This app's callback as registered at the provider, `https://<site>/auth/oidc/callback`. The
+   * app serves it at `/auth/oidc/callback`; a proxy in front may serve that under a prefix.
+   */
   redirectUri: string
   /** The button's label. Default "OpenID Connect". */
   name?: string | undefined
@@ -28,6 +31,11 @@ export interface OidcRoutesOptions {
   production: boolean
   /** Called after a sign-in: the pages give the browser a new CSRF secret. */
   signedIn: (reply: FastifyReply) => void
+  /**
+   * Origins the login page's form may be redirected to (CSP form-action): the issuer's from the
+   * start, and the authorization endpoint's once the provider's metadata is read.
+   */
+  formActionOrigins: Set<string>
 }
 
 /** What the browser keeps between the redirect to the provider and the callback. */
@@ -85,12 +93,19 @@ export async function oidcRoutes (app: FastifyInstance, options: OidcRoutesOptio
     discovered ??= client.discovery(issuer, oidc.clientId, { redirect_uris: [redirectUri.href] }, client.ClientSecretBasic(oidc.clientSecret),
       insecure ? { execute: [client.allowInsecureRequests] } : undefined)
     try {
-      return await discovered
+      const config = await discovered
+      options.formActionOrigins.add(new URL(config.serverMetadata().authorization_endpoint as string).origin)
+      return config
     } catch (err) {
       discovered = undefined
       throw err
     }
   }
+  // Read once at start, without holding the start up: the login page's CSP then names the
+  // provider's authorization endpoint, which may be on another origin than the issuer.
+  app.addHook('onReady', async () => {
+    configuration().catch((err: unknown) => { app.log.warn({ err }, 'the OpenID provider could not be reached at start; sign-in with it will try again') })
+  })
   const unavailable = (request: FastifyRequest, err: unknown): Error => {
     request.log.error({ err }, 'the OpenID provider is unavailable')
     return Object.assign(new Error('The identity provider is unavailable'), { statusCode: 503 })
@@ -143,7 +158,10 @@ export async function oidcRoutes (app: FastifyInstance, options: OidcRoutesOptio
     try {
       // Checks the state and the issuer of the answer, redeems the code with the PKCE verifier
       // and the client secret, and checks the ID token: signature, issuer, audience, expiry, nonce.
-      const tokens = await client.authorizationCodeGrant(config, new URL(request.url, redirectUri), {
+      // The answer's parameters on the registered redirect URI, which the token request repeats.
+      const current = new URL(redirectUri)
+      current.search = new URL(request.url, redirectUri).search
+      const tokens = await client.authorizationCodeGrant(config, current, {
         pkceCodeVerifier: transaction.verifier,
         expectedState: transaction.state,
         expectedNonce: transaction.nonce,

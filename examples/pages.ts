@@ -15,8 +15,8 @@ export interface PagesOptions {
   production: boolean
   /** The HMAC key of the CSRF tokens. */
   csrfKey: Buffer
-  /** "Sign in with OpenID Connect", and the HMAC key of its transaction cookie. */
-  oidc?: { options: OidcOptions, key: Buffer } | undefined
+  /** "Sign in with OpenID Connect", the HMAC key of its transaction cookie, and its CSP form-action origins. */
+  oidc?: { options: OidcOptions, key: Buffer, formActionOrigins: Set<string> } | undefined
 }
 
 /** The login page's notices, by `?error=`. */
@@ -137,6 +137,16 @@ function deviceItem (session: SessionInfo, csrf: string): string {
 </li>`
 }
 
+/** What an error page says. */
+function errorMessage (status: number, code: string | undefined): string {
+  if (code === 'CROSS_SITE_FORM') return 'This form was sent from another site. Go to this site, reload the page and try again.'
+  if (code === 'POW_ERR_SIGN_IN_REVOKED') return 'Another of your devices signed everyone else out while you were signing in. Sign in again.'
+  if (status === 403) return 'Your form expired. Go back, reload the page and try again.'
+  if (status === 429) return 'Too many failed sign-ins. Wait a few minutes and try again.'
+  if (status === 503) return 'Sign-in is unavailable right now. Try again in a moment.'
+  return status >= 500 ? 'Something went wrong.' : 'That request was not understood.'
+}
+
 /**
  * The example's HTML pages: login, account, devices. Form posts are CSRF-protected and answer
  * with 303 redirects; the login form is rate limited per IP.
@@ -161,20 +171,21 @@ export async function pages (app: FastifyInstance, options: PagesOptions): Promi
   /** After a sign-in or sign-out: the next page makes a new CSRF secret. */
   const renewCsrf = (reply: FastifyReply): void => { reply.clearCookie(csrfCookie, csrfCookieOptions) }
   const oidc = options.oidc
+  // Fetch metadata: a browser says where a form post comes from. Only this origin posts these
+  // forms; a sibling subdomain is "same-site", and refused too. Clients that send no
+  // Sec-Fetch-Site (not a browser, or an old one) rely on the CSRF token alone.
+  app.addHook('onRequest', async (request) => {
+    const site = request.headers['sec-fetch-site']
+    if (request.method === 'POST' && site !== undefined && site !== 'same-origin') {
+      throw Object.assign(new Error(`a form post from ${site === 'same-site' ? 'another subdomain' : 'another site'}`), { statusCode: 403, code: 'CROSS_SITE_FORM' })
+    }
+  })
 
   app.setErrorHandler(async (err: Error & { statusCode?: number, code?: string, retryAfter?: number }, request, reply) => {
     const status = err.statusCode ?? 500
     if (status >= 500) request.log.error({ err }, 'page failed')
     if (status === 429 && err.retryAfter !== undefined) reply.header('retry-after', String(err.retryAfter))
-    const message = err.code === 'POW_ERR_SIGN_IN_REVOKED'
-      ? 'Another of your devices signed everyone else out while you were signing in. Sign in again.'
-      : status === 403
-        ? 'Your form expired. Go back, reload the page and try again.'
-        : status === 429
-          ? 'Too many failed sign-ins. Wait a few minutes and try again.'
-          : status === 503
-            ? 'Sign-in is unavailable right now. Try again in a moment.'
-            : status >= 500 ? 'Something went wrong.' : 'That request was not understood.'
+    const message = errorMessage(status, err.code)
     return reply.code(status).type('text/html; charset=utf-8').send(layout({
       title: 'Error',
       body: `<div class="card"><h1>${status === 429 ? 'Slow down' : 'Sorry'}</h1><p class="error">${escapeHtml(message)}</p><p><a href="/">Back</a></p></div>`
@@ -183,7 +194,7 @@ export async function pages (app: FastifyInstance, options: PagesOptions): Promi
 
   // After setErrorHandler: a plugin takes the error handler its parent has when it is registered.
   if (oidc !== undefined) {
-    await app.register(oidcRoutes, { oidc: oidc.options, users, key: oidc.key, production: options.production, signedIn: renewCsrf })
+    await app.register(oidcRoutes, { oidc: oidc.options, users, key: oidc.key, production: options.production, signedIn: renewCsrf, formActionOrigins: oidc.formActionOrigins })
   }
 
   app.get('/style.css', async (_request, reply) => reply.type('text/css; charset=utf-8').header('cache-control', 'public, max-age=300').send(STYLE))

@@ -11,6 +11,9 @@
  *   session idle timeout, renewal age, rotation grace and remember-me lifetime in milliseconds.
  * - LOGIN_MAX_FAILURES_PER_IP (20), LOGIN_MAX_FAILURES_PER_ACCOUNT (10), LOGIN_FAILURE_WINDOW_MS
  *   (900000): failed sign-ins allowed per IP and per account within the window.
+ * - TRUST_PROXY: the proxies in front (Fastify's trustProxy), so that the limits count clients.
+ * - OIDC_ISSUER, OIDC_CLIENT_ID, OIDC_CLIENT_SECRET (OIDC_REDIRECT_URI, OIDC_NAME): "Sign in
+ *   with OpenID Connect".
  *
  * All of them are read by examples/config.ts; examples/README.md has the full table.
  */

@@ -54,9 +54,13 @@ const SEED = [
   { id: 2, email: 'bob@example.com', name: 'Bob', password: 'bob-password' }
 ]
 
-/** An email as accounts are keyed: trimmed and lower-cased. */
+/**
+ * An email as accounts are keyed: trimmed, ASCII letters lower-cased. Only ASCII: Unicode case
+ * folding maps other characters onto ASCII ones (the Kelvin sign K onto k), which would let an
+ * address at an identity provider claim a different local one.
+ */
 export function normalizeEmail (email: string): string {
-  return email.trim().toLowerCase()
+  return email.trim().replace(/[A-Z]+/g, (letters) => letters.toLowerCase())
 }
 
 function toPublic (record: UserRecord): PublicUser {

@@ -57,6 +57,14 @@ test('OIDC_* variables: all three or none; the redirect URI defaults to this ser
   t.equal(configFromEnv({}, random).options.oidc, undefined)
   t.throws(() => configFromEnv({ OIDC_ISSUER: 'https://idp.example.com' }, random), /^OIDC_CLIENT_ID, OIDC_CLIENT_SECRET must be set with the other OIDC_ variables/)
   t.throws(() => configFromEnv({ OIDC_ISSUER: 'idp', OIDC_CLIENT_ID: 'app', OIDC_CLIENT_SECRET: 'shh' }, random), /OIDC_ISSUER must be a URL/)
+  t.throws(() => configFromEnv({ NODE_ENV: 'production', POW_SECRET: 's'.repeat(40), OIDC_ISSUER: 'https://idp.example.com', OIDC_CLIENT_ID: 'app', OIDC_CLIENT_SECRET: 'shh' }, random),
+    /^OIDC_REDIRECT_URI must be set in production/, 'no plain-http default in production')
+})
+
+test('TRUST_PROXY: the proxies, or true', async (t) => {
+  t.equal(configFromEnv({ TRUST_PROXY: '10.0.0.0/8, 127.0.0.1' }, random).options.trustProxy, '10.0.0.0/8, 127.0.0.1')
+  t.equal(configFromEnv({ TRUST_PROXY: 'true' }, random).options.trustProxy, true)
+  t.equal('trustProxy' in configFromEnv({}, random).options, false)
 })
 
 test('npm start: the server listens, and a bad variable stops it with a message', async (t) => {

@@ -26,7 +26,7 @@ interface Setup {
 
 async function setup (t: Test, oidc: Partial<OidcOptions> = {}): Promise<Setup> {
   const provider = await startProvider({
-    redirectUris: [REDIRECT_URI],
+    redirectUris: [oidc.redirectUri ?? REDIRECT_URI],
     accounts: {
       taken: { email: 'alice@example.com', email_verified: true, name: 'Not Alice' },
       unverified: { email: 'dave@idp.test', email_verified: false, name: 'Dave' }
@@ -202,6 +202,31 @@ test('a provider that cannot be reached is a 503, and the password sign-in still
   t.equal(res.statusCode, 503)
   t.match(res.body, /Sign-in is unavailable right now/)
   t.equal((await app.inject('/login')).statusCode, 200, 'the password sign-in still works')
+})
+
+test('behind a proxy that serves the app under a prefix, the registered redirect URI is the one sent', async (t) => {
+  const registered = `${APP_ORIGIN}/accounts/auth/oidc/callback`
+  const { app } = await setup(t, { redirectUri: registered })
+  const jar = new CookieJar(app)
+  const authorization = await start(jar)
+  t.equal(authorization.searchParams.get('redirect_uri'), registered)
+  const url = new URL(await signInAtProvider(authorization.href, 'carol'))
+  t.equal(url.pathname, '/accounts/auth/oidc/callback')
+  // The proxy strips the prefix.
+  const back = await jar.request(url.pathname.replace('/accounts', '') + url.search)
+  t.equal(back.headers.location, '/')
+  t.equal((await jar.request('/api/me')).json().user.email, 'carol@idp.test')
+})
+
+test('a provider that goes down during the sign-in: the callback is a 503, not a sign-in', async (t) => {
+  const { app, close } = await setup(t)
+  const jar = new CookieJar(app)
+  const url = await signInAtProvider((await start(jar)).href, 'carol')
+  await close()
+  const back = await callback(jar, url)
+  t.equal(back.statusCode, 503)
+  t.equal(sessionCookie(back), undefined)
+  t.equal((await jar.request('/api/me')).statusCode, 401)
 })
 
 test('without OIDC_* settings there is no button and no route', async (t) => {

@@ -6,8 +6,8 @@
 import type { FastifyInstance, InjectOptions, LightMyRequestResponse } from 'fastify'
 import { test, type Test } from 'tap'
 import { buildApp, type BuildAppOptions } from '../examples/app.js'
-import { LoginLimiter } from '../examples/login-limits.js'
-import type { UserStore } from '../examples/users.js'
+import { ipKey, LoginLimiter } from '../examples/login-limits.js'
+import { normalizeEmail, UserStore } from '../examples/users.js'
 import { fakeClock } from './helpers/clock.js'
 import { CookieJar } from './helpers/jar.js'
 
@@ -162,6 +162,40 @@ test('LoginLimiter: bad limits are refused by name; the counters stay within max
   t.notOk('retryAfter' in limiter.begin('10.0.0.1', 'victim@example.com'), 'a full table lets its oldest window go, so memory is bounded')
 })
 
+test('IPv6 addresses are counted by their /64: a subscriber cannot rotate addresses for fresh limits', async (t) => {
+  const app = await setup(t, { loginLimits: { perIp: 2, perAccount: 100 } })
+  const statuses: number[] = []
+  for (const ip of ['2001:db8:1:2::1', '2001:db8:1:2::2', '2001:db8:1:2:ffff::3', '2001:0db8:0001:0002:0:0:0:4']) {
+    statuses.push((await apiLogin(app, `${ip}@example.com`, 'wrong', ip)).statusCode)
+  }
+  t.same(statuses, [401, 401, 429, 429])
+  t.equal((await apiLogin(app, 'bob@example.com', 'bob-password', '2001:db8:1:3::1')).statusCode, 200, 'another /64 is not limited')
+  t.equal(ipKey('2001:db8::1'), '2001:db8:0:0::/64')
+  t.equal(ipKey('::1'), '0:0:0:0::/64')
+  t.equal(ipKey('::ffff:10.1.2.3'), '10.1.2.3', 'an IPv4-mapped address is its IPv4 address')
+  t.equal(ipKey('10.1.2.3'), '10.1.2.3')
+})
+
+test('behind a proxy (trustProxy), the limits count the client, not the proxy', async (t) => {
+  const app = await setup(t, { trustProxy: '127.0.0.1', loginLimits: { perIp: 2, perAccount: 100 } })
+  const via = async (client: string, email: string, password: string): Promise<number> => (await app.inject({
+    method: 'POST', url: '/api/login', headers: { ...JSON_HEADERS, 'x-forwarded-for': client }, payload: { email, password }
+  })).statusCode
+  t.same([await via('203.0.113.1', 'a@example.com', 'x'), await via('203.0.113.1', 'b@example.com', 'x'), await via('203.0.113.1', 'c@example.com', 'x')], [401, 401, 429])
+  t.equal(await via('203.0.113.2', 'bob@example.com', 'bob-password'), 200, 'another client behind the same proxy')
+})
+
+test('emails are keyed with ASCII case folding only: a Kelvin sign is not a k', async (t) => {
+  t.equal(normalizeEmail('  ALICE@Example.COM '), 'alice@example.com')
+  t.equal(normalizeEmail('\u212Aate@example.com'), '\u212Aate@example.com')
+  const users = await UserStore.create()
+  const squat = users.signInWithIdentity('https://idp.example', 'mallory', { email: '\u212Alice@example.com', emailVerified: true, name: 'Mallory' })
+  t.not(typeof squat, 'string')
+  t.equal((squat as { email: string }).email, '\u212Alice@example.com', 'a separate account, not klice@example.com')
+  t.equal(users.signInWithIdentity('https://idp.example', 'klice', { email: 'klice@example.com', emailVerified: true }) === 'email-taken', false,
+    'the real klice@example.com can still sign up')
+})
+
 // --- 2. Cross-site posts to the JSON API ------------------------------------------------------
 
 test('the JSON API refuses state-changing requests that are not JSON (415), before they do anything', async (t) => {
@@ -257,6 +291,28 @@ test('form sign-in and sign-out replace the CSRF secret', async (t) => {
   t.match(logout.cookies.find((c) => c.name === '_csrf'), { value: '' }, 'the sign-out clears it too')
 })
 
+test('a form post that the browser says came from another origin is refused (Sec-Fetch-Site), login included', async (t) => {
+  const app = await setup(t)
+  // The attacker's own secret and token, planted in the victim's browser by a sibling subdomain.
+  const attacker = new CookieJar(app)
+  const token = csrfOf((await attacker.request('/login')).body)
+  const planted = `_csrf=${attacker.get('_csrf') as string}`
+  const post = async (site: string | undefined): Promise<LightMyRequestResponse> => await app.inject({
+    method: 'POST',
+    url: '/login',
+    headers: { ...FORM_HEADERS, cookie: planted, ...(site === undefined ? {} : { 'sec-fetch-site': site }) },
+    payload: new URLSearchParams({ email: 'bob@example.com', password: 'bob-password', _csrf: token }).toString()
+  })
+  for (const site of ['same-site', 'cross-site', 'none']) {
+    const res = await post(site)
+    t.equal(res.statusCode, 403, site)
+    t.match(res.body, /sent from another site/)
+    t.equal(res.cookies.some((c) => c.name === 'pow_session'), false, `${site}: nobody signed in`)
+  }
+  t.equal((await post('same-origin')).statusCode, 303, 'the same origin signs in')
+  t.equal((await post(undefined)).statusCode, 303, 'a client that sends no fetch metadata relies on the token')
+})
+
 // --- 4. Production headers --------------------------------------------------------------------
 
 test('answers with user data or a CSRF token send Cache-Control: no-store; the stylesheet may be cached', async (t) => {
@@ -296,7 +352,10 @@ test('in production: __Host- cookies, all Secure, the CSRF cookie included', asy
 test('production is the default under NODE_ENV=production', async (t) => {
   const before = process.env.NODE_ENV
   process.env.NODE_ENV = 'production'
-  t.teardown(() => { process.env.NODE_ENV = before })
+  t.teardown(() => {
+    if (before === undefined) delete process.env.NODE_ENV
+    else process.env.NODE_ENV = before
+  })
   const app = await setup(t)
   const page = await app.inject('/login')
   t.ok(page.cookies.some((c) => c.name === '__Host-csrf' && c.secure === true))

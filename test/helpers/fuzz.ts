@@ -1,6 +1,7 @@
 import { Signer } from '@fastify/cookie'
 import fc from 'fast-check'
 import { BUCKET_LENGTH, FINGERPRINT_LENGTH, isSecret, SECRET_LENGTH } from '../../lib/crypto.js'
+import { normalizeEmail } from '../../examples/users.js'
 
 /**
  * Generators and oracles for test/fuzz.test.ts: cookie headers (arbitrary, and valid signed
@@ -713,10 +714,11 @@ const isPlainObject = (v: unknown): v is Record<string, unknown> => typeof v ===
 
 const PASSWORDS: Record<string, string> = { 'alice@example.com': 'alice-password', 'bob@example.com': 'bob-password' }
 
-/** Whether a body that passed the login schema signs in (examples/users.ts: the email is trimmed and lower-cased). */
+/** Whether a body that passed the login schema signs in (the email normalised as examples/users.ts does). */
 export function rightCredentials (body: unknown): boolean {
   const { email, password } = body as { email: string, password: string }
-  return Object.hasOwn(PASSWORDS, email.trim().toLowerCase()) && PASSWORDS[email.trim().toLowerCase()] === password
+  const key = normalizeEmail(email)
+  return Object.hasOwn(PASSWORDS, key) && PASSWORDS[key] === password
 }
 
 /** POST /api/login's body schema. */

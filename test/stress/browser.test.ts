@@ -1,4 +1,6 @@
 import { mkdir } from 'node:fs/promises'
+import { createServer } from 'node:http'
+import type { AddressInfo } from 'node:net'
 import path from 'node:path'
 import { type Browser, type BrowserContext, type Page } from 'playwright-core'
 import t0, { test } from 'tap'
@@ -172,5 +174,24 @@ if (launched !== null) {
     t.same(await cookieNames(context), [], 'both cookies are gone')
     await page.goto(`${base}/`)
     t.equal(new URL(page.url()).pathname, '/login')
+  })
+
+  test('a form on a sibling site that posts to the app is refused, and signs nobody out', async (t) => {
+    const { context, page } = await newPage()
+    t.teardown(() => context.close())
+    await signIn(page, 'alice@example.com', 'alice-password', false)
+    // Another port of the same host: same-site, so the SameSite=Lax session cookie goes along.
+    const attacker = createServer((_req, res) => {
+      res.setHeader('content-type', 'text/html')
+      res.end(`<form method="post" action="${base}/sessions/delete-others"><input name="_csrf" value="guess"></form><script>document.forms[0].submit()</script>`)
+    })
+    await new Promise<void>((resolve) => attacker.listen(0, '127.0.0.1', resolve))
+    t.teardown(() => { attacker.close() })
+    const response = page.waitForResponse(`${base}/sessions/delete-others`)
+    await page.goto(`http://127.0.0.1:${(attacker.address() as AddressInfo).port}/`)
+    t.equal((await response).status(), 403)
+    t.match(await page.textContent('.error'), /sent from another site/, 'refused for its origin (Sec-Fetch-Site), before the token check')
+    await page.goto(`${base}/`)
+    t.equal(await page.textContent('#name'), 'Alice', 'still signed in')
   })
 }
