@@ -129,11 +129,6 @@ export class UserStore {
     return toPublic(record)
   }
 
-  findById (id: number): PublicUser | null {
-    const record = this.#byId.get(id)
-    return record === undefined ? null : toPublic(record)
-  }
-
   updateName (id: number, name: string): PublicUser | null {
     const record = this.#byId.get(id)
     if (record === undefined) return null
