@@ -130,7 +130,14 @@ export class Devices {
       }
       if (!step.write) return { step, loaded }
       const device = step.device as Device
-      const { ok } = await this.commit(device.userKey, [deviceWrite(device, loaded === null ? 0 : loaded.version, now, this.#rules)])
+      let ok: boolean
+      try {
+        ({ ok } = await this.commit(device.userKey, [deviceWrite(device, loaded === null ? 0 : loaded.version, now, this.#rules)]))
+      } catch (err) {
+        // The store failed (a refused write, a lost race, is no failure): the step's fallback, if any.
+        if (step.unwritten !== undefined) return { step: step.unwritten, loaded }
+        throw err
+      }
       if (ok) return { step, loaded }
     }
     throw storeError()

@@ -104,6 +104,12 @@ export interface Step {
   clear?: boolean
   /** What happened, for the events. */
   event?: 'renewed' | 'reissued' | 'rotated'
+  /**
+   * When the write fails (the store, or the part of it that holds this device, is down), this
+   * step stands instead: the id shown still works as read, so the request is served with it and
+   * a later request writes. Without it, a failed write fails the request.
+   */
+  unwritten?: Step
 }
 
 const ANONYMOUS: Step = { auth: 'none', device: null, write: false }
@@ -250,8 +256,10 @@ export function showSession (device: Device | null, hash: string, tokenHash: str
   if (session !== null && session.hash === hash) {
     if (!sessionWorks(session, now, rules)) return ANONYMOUS
     const claimed = device.unclaimedSince === undefined ? device : claim(device, now, rules)
-    if (now - session.insertedAt >= rules.renewAfter) return renew(claimed, session, now, rules, mint, tokenHash)
-    return { auth: 'session', device: claimed, write: claimed !== device }
+    // A renewal or a claim that cannot be written leaves the id working until its expiry.
+    const unwritten: Step = { auth: 'session', device, write: false }
+    if (now - session.insertedAt >= rules.renewAfter) return { ...renew(claimed, session, now, rules, mint, tokenHash), unwritten }
+    return claimed === device ? { auth: 'session', device, write: false } : { auth: 'session', device: claimed, write: true, unwritten }
   }
   const retired = findRetired(device, 'session', hash, now, rules)
   if (retired === undefined) return ANONYMOUS
