@@ -8,14 +8,13 @@ import { PowNotSignedInError, PowReloadUserError, PowStoreError, storeError } fr
 import { type Config, STORE_METHODS } from './options.js'
 import type { PowSession } from './session.js'
 import type { DeletedReason, PowEvent, PowEvents, PowStore, PowUser } from './types.js'
+import { OutageLog } from './outage-log.js'
 
 // A signed secret is `<69 chars>.<43 chars of base64 HMAC-SHA256>`; anything else is rejected before any HMAC.
 const SIGNED_LENGTH = SECRET_LENGTH + 44
 // Cookies verified lately, so that a browser's every request does not cost an HMAC and a SHA-256.
 // 1024 entries: about 350 kB at most.
 const VERIFIED_CACHE_SIZE = 1024
-// At most one error line a minute while reloadUser keeps failing.
-const RELOAD_LOG_INTERVAL = 60_000
 
 /** A cookie value that passed verification: the secret, its device, its hash, and whether it must be re-signed. */
 export interface Verified {
@@ -67,12 +66,9 @@ export class Pow extends EventEmitter<PowEvents> {
   #signer: Signer
   /** Signed cookie value -> what it verified to; only values with a valid signature get in. */
   #verified = new Map<string, Verified>()
-  /** Whether the last store call failed: an outage is logged when it starts and when it ends. */
-  #failing = false
-  /** The `reloadUser` option: whether a failure was logged since it last answered, when, and the failures since. */
-  #reloadFailing = false
-  #reloadLoggedAt: number | undefined
-  #reloadNotLogged = 0
+  /** Store and `reloadUser` failures, logged as outages. */
+  #storeOutage: OutageLog
+  #reloadOutage: OutageLog
 
   /**
    * A hook for routes that need a signed-in user: `{ onRequest: app.pow.requireUser }` (or
@@ -97,6 +93,8 @@ export class Pow extends EventEmitter<PowEvents> {
     this.config = config
     this.rawStore = store
     this.log = log
+    this.#storeOutage = new OutageLog(log, 'the session store', 'answering 503 to the requests that need it until it is back')
+    this.#reloadOutage = new OutageLog(log, 'reloadUser', 'answering 503 to the requests it fails for')
     this.store = guardStore(store, this)
     this.devices = new Devices(this.store, store, this, config.rules)
     this.#signer = new Signer(config.secrets)
@@ -105,32 +103,20 @@ export class Pow extends EventEmitter<PowEvents> {
 
   /** @internal a store call answered: logs the end of an outage */
   storeAnswered (): void {
-    if (this.#failing) {
-      this.#failing = false
-      this.log.info('fastify-pow: the session store answers again')
-    }
+    this.#storeOutage.answered()
   }
 
-  /**
-   * @internal a store call threw `err`: the error to throw instead, a 503. An outage is logged
-   * once when it starts, not on every request.
-   */
+  /** @internal a store call threw `err`: the error to throw instead, a 503. Logged as an outage. */
   storeFailed (err: unknown): Error {
-    if (!this.#failing) {
-      this.#failing = true
-      this.log.error({ err }, 'fastify-pow: the session store failed; answering 503 until it is back')
-    } else {
-      this.log.debug({ err }, 'fastify-pow: the session store failed again')
-    }
+    this.#storeOutage.failed(err)
     return err instanceof PowStoreError ? err : storeError()
   }
 
   /**
    * @internal The `reloadUser` option's answer for `user`, null (or undefined) to sign out. An
    * error with a 4xx `statusCode` (a 403 for a banned user) is the answer as thrown; any other
-   * is a 503 `POW_ERR_RELOAD_USER`. Failures are logged as an outage: an error line when the
-   * first comes, then at most one a minute while they go on (a user whose reload always fails
-   * must not log a line per request), and a line when a reload answers after a logged failure.
+   * is a 503 `POW_ERR_RELOAD_USER`. Failures are logged as an outage (see OutageLog): a user
+   * whose reload always fails must not log a line per request.
    */
   async reload (user: PowUser, request: FastifyRequest): Promise<PowUser | null> {
     const reloadUser = this.config.reloadUser as NonNullable<Config['reloadUser']>
@@ -140,22 +126,10 @@ export class Pow extends EventEmitter<PowEvents> {
     } catch (err) {
       const status = (err as { statusCode?: unknown } | null)?.statusCode
       if (typeof status === 'number' && status >= 400 && status < 500) throw err
-      const now = Date.now()
-      if (this.#reloadLoggedAt === undefined || now - this.#reloadLoggedAt >= RELOAD_LOG_INTERVAL) {
-        this.log.error({ err, failuresNotLogged: this.#reloadNotLogged }, 'fastify-pow: reloadUser failed; answering 503 to the requests it fails for')
-        this.#reloadLoggedAt = now
-        this.#reloadNotLogged = 0
-        this.#reloadFailing = true
-      } else {
-        this.#reloadNotLogged++
-        request.log.debug({ err }, 'fastify-pow: reloadUser failed again')
-      }
+      this.#reloadOutage.failed(err, request.log)
       throw new PowReloadUserError()
     }
-    if (this.#reloadFailing) {
-      this.#reloadFailing = false
-      this.log.info('fastify-pow: reloadUser answers again')
-    }
+    this.#reloadOutage.answered()
     return reloaded ?? null
   }
 

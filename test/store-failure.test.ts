@@ -4,6 +4,7 @@ import { test } from 'tap'
 import pow, { MemoryStore, type PowStore } from '../lib/index.js'
 import { STORE_METHODS } from '../lib/options.js'
 import { buildApp, me, signIn } from './helpers/app.js'
+import { loggedApp } from './helpers/outage.js'
 import { fakeClock } from './helpers/clock.js'
 
 /** A real MemoryStore behind a switch: while `down`, every call fails as a dead connection would. */
@@ -87,6 +88,27 @@ test('an outage is logged once when it starts and once when it ends, not per req
   t.equal((await logged.inject({ url: '/me', headers: { cookie } })).statusCode, 200)
   const store = lines.filter((l) => /session store/.test(l.msg))
   t.same(store.map((l) => l.level), [50, 30], 'one error, then one info when it is back')
+})
+
+test('a partial outage (one shard down: failures and answers alternate) logs at most an error and an info line a minute', async (t) => {
+  const clock = fakeClock(t)
+  const state = switchableStore()
+  const { app, lines, cookie } = await loggedApp(t, state.store)
+  const storeLines = (): Array<{ level: number, failuresNotLogged?: number }> => lines.filter((l) => /session store/.test(l.msg))
+  for (let i = 0; i < 40; i++) {
+    state.down = i % 2 === 0
+    t.equal((await app.inject({ url: '/me', headers: { cookie } })).statusCode, state.down ? 503 : 200)
+    clock.tick(1000)
+  }
+  t.same(storeLines().map((l) => l.level), [50, 30], 'in 40 s of alternation: one error line, and one line when it answered')
+  clock.tick(30_000)
+  for (let i = 0; i < 4; i++) {
+    state.down = i % 2 === 0
+    await app.inject({ url: '/me', headers: { cookie } })
+  }
+  const logged = storeLines()
+  t.same(logged.map((l) => l.level), [50, 30, 50, 30], 'a minute later, one more of each')
+  t.equal(logged[2]?.failuresNotLogged, 19, 'with the count of the failures not logged in between')
 })
 
 /** A real MemoryStore whose named methods fail while armed: a store that breaks in the middle of a request. */
