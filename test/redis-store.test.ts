@@ -1,5 +1,6 @@
 import { once } from 'node:events'
 import { setTimeout as sleep } from 'node:timers/promises'
+import { install } from '@sinonjs/fake-timers'
 import { test, type Test } from 'tap'
 import { randomFingerprint, userBucket } from '../lib/crypto.js'
 import { RedisStore } from '../lib/stores/redis.js'
@@ -388,6 +389,37 @@ test('a write that reaches Redis past its deadline does nothing', async (t) => {
     t.equal(await client.exists(P + 'd:' + fp), 0, 'nothing written')
     t.equal(await store.read(userBucket(userKey), fp), null)
   })
+})
+
+test('a failing TIME (sent to any Cluster node, maybe a dead one) keeps the last clock offset; the first one must answer', async (t) => {
+  const server = await startRedis(t)
+  const client = await readyClient(server)
+  t.teardown(() => client.disconnect())
+  // The store times its clock checks with performance.now(), which fakeClock leaves alone.
+  const clock = install({ toFake: ['performance'] })
+  t.teardown(() => clock.uninstall())
+  const store = new RedisStore(client)
+  const time = client.time.bind(client)
+  let asked = 0
+  client.time = (async () => {
+    asked++
+    throw new Error('CLUSTERDOWN The cluster is down')
+  }) as typeof client.time
+  const userKey = 'time-user'
+  const device = (fp: string): DeviceWrite => ({ fingerprint: fp, version: 0, data: '{}', ttl: 60_000, usedAt: Date.now() })
+  await t.rejects(store.commit({ userKey, devices: [device(randomFingerprint())], user: '{}' }), 'no offset measured yet: the write cannot have a deadline')
+  client.time = time
+  t.ok((await store.commit({ userKey, devices: [device(randomFingerprint())], user: '{}' })).ok, 'measured')
+  client.time = (async () => {
+    asked++
+    throw new Error('CLUSTERDOWN The cluster is down')
+  }) as typeof client.time
+  asked = 0
+  clock.tick(61_000)
+  t.ok((await store.commit({ userKey, devices: [device(randomFingerprint())], user: '{}' })).ok, 'due again, TIME fails: the write goes on with the last offset')
+  t.ok((await store.commit({ userKey, devices: [device(randomFingerprint())], user: '{}' })).ok)
+  t.equal(asked, 2, 'asked again with each write until it answers')
+  client.time = time
 })
 
 test('commands fail fast while the client is not connected, and work again once it is', async (t) => {

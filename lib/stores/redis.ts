@@ -384,10 +384,17 @@ export class RedisStore implements PowStore {
   async #deadline (): Promise<number> {
     if (realNow() - this.#clockCheckedAt > CLOCK_CHECK_INTERVAL) {
       const before = realNow()
-      const [seconds, micros] = await this.#guard(() => this.#client.time())
-      const after = realNow()
-      this.#clockOffset = Number(seconds) * 1000 + Number(micros) / 1000 - (before + after) / 2
-      this.#clockCheckedAt = after
+      try {
+        const [seconds, micros] = await this.#guard(() => this.#client.time())
+        const after = realNow()
+        this.#clockOffset = Number(seconds) * 1000 + Number(micros) / 1000 - (before + after) / 2
+        this.#clockCheckedAt = after
+      } catch (err) {
+        // TIME names no key: a Cluster sends it to any node, maybe one that is down while the
+        // user's shard is up. The last offset measured still holds (clocks drift slowly); TIME
+        // is asked again with the next write.
+        if (this.#clockCheckedAt === -Infinity) throw err
+      }
     }
     // A margin, so that a script running just before the deadline still answers before the
     // client gives up.
