@@ -87,7 +87,7 @@ export interface RedisClusterHandle {
 const liveProcesses = new Set<ChildProcess>()
 let exitHookInstalled = false
 
-function track (child: ChildProcess): void {
+export function track (child: ChildProcess): void {
   if (!exitHookInstalled) {
     exitHookInstalled = true
     process.on('exit', () => {
@@ -105,7 +105,7 @@ function track (child: ChildProcess): void {
  * process disappears without running its teardowns (e.g. SIGKILLed by a tap timeout), and exits by
  * itself once the server is gone.
  */
-function spawnWatchdog (redisPid: number, dir: string): ChildProcess | undefined {
+export function spawnWatchdog (redisPid: number, dir: string): ChildProcess | undefined {
   try {
     const script = 'while kill -0 "$1" 2>/dev/null; do kill -0 "$2" 2>/dev/null || exit 0; sleep 1; done; kill -9 "$2" 2>/dev/null; sleep 0.2; rm -rf -- "$3"'
     const dog = spawn('sh', ['-c', script, 'redis-watchdog', String(process.pid), String(redisPid), dir], {
@@ -127,7 +127,7 @@ function spawnWatchdog (redisPid: number, dir: string): ChildProcess | undefined
 let binaryPromise: Promise<string> | undefined
 
 /** The absolute path of redis-server on PATH, or an Error saying how to install it. */
-function findRedisServer (): Promise<string> {
+export function findRedisServer (): Promise<string> {
   binaryPromise ??= (async () => {
     for (const dir of (process.env.PATH ?? '').split(path.delimiter)) {
       if (dir === '') continue
@@ -159,7 +159,7 @@ function close (server: net.Server): Promise<void> {
  * Free loopback ports (never 6379): `count` distinct ports from the OS, and with `withBus` each
  * port's cluster bus port (port + 10000) is free too and the port is below 55000.
  */
-async function freePorts (count: number, withBus = false): Promise<number[]> {
+export async function freePorts (count: number, withBus = false): Promise<number[]> {
   const held: net.Server[] = []
   const ports: number[] = []
   try {
@@ -194,7 +194,7 @@ async function freePorts (count: number, withBus = false): Promise<number[]> {
 class PortInUseError extends Error {}
 
 /** Sends an inline PING on a fresh socket; true if the server answered +PONG. */
-function pingOnce (port: number): Promise<boolean> {
+export function pingOnce (port: number): Promise<boolean> {
   return new Promise((resolve) => {
     const socket = net.connect({ port, host: HOST })
     let data = ''
@@ -284,7 +284,7 @@ class Process {
   }
 }
 
-function swallow (): void {}
+export function swallow (): void {}
 
 /** One redis-server (standalone or cluster node): its port, directory, process and connections. */
 class Instance {
@@ -416,9 +416,11 @@ export async function startRedis (t: Test, options: StartRedisOptions = {}): Pro
   }
 }
 
-const SLOT_RANGES: Array<[number, number]> = [[0, 5460], [5461, 10922], [10923, 16383]]
+/** The slots of the three masters. */
+export const SLOT_RANGES: Array<[number, number]> = [[0, 5460], [5461, 10922], [10923, 16383]]
 
-function parseInfo (text: string): Record<string, string> {
+/** INFO's `field:value` lines. */
+export function parseInfo (text: string): Record<string, string> {
   const fields: Record<string, string> = {}
   for (const line of text.split(/\r?\n/)) {
     const i = line.indexOf(':')
