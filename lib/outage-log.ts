@@ -6,7 +6,7 @@ const LOG_INTERVAL = 60_000
 /**
  * The log lines of one kind of outage (the store, `reloadUser`): an error line when failures
  * start, at most one a minute while they go on (with the count of those not logged), and a line
- * when it answers after a logged failure. A partial outage (one Redis Cluster shard down, one
+ * when it answers after a logged failure (or, a minute on, after failures not logged). A partial outage (one Redis Cluster shard down, one
  * user's reload failing) alternates failures and answers: it still logs at most two lines a
  * minute, not one per request.
  */
@@ -40,8 +40,17 @@ export class OutageLog {
   }
 
   answered (): void {
-    if (!this.#logged) return
-    this.#logged = false
-    this.#log.info(`fastify-pow: ${this.#what} answers again`)
+    if (this.#logged) {
+      this.#logged = false
+      this.#log.info(`fastify-pow: ${this.#what} answers again`)
+      return
+    }
+    // Failures that came and went between two lines (a short outage soon after another) are
+    // not lost: the first answer once the minute is over reports them.
+    if (this.#notLogged > 0 && Date.now() - (this.#loggedAt as number) >= LOG_INTERVAL) {
+      this.#log.warn({ failuresNotLogged: this.#notLogged }, `fastify-pow: ${this.#what} failed ${this.#notLogged} times since the last line; it answers now`)
+      this.#notLogged = 0
+      this.#loggedAt = Date.now()
+    }
   }
 }

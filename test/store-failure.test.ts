@@ -111,6 +111,30 @@ test('a partial outage (one shard down: failures and answers alternate) logs at 
   t.equal(logged[2]?.failuresNotLogged, 19, 'with the count of the failures not logged in between')
 })
 
+test('a short outage soon after another is not lost: the first answer a minute on reports its failures', async (t) => {
+  const clock = fakeClock(t)
+  const state = switchableStore()
+  const { app, lines, cookie } = await loggedApp(t, state.store)
+  const me = async (): Promise<number> => (await app.inject({ url: '/me', headers: { cookie } })).statusCode
+  state.down = true
+  t.equal(await me(), 503)
+  state.down = false
+  t.equal(await me(), 200)
+  clock.tick(20_000)
+  state.down = true
+  t.same([await me(), await me(), await me()], [503, 503, 503], 'a second outage inside the minute: not logged yet')
+  state.down = false
+  t.equal(await me(), 200)
+  const storeLines = (): Array<{ level: number, failuresNotLogged?: number }> => lines.filter((l) => /session store/.test(l.msg))
+  t.same(storeLines().map((l) => l.level), [50, 30])
+  clock.tick(41_000)
+  t.equal(await me(), 200)
+  t.same(storeLines().map((l) => l.level), [50, 30, 40], 'a warning with the count, once the minute is over')
+  t.equal(storeLines()[2]?.failuresNotLogged, 3)
+  t.equal(await me(), 200)
+  t.equal(storeLines().length, 3, 'once')
+})
+
 /** A real MemoryStore whose named methods fail while armed: a store that breaks in the middle of a request. */
 function partlyFailingStore (): { store: PowStore, failing: Set<string> } {
   const inner = new MemoryStore()
