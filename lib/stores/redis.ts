@@ -30,6 +30,8 @@ const MAX_TIMER_MS = 2_147_483_647
 
 // How often the offset between this process's clock and the server's is measured again.
 const CLOCK_CHECK_INTERVAL = 60_000
+// After a TIME that failed, how soon it is asked again.
+const CLOCK_RETRY_INTERVAL = 5_000
 
 // A bucket from a cookie names a key: anything but what userBucket() makes is no device.
 const BUCKET_RE = new RegExp(`^[A-Za-z0-9_-]{${BUCKET_LENGTH}}$`)
@@ -392,8 +394,9 @@ export class RedisStore implements PowStore {
       } catch (err) {
         // TIME names no key: a Cluster sends it to any node, maybe one that is down while the
         // user's shard is up. The last offset measured still holds (clocks drift slowly); TIME
-        // is asked again with the next write.
+        // is asked again a few seconds on, so that writes meanwhile do not each wait for it.
         if (this.#clockCheckedAt === -Infinity) throw err
+        this.#clockCheckedAt = realNow() - CLOCK_CHECK_INTERVAL + CLOCK_RETRY_INTERVAL
       }
     }
     // A margin, so that a script running just before the deadline still answers before the
