@@ -37,42 +37,45 @@ export interface LoginAttempt {
 class Counter {
   #windows = new Map<string, Window>()
   #max: number
-  #options: LoginLimitOptions
+  #windowMs: number
+  #maxKeys: number
 
-  constructor (max: number, options: LoginLimitOptions) {
+  constructor (max: number, { windowMs, maxKeys }: LoginLimitOptions) {
     this.#max = max
-    this.#options = options
+    this.#windowMs = windowMs
+    this.#maxKeys = maxKeys
   }
 
   /** Milliseconds until `key` may try again, or 0 when it may now. */
   wait (key: string, now: number): number {
     const window = this.#windows.get(key)
-    if (window === undefined || window.resetAt <= now) return 0
-    return window.count >= this.#max ? window.resetAt - now : 0
+    return window !== undefined && window.resetAt > now && window.count >= this.#max ? window.resetAt - now : 0
   }
 
-  add (key: string, now: number): void {
+  /** Counts one for `key`; returns the window counted in. */
+  add (key: string, now: number): Window {
     let window = this.#windows.get(key)
     if (window === undefined || window.resetAt <= now) {
       this.#windows.delete(key)
       this.#makeRoom(now)
-      window = { count: 0, resetAt: now + this.#options.windowMs }
+      window = { count: 0, resetAt: now + this.#windowMs }
       this.#windows.set(key, window)
     }
     window.count++
+    return window
   }
 
-  remove (key: string): void {
-    const window = this.#windows.get(key)
-    if (window !== undefined && --window.count <= 0) this.#windows.delete(key)
+  /** Takes back one that {@link add} counted in `window` (a window since replaced keeps its own count). */
+  remove (key: string, window: Window): void {
+    if (--window.count <= 0 && this.#windows.get(key) === window) this.#windows.delete(key)
   }
 
   #makeRoom (now: number): void {
     const windows = this.#windows
-    if (windows.size < this.#options.maxKeys) return
+    if (windows.size < this.#maxKeys) return
     // Insertion order is opening order, and every window is as long: the expired ones are first.
     for (const [key, window] of windows) {
-      if (window.resetAt > now && windows.size < this.#options.maxKeys) break
+      if (window.resetAt > now && windows.size < this.#maxKeys) break
       windows.delete(key)
     }
   }
@@ -127,15 +130,15 @@ export class LoginLimiter {
     const account = accountKey(email)
     const wait = Math.max(this.#byIp.wait(ip, now), this.#byAccount.wait(account, now))
     if (wait > 0) return { retryAfter: Math.ceil(wait / 1000) }
-    this.#byIp.add(ip, now)
-    this.#byAccount.add(account, now)
+    const ipWindow = this.#byIp.add(ip, now)
+    const accountWindow = this.#byAccount.add(account, now)
     let open = true
     return {
       succeeded: () => {
         if (!open) return
         open = false
-        this.#byIp.remove(ip)
-        this.#byAccount.remove(account)
+        this.#byIp.remove(ip, ipWindow)
+        this.#byAccount.remove(account, accountWindow)
       }
     }
   }

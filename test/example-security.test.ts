@@ -162,6 +162,22 @@ test('LoginLimiter: bad limits are refused by name; the counters stay within max
   t.notOk('retryAfter' in limiter.begin('10.0.0.1', 'victim@example.com'), 'a full table lets its oldest window go, so memory is bounded')
 })
 
+test('a success takes back only its own attempt, also when its window rolled over meanwhile', async (t) => {
+  const clock = fakeClock(t)
+  const limiter = new LoginLimiter({ perIp: 1000, perAccount: 3, windowMs: 10 * MINUTE })
+  const attempt = (): ReturnType<LoginLimiter['begin']> => limiter.begin('10.0.0.1', 'victim@example.com')
+  attempt()
+  clock.tick(9 * MINUTE)
+  const slow = attempt()
+  clock.tick(2 * MINUTE)
+  attempt()
+  attempt()
+  if ('retryAfter' in slow) throw new Error('the slow attempt was limited')
+  slow.succeeded()
+  attempt()
+  t.ok('retryAfter' in attempt(), 'the new window holds its three failures: the old attempt did not take one of them back')
+})
+
 test('IPv6 addresses are counted by their /64: a subscriber cannot rotate addresses for fresh limits', async (t) => {
   const app = await setup(t, { loginLimits: { perIp: 2, perAccount: 100 } })
   const statuses: number[] = []
