@@ -69,8 +69,9 @@ export async function buildApp (options: BuildAppOptions = {}): Promise<FastifyI
   app.decorate('users', users)
   const limiter = new LoginLimiter(options.loginLimits)
 
-  // For the CSRF protection of the pages; fastify-pow writes its own cookies and works without it.
-  await app.register(fastifyCookie)
+  // For the CSRF protection of the pages and the OpenID Connect transaction (signed with a key of
+  // its own); fastify-pow writes its own cookies and works without it.
+  await app.register(fastifyCookie, { secret: deriveKey(secret, 'cookies').toString('base64url') })
   // With @fastify/redis registered and no `store` option, fastify-pow uses app.redis.
   if (options.redisUrl !== undefined) await app.register(fastifyRedis, { url: options.redisUrl })
   // Likewise with @fastify/postgres: app.pg.
@@ -111,7 +112,7 @@ export async function buildApp (options: BuildAppOptions = {}): Promise<FastifyI
     production,
     // The CSRF tokens' HMAC key: tokens are bound to the device.
     csrfKey: deriveKey(secret, 'csrf'),
-    oidc: options.oidc === undefined ? undefined : { options: options.oidc, key: deriveKey(secret, 'oidc'), formActionOrigins }
+    oidc: options.oidc === undefined ? undefined : { options: options.oidc, formActionOrigins }
   })
   await app.register(api, { prefix: '/api', users, limiter })
   return app

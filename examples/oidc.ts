@@ -1,9 +1,8 @@
 /**
  * "Sign in with OpenID Connect": the authorization code flow with PKCE, state and nonce, through
- * openid-client. The provider's tokens are read once, for the ID token's claims, and kept
+ * openid-client. The transaction is kept in a cookie signed by @fastify/cookie. The provider's tokens are read once, for the ID token's claims, and kept
  * nowhere: the browser ends up with fastify-pow's cookies only.
  */
-import { createHmac, timingSafeEqual } from 'node:crypto'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import * as client from 'openid-client'
 import { deviceMetadata } from './user-agent.js'
@@ -26,8 +25,6 @@ export interface OidcOptions {
 export interface OidcRoutesOptions {
   oidc: OidcOptions
   users: UserStore
-  /** The HMAC key of the transaction cookie. */
-  key: Buffer
   production: boolean
   /** Called after a sign-in: the pages give the browser a new CSRF secret. */
   signedIn: (reply: FastifyReply) => void
@@ -51,22 +48,14 @@ interface Transaction {
 const TRANSACTION_TTL_MS = 10 * 60_000
 const LOOPBACK = new Set(['127.0.0.1', 'localhost', '[::1]'])
 
-/** An HMAC-signed transaction cookie value: `<base64url JSON>.<base64url HMAC>`. */
-function seal (transaction: Transaction, key: Buffer): string {
-  const body = Buffer.from(JSON.stringify(transaction)).toString('base64url')
-  return `${body}.${createHmac('sha256', key).update(body).digest('base64url')}`
-}
-
-function unseal (value: string | undefined, key: Buffer): Transaction | null {
-  if (value === undefined) return null
-  const dot = value.indexOf('.')
-  if (dot < 0) return null
-  const body = value.slice(0, dot)
-  const mac = Buffer.from(value.slice(dot + 1), 'base64url')
-  const expected = createHmac('sha256', key).update(body).digest()
-  if (mac.length !== expected.length || !timingSafeEqual(mac, expected)) return null
+/** A transaction as its cookie holds it (signed by @fastify/cookie), or null: missing, forged or expired. */
+function readTransaction (request: FastifyRequest, cookieName: string): Transaction | null {
+  const raw = request.cookies[cookieName]
+  if (raw === undefined) return null
+  const unsigned = request.unsignCookie(raw)
+  if (!unsigned.valid || unsigned.value === null) return null
   try {
-    const t = JSON.parse(Buffer.from(body, 'base64url').toString()) as Transaction
+    const t = JSON.parse(Buffer.from(unsigned.value, 'base64url').toString()) as Transaction
     return typeof t.state === 'string' && typeof t.nonce === 'string' && typeof t.verifier === 'string' &&
       typeof t.remember === 'boolean' && typeof t.expiresAt === 'number' && t.expiresAt > Date.now()
       ? t
@@ -78,7 +67,7 @@ function unseal (value: string | undefined, key: Buffer): Transaction | null {
 
 /** The OIDC routes: `GET /auth/oidc` (to the provider) and `GET /auth/oidc/callback`. */
 export async function oidcRoutes (app: FastifyInstance, options: OidcRoutesOptions): Promise<void> {
-  const { oidc, users, key } = options
+  const { oidc, users } = options
   const issuer = new URL(oidc.issuer)
   const redirectUri = new URL(oidc.redirectUri)
   // Plain http only to a provider on this machine (development, the tests).
@@ -106,20 +95,19 @@ export async function oidcRoutes (app: FastifyInstance, options: OidcRoutesOptio
   app.addHook('onReady', async () => {
     configuration().catch((err: unknown) => { app.log.warn({ err }, 'the OpenID provider could not be reached at start; sign-in with it will try again') })
   })
-  const unavailable = (request: FastifyRequest, err: unknown): Error => {
+  /** The provider cannot be reached: a 503. */
+  const unavailable = (request: FastifyRequest, err: unknown): never => {
     request.log.error({ err }, 'the OpenID provider is unavailable')
-    return Object.assign(new Error('The identity provider is unavailable'), { statusCode: 503 })
+    throw Object.assign(new Error('The identity provider is unavailable'), { statusCode: 503 })
   }
+  /** The provider's configuration for a request, or a 503. */
+  const configured = async (request: FastifyRequest): Promise<client.Configuration> =>
+    await configuration().catch((err: unknown) => unavailable(request, err))
 
   app.get<{ Querystring: { remember?: string } }>('/auth/oidc', {
     schema: { querystring: { type: 'object', properties: { remember: { type: 'string', enum: ['on'] } } } }
   }, async (request, reply) => {
-    let config: client.Configuration
-    try {
-      config = await configuration()
-    } catch (err) {
-      throw unavailable(request, err)
-    }
+    const config = await configured(request)
     const transaction: Transaction = {
       state: client.randomState(),
       nonce: client.randomNonce(),
@@ -135,25 +123,21 @@ export async function oidcRoutes (app: FastifyInstance, options: OidcRoutesOptio
       code_challenge: await client.calculatePKCECodeChallenge(transaction.verifier),
       code_challenge_method: 'S256'
     })
-    reply.setCookie(cookieName, seal(transaction, key), { ...cookieOptions, maxAge: TRANSACTION_TTL_MS / 1000 })
+    const value = Buffer.from(JSON.stringify(transaction)).toString('base64url')
+    reply.setCookie(cookieName, value, { ...cookieOptions, signed: true, maxAge: TRANSACTION_TTL_MS / 1000 })
     return reply.redirect(url.href, 303)
   })
 
   app.get('/auth/oidc/callback', async (request, reply) => {
     // One use: whatever happens next, this browser's transaction is over.
-    const transaction = unseal(request.cookies[cookieName], key)
+    const transaction = readTransaction(request, cookieName)
     reply.clearCookie(cookieName, cookieOptions)
     const failed = (reason: string, error = 'oidc'): FastifyReply => {
       request.log.info({ reason }, 'OpenID Connect sign-in refused')
       return reply.redirect(`/login?error=${error}`, 303)
     }
     if (transaction === null) return failed('no transaction cookie, or a forged or expired one')
-    let config: client.Configuration
-    try {
-      config = await configuration()
-    } catch (err) {
-      throw unavailable(request, err)
-    }
+    const config = await configured(request)
     let claims: client.IDToken
     try {
       // Checks the state and the issuer of the answer, redeems the code with the PKCE verifier
@@ -178,7 +162,7 @@ export async function oidcRoutes (app: FastifyInstance, options: OidcRoutesOptio
           : err.cause instanceof Error ? err.cause.message : ''
         return failed(`${err.message}: ${details}`)
       }
-      throw unavailable(request, err)
+      return unavailable(request, err)
     }
     const user = users.signInWithIdentity(claims.iss, claims.sub, {
       email: typeof claims.email === 'string' ? claims.email : undefined,

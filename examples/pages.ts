@@ -15,8 +15,8 @@ export interface PagesOptions {
   production: boolean
   /** The HMAC key of the CSRF tokens. */
   csrfKey: Buffer
-  /** "Sign in with OpenID Connect", the HMAC key of its transaction cookie, and its CSP form-action origins. */
-  oidc?: { options: OidcOptions, key: Buffer, formActionOrigins: Set<string> } | undefined
+  /** "Sign in with OpenID Connect", and its CSP form-action origins. */
+  oidc?: { options: OidcOptions, formActionOrigins: Set<string> } | undefined
 }
 
 /** The login page's notices, by `?error=`. */
@@ -148,17 +148,17 @@ function errorMessage (status: number, code: string | undefined): string {
 }
 
 /**
- * The example's HTML pages: login, account, devices. Form posts are CSRF-protected and answer
- * with 303 redirects; the login form is rate limited per IP.
+ * The example's HTML pages: login, account, devices. Form posts are same-origin and
+ * CSRF-protected, and answer with 303 redirects; failed sign-ins are limited (login-limits.ts).
  */
 export async function pages (app: FastifyInstance, options: PagesOptions): Promise<void> {
   const { users, limiter } = options
   await app.register(fastifyFormbody)
   // The CSRF secret is in a cookie, and each token is an HMAC (with a server key) of that secret
-  // and of this browser's device fingerprint ('signed-out' when signed out): a token made before sign-in,
-  // or made for another device, or made for a secret another subdomain planted in a cookie, does
-  // not verify. Sign-in and sign-out also replace the secret. In production the cookie is
-  // `__Host-`: Secure, and no other subdomain can set or shadow it.
+  // and of this browser's device fingerprint ('signed-out' when signed out): a token made before
+  // sign-in, or for another device, does not verify, nor does a signed-in form posted with a
+  // secret another subdomain planted. Sign-in and sign-out also replace the secret. In production
+  // the cookie is `__Host-`: Secure, and no other subdomain can set or shadow it.
   const csrfCookie = options.production ? '__Host-csrf' : '_csrf'
   const csrfCookieOptions = { httpOnly: true, sameSite: 'strict', path: '/', secure: options.production } as const
   await app.register(fastifyCsrf, {
@@ -194,7 +194,7 @@ export async function pages (app: FastifyInstance, options: PagesOptions): Promi
 
   // After setErrorHandler: a plugin takes the error handler its parent has when it is registered.
   if (oidc !== undefined) {
-    await app.register(oidcRoutes, { oidc: oidc.options, users, key: oidc.key, production: options.production, signedIn: renewCsrf, formActionOrigins: oidc.formActionOrigins })
+    await app.register(oidcRoutes, { oidc: oidc.options, users, production: options.production, signedIn: renewCsrf, formActionOrigins: oidc.formActionOrigins })
   }
 
   app.get('/style.css', async (_request, reply) => reply.type('text/css; charset=utf-8').header('cache-control', 'public, max-age=300').send(STYLE))

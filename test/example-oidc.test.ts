@@ -156,7 +156,7 @@ test('a replayed code signs nobody in: not in this browser, not with a copy of i
 })
 
 test('a forged transaction cookie is refused', async (t) => {
-  const { app } = await setup(t)
+  const { app, lines } = await setup(t)
   const jar = new CookieJar(app)
   const authorization = await start(jar)
   const sealed = jar.get('pow_oidc') as string
@@ -167,6 +167,8 @@ test('a forged transaction cookie is refused', async (t) => {
   const back = await callback(jar, await signInAtProvider(authorization.href, 'carol'))
   t.equal(back.headers.location, '/login?error=oidc')
   t.equal(sessionCookie(back), undefined)
+  const refused = lines.filter((line) => line.msg === 'OpenID Connect sign-in refused') as Array<LogLine & { reason: string }>
+  t.match(refused.at(-1)?.reason, /forged or expired/, 'refused for its signature, before the provider is asked')
 })
 
 test('an existing account is not taken over by email; an unverified email makes no account', async (t) => {
