@@ -114,7 +114,7 @@ export const fastifyPow = fp(plugin, { fastify: '5.x', name: 'fastify-pow' })
 export default fastifyPow
 
 export { MemoryStore } from './stores/memory.js'
-export { RedisStore, type RedisStoreOptions, type RedisClient } from './stores/redis.js'
+export { RedisStore, type RedisStoreOptions, type RedisClient, type RedisPipeline } from './stores/redis.js'
 export { PostgresStore, postgresSchema, type PostgresStoreOptions, type PgPool, type PgClient } from './stores/postgres.js'
 export { userBucket } from './crypto.js'
 export { PowOptionError, PowStoreError, PowReloadUserError, PowNotSignedInError, PowSignInRevokedError, PowMetadataTooLargeError } from './errors.js'

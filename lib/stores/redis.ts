@@ -7,6 +7,14 @@ export interface RedisStoreOptions {
   namespace?: string | undefined
   /** Milliseconds after which a command counts as failed (a 503). Default 2000. */
   commandTimeout?: number | undefined
+  /**
+   * Replicas that must acknowledge every write (Redis `WAIT`) before it counts as done; a write
+   * they do not acknowledge within `replicaTimeout` fails (a sign-in answers 503, a renewal waits
+   * for a later request). Default 0: a write is done when its master has it.
+   */
+  waitForReplicas?: number | undefined
+  /** Milliseconds a write waits for `waitForReplicas`; at most half of `commandTimeout`. Default 100. */
+  replicaTimeout?: number | undefined
 }
 
 interface Script {
@@ -231,6 +239,16 @@ export interface RedisClient {
   evalsha (sha: string, numKeys: number, ...args: Array<string | number>): Promise<unknown>
   eval (script: string, numKeys: number, ...args: Array<string | number>): Promise<unknown>
   time (): Promise<unknown[]>
+  /** Used only with `waitForReplicas`: a write and its `WAIT` go to the user's master together. */
+  pipeline (): RedisPipeline
+}
+
+/** The part of an ioredis pipeline that `waitForReplicas` uses. */
+export interface RedisPipeline {
+  evalsha (sha: string, numKeys: number, ...args: Array<string | number>): RedisPipeline
+  eval (script: string, numKeys: number, ...args: Array<string | number>): RedisPipeline
+  wait (replicas: number, timeout: number): RedisPipeline
+  exec (): Promise<Array<[error: Error | null, result: unknown]> | null>
 }
 
 /** A `Cluster`: its master nodes are scanned one by one. */
@@ -256,6 +274,8 @@ export class RedisStore implements PowStore {
   #client: Client
   #ns: string
   #timeout: number
+  #replicas: number
+  #replicaTimeout: number
   /** The client's own `keyPrefix`: ioredis adds it to KEYS, the scripts add it to the keys they build. */
   #keyPrefix: string
   /** Server clock minus this process's clock, in ms; measured with TIME. */
@@ -273,7 +293,7 @@ export class RedisStore implements PowStore {
   #timer: NodeJS.Timeout | undefined
 
   constructor (client: Client, options: RedisStoreOptions = {}) {
-    const { namespace = 'pow', commandTimeout = 2000 } = options
+    const { namespace = 'pow', commandTimeout = 2000, waitForReplicas = 0, replicaTimeout = 100 } = options
     if (client === null || typeof client !== 'object' || typeof (client as RedisClient).evalsha !== 'function') {
       throw new TypeError('RedisStore needs an ioredis client (Redis or Cluster)')
     }
@@ -283,9 +303,20 @@ export class RedisStore implements PowStore {
     if (typeof commandTimeout !== 'number' || !Number.isFinite(commandTimeout) || commandTimeout <= 0 || commandTimeout > MAX_TIMER_MS) {
       throw new TypeError(`RedisStore: commandTimeout must be a positive number of milliseconds, at most ${MAX_TIMER_MS}`)
     }
+    if (!Number.isInteger(waitForReplicas) || waitForReplicas < 0) {
+      throw new TypeError('RedisStore: waitForReplicas must be a non-negative integer')
+    }
+    if (!Number.isInteger(replicaTimeout) || replicaTimeout < 1 || replicaTimeout > commandTimeout / 2) {
+      throw new TypeError('RedisStore: replicaTimeout must be a whole number of milliseconds, at least 1 and at most half of commandTimeout')
+    }
+    if (waitForReplicas > 0 && typeof (client as RedisClient).pipeline !== 'function') {
+      throw new TypeError('RedisStore: waitForReplicas needs a client with pipeline() (ioredis)')
+    }
     this.#client = client
     this.#ns = namespace
     this.#timeout = commandTimeout
+    this.#replicas = waitForReplicas
+    this.#replicaTimeout = replicaTimeout
     this.#keyPrefix = (client as { options?: { keyPrefix?: string } }).options?.keyPrefix ?? ''
     this.#connected = client.status === 'ready'
     client.on('ready', () => { this.#connected = true })
@@ -371,6 +402,7 @@ export class RedisStore implements PowStore {
     const client = this.#client
     args[0] = this.#keyPrefix + String(args[0])
     if (s.write) args.push(await this.#deadline())
+    if (s.write && this.#replicas > 0) return await this.#guard(async () => await this.#evalAndWait(s, keys, args))
     let result: unknown
     try {
       result = await this.#guard(() => client.evalsha(s.sha, keys.length, ...keys, ...args))
@@ -379,6 +411,27 @@ export class RedisStore implements PowStore {
       result = await this.#guard(() => client.eval(s.lua, keys.length, ...keys, ...args))
     }
     if (s.write && result === -1) throw new Error('Redis reached the command after its deadline; it did nothing')
+    return result
+  }
+
+  /**
+   * A write script and a `WAIT` for `waitForReplicas`, in one pipeline: it goes to the master of
+   * the keys' slot (a `WAIT` names no key), and `WAIT` counts the writes of that connection.
+   */
+  async #evalAndWait (s: Script, keys: string[], args: Array<string | number>): Promise<unknown> {
+    const client = this.#client
+    let answers = await client.pipeline().evalsha(s.sha, keys.length, ...keys, ...args).wait(this.#replicas, this.#replicaTimeout).exec()
+    if (answers?.[0]?.[0]?.message.startsWith('NOSCRIPT') === true) {
+      answers = await client.pipeline().eval(s.lua, keys.length, ...keys, ...args).wait(this.#replicas, this.#replicaTimeout).exec()
+    }
+    const [[err, result] = [null, undefined], [waitErr, acknowledged] = [null, undefined]] = answers ?? []
+    if (err !== null) throw err
+    if (result === -1) throw new Error('Redis reached the command after its deadline; it did nothing')
+    if (waitErr !== null) throw waitErr
+    // A refused write (a version that did not hold) wrote nothing to wait for.
+    if (Array.isArray(result) && result[0] === 1 && Number(acknowledged) < this.#replicas) {
+      throw new Error(`Redis: ${Number(acknowledged)} of the ${this.#replicas} replicas asked for acknowledged a write within ${this.#replicaTimeout} ms (the master has it; a failover may lose it)`)
+    }
     return result
   }
 
@@ -401,7 +454,9 @@ export class RedisStore implements PowStore {
     }
     // A margin, so that a script running just before the deadline still answers before the
     // client gives up.
-    return Math.floor(realNow() + this.#clockOffset + this.#timeout - Math.min(100, this.#timeout / 4))
+    // With waitForReplicas, the WAIT after the script must fit before the client gives up too.
+    const wait = this.#replicas > 0 ? this.#replicaTimeout : 0
+    return Math.floor(realNow() + this.#clockOffset + this.#timeout - wait - Math.min(100, this.#timeout / 4))
   }
 
   /**

@@ -81,6 +81,9 @@ export interface ReplicatedCluster {
   replicaOf: (masterPort: number) => Promise<number | undefined>
   /** SIGKILLs the node's process; resolves once it has exited. */
   kill: (port: number) => Promise<void>
+  /** SIGSTOPs the node's process: it answers nothing and reads nothing until `resume` (SIGCONT). */
+  suspend: (port: number) => void
+  resume: (port: number) => void
   /**
    * `CLUSTER FAILOVER [mode]` on the replica on `replicaPort` (graceful without a mode); resolves
    * once that node reports itself a master (INFO replication `role:master`).
@@ -406,6 +409,8 @@ export async function startReplicatedCluster (t: Test, options: ReplicatedCluste
       return view.find((v) => v.role === 'replica' && v.masterId === master?.id && v.connected && v.flags.length === 0)?.port
     },
     kill: async (port) => { await node(port).kill() },
+    suspend: (port) => { node(port).child?.kill('SIGSTOP') },
+    resume: (port) => { node(port).child?.kill('SIGCONT') },
     failover: async (replicaPort, mode) => {
       const admin = node(replicaPort).admin()
       await (mode === undefined ? admin.call('CLUSTER', 'FAILOVER') : admin.call('CLUSTER', 'FAILOVER', mode))

@@ -49,6 +49,12 @@ export interface RedisServer {
    * acknowledged it: from then on, every client (the admin connection included) waits `ms` ms.
    */
   pause: (ms: number) => Promise<void>
+  /**
+   * SIGSTOP: the process stops where it is, without a word to anyone (its sockets stay open,
+   * unread), as a server does when its machine freezes. `resume()` (SIGCONT) lets it go on.
+   */
+  suspend: () => void
+  resume: () => void
   /** `INFO [section]` through an admin connection. */
   info: (section?: string) => Promise<string>
   /** `DBSIZE` through an admin connection. */
@@ -62,6 +68,8 @@ export interface StartRedisOptions {
    * so data survives `stop()` + `start()`. Default: no persistence at all.
    */
   persistence?: boolean
+  /** Start as a replica of the server on this port (`--replicaof 127.0.0.1 <port>`). */
+  replicaOf?: number
 }
 
 /** A 3-master Redis Cluster (no replicas) started by {@link startCluster}. */
@@ -273,6 +281,8 @@ class Process {
   /** SIGTERM, then SIGKILL if the process is still alive after 3 s; resolves once it has exited. */
   async stop (): Promise<void> {
     if (!this.hasExited) {
+      // A suspended server would take SIGTERM only when continued.
+      this.child.kill('SIGCONT')
       this.child.kill('SIGTERM')
       const timer = setTimeout(() => this.child.kill('SIGKILL'), STOP_GRACE_MS)
       await this.exited
@@ -391,9 +401,10 @@ async function makeDir (prefix: string): Promise<string> {
  */
 export async function startRedis (t: Test, options: StartRedisOptions = {}): Promise<RedisServer> {
   const persistence = options.persistence === true
-  const instance = new Instance(persistence
-    ? ['--appendonly', 'yes', '--appendfsync', 'always']
-    : ['--appendonly', 'no'])
+  const instance = new Instance([
+    ...(persistence ? ['--appendonly', 'yes', '--appendfsync', 'always'] : ['--appendonly', 'no']),
+    ...(options.replicaOf === undefined ? [] : ['--replicaof', HOST, String(options.replicaOf)])
+  ])
   t.teardown(() => instance.destroy())
   await findRedisServer()
   instance.dir = await makeDir('fastify-pow-redis-')
@@ -406,6 +417,8 @@ export async function startRedis (t: Test, options: StartRedisOptions = {}): Pro
     client: (clientOptions?: RedisOptions) => instance.client(clientOptions),
     stop: () => instance.stop(),
     start: () => instance.start(),
+    suspend: () => { instance.proc?.child.kill('SIGSTOP') },
+    resume: () => { instance.proc?.child.kill('SIGCONT') },
     pause: async (ms: number) => {
       await instance.adminClient().client('PAUSE', Math.max(0, Math.floor(ms)), 'ALL')
     },
