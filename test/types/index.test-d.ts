@@ -97,8 +97,11 @@ app.get('/preHandled', { preHandler: app.pow.requireUser }, async () => ({}))
 {
   const { Redis, Cluster } = await import('ioredis')
   const { RedisStore } = await import('../../lib/index.js')
-  new RedisStore(new Redis({ lazyConnect: true }), { waitForReplicas: 1, replicaTimeout: 50 })
-  new RedisStore(new Cluster([], { lazyConnect: true }), { commandTimeout: 1000, waitForReplicas: 1 })
-  // @ts-expect-error replicaTimeout is a number of milliseconds
-  new RedisStore(new Redis({ lazyConnect: true }), { replicaTimeout: '50ms' })
+  const stores: PowStore[] = [
+    new RedisStore(new Redis({ lazyConnect: true }), { waitForReplicas: 1, replicaTimeout: 50 }),
+    new RedisStore(new Cluster([], { lazyConnect: true }), { commandTimeout: 1000, waitForReplicas: 1 }),
+    // @ts-expect-error replicaTimeout is a number of milliseconds
+    new RedisStore(new Redis({ lazyConnect: true }), { replicaTimeout: '50ms' })
+  ]
+  void stores
 }
