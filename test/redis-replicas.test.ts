@@ -7,6 +7,7 @@
  * What a failover does with the writes a replica did not have is in
  * test/stress/cluster-replica-ack.test.ts (a real Redis Cluster, a master killed).
  */
+import { setTimeout as sleep } from 'node:timers/promises'
 import { test, type Test } from 'tap'
 import { randomFingerprint, userBucket } from '../lib/crypto.js'
 import { RedisStore } from '../lib/index.js'
@@ -16,6 +17,7 @@ import { fakeClock } from './helpers/clock.js'
 import { CookieJar } from './helpers/jar.js'
 import { assertUnavailable } from './helpers/outage.js'
 import { parseInfo, readyClient, startRedis, type RedisServer } from './helpers/redis.js'
+import { storeContract } from './store-contract.js'
 
 const USER = JSON.stringify({ id: 1, name: 'Ada' })
 const SESSION = { ttl: 60_000, renewAfter: 10_000, rotationGrace: 5_000 }
@@ -31,11 +33,17 @@ async function replicated (t: Test): Promise<{ master: RedisServer, replica: Red
   const deadline = performance.now() + 10_000
   while (parseInfo(await replica.info('replication')).master_link_status !== 'up') {
     if (performance.now() > deadline) throw new Error('the replica did not connect to its master')
-    await new Promise((resolve) => setTimeout(resolve, 50))
+    await sleep(50)
   }
   // Unsuspended before the servers stop (stop() sends SIGCONT too; this keeps the order plain).
   t.teardown(() => { replica.resume() })
   return { master, replica }
+}
+
+/** A store outside an app: its write connection is closed when the test ends (an app's close does that). */
+function closed (t: Test, store: RedisStore): RedisStore {
+  t.teardown(async () => { await store.close() })
+  return store
 }
 
 /** How many WAITs the server has run. */
@@ -44,20 +52,31 @@ async function waits (server: RedisServer): Promise<number> {
   return line === undefined ? 0 : Number(/calls=(\d+)/.exec(line)?.[1])
 }
 
+test('RedisStore with waitForReplicas passes the store contract on a Redis with a replica', async (t) => {
+  const { master } = await replicated(t)
+  const client = await readyClient(master)
+  let namespaces = 0
+  storeContract(t, async () => {
+    const store = new RedisStore(client, { namespace: `contract${++namespaces}`, waitForReplicas: 1 })
+    return { store, advance: async (ms) => { await sleep(ms) }, close: async () => { await store.close() } }
+  })
+})
+
 test('RedisStore rejects bad waitForReplicas and replicaTimeout', async (t) => {
   const fake = { evalsha: () => {}, status: 'wait', on: () => {} } as never
   t.throws(() => new RedisStore(fake, { waitForReplicas: -1 }), /waitForReplicas must be a non-negative integer/)
   t.throws(() => new RedisStore(fake, { waitForReplicas: 1.5 }), /waitForReplicas/)
   t.throws(() => new RedisStore(fake, { replicaTimeout: 0 }), /replicaTimeout must be/)
   t.throws(() => new RedisStore(fake, { replicaTimeout: 2.5 }), /replicaTimeout/)
-  t.throws(() => new RedisStore(fake, { commandTimeout: 500, replicaTimeout: 251 }), /at most half of commandTimeout/)
+  t.throws(() => new RedisStore(fake, { commandTimeout: 500, waitForReplicas: 1, replicaTimeout: 251 }), /at most half of commandTimeout/)
+  t.doesNotThrow(() => new RedisStore(fake, { commandTimeout: 100 }), 'the default replicaTimeout binds nothing without waitForReplicas')
   t.throws(() => new RedisStore(fake, { waitForReplicas: 1 }), /needs a client with pipeline\(\)/)
   t.doesNotThrow(() => new RedisStore(fake, { commandTimeout: 500, replicaTimeout: 250 }))
 })
 
 test('waitForReplicas: a write is done once the replica has it; a read waits for nothing', async (t) => {
   const { master, replica } = await replicated(t)
-  const store = new RedisStore(await readyClient(master), { waitForReplicas: 1 })
+  const store = closed(t, new RedisStore(await readyClient(master), { waitForReplicas: 1 }))
   const fp = randomFingerprint()
   // The first write meets NOSCRIPT and is sent again with EVAL (and its WAIT with it).
   await store.commit({ userKey: 'ada', devices: [write(randomFingerprint())], user: USER })
@@ -74,7 +93,7 @@ test('waitForReplicas: a write is done once the replica has it; a read waits for
 test('waitForReplicas: a write the replica does not acknowledge in replicaTimeout fails; the master has it', async (t) => {
   const { master, replica } = await replicated(t)
   const client = await readyClient(master)
-  const waiting = new RedisStore(client, { waitForReplicas: 1, replicaTimeout: 100 })
+  const waiting = closed(t, new RedisStore(client, { waitForReplicas: 1, replicaTimeout: 100 }))
   const plain = new RedisStore(client)
   const [kept, first, second, third] = [randomFingerprint(), randomFingerprint(), randomFingerprint(), randomFingerprint()]
   await waiting.commit({ userKey: 'ada', devices: [write(kept)], user: USER })
@@ -95,9 +114,40 @@ test('waitForReplicas: a write the replica does not acknowledge in replicaTimeou
   t.same(await waiting.commit({ userKey: 'ada', devices: [write(third)] }), { ok: true, evicted: [] }, 'the replica back, writes are done again')
 })
 
+test('waitForReplicas: writes wait on a connection of their own, so reads are not held up; close() closes it', async (t) => {
+  const { master, replica } = await replicated(t)
+  const client = await readyClient(master)
+  const admin = await readyClient(master)
+  const connections = async (): Promise<number> => String(await admin.client('LIST')).trim().split('\n').length
+  const before = await connections()
+  const store = new RedisStore(client, { waitForReplicas: 1, replicaTimeout: 200 })
+  const fp = randomFingerprint()
+  await store.commit({ userKey: 'ada', devices: [write(fp)], user: USER })
+  t.equal(await connections(), before + 1, 'one connection more, for writes')
+
+  replica.suspend()
+  const started = performance.now()
+  // Five WAITs of 200 ms, one after the other on the write connection.
+  const writes = Array.from({ length: 5 }, async () => await store.commit({ userKey: 'ada', devices: [write(randomFingerprint())] }).then(() => 'done', () => 'failed'))
+  await sleep(50)
+  const read = await store.read(userBucket('ada'), fp)
+  const readMs = performance.now() - started
+  t.ok(read, 'the read answers')
+  t.same(await Promise.all(writes), Array(5).fill('failed'), 'the writes all fail')
+  const writesMs = performance.now() - started
+  t.ok(readMs < writesMs / 2, `the read answered at ${readMs.toFixed(0)} ms, not behind the writes (done at ${writesMs.toFixed(0)} ms)`)
+  replica.resume()
+
+  await store.close()
+  const deadline = performance.now() + 5000
+  while (await connections() !== before && performance.now() < deadline) await sleep(20)
+  t.equal(await connections(), before, 'close() closed the write connection')
+  t.equal(await client.ping(), 'PONG', 'and left the client it was given alone')
+})
+
 test('waitForReplicas: a server without a replica fails every write', async (t) => {
   const server = await startRedis(t)
-  const store = new RedisStore(await readyClient(server), { waitForReplicas: 1, replicaTimeout: 20 })
+  const store = closed(t, new RedisStore(await readyClient(server), { waitForReplicas: 1, replicaTimeout: 20 }))
   await t.rejects(store.commit({ userKey: 'ada', devices: [write(randomFingerprint())], user: USER }), /0 of the 1 replicas/)
 })
 

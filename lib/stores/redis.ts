@@ -240,7 +240,10 @@ export interface RedisClient {
   eval (script: string, numKeys: number, ...args: Array<string | number>): Promise<unknown>
   time (): Promise<unknown[]>
   /** Used only with `waitForReplicas`: a write and its `WAIT` go to the user's master together. */
-  pipeline (): RedisPipeline
+  pipeline?: (() => RedisPipeline) | undefined
+  /** Used only with `waitForReplicas`: writes get connections of their own. */
+  duplicate?: (() => RedisClient) | undefined
+  disconnect?: (() => void) | undefined
 }
 
 /** The part of an ioredis pipeline that `waitForReplicas` uses. */
@@ -259,6 +262,12 @@ interface ClusterClient extends RedisClient {
 
 type Client = RedisClient
 
+/** A client and whether it has been ready once (until then, commands may wait for the first connection). */
+interface Link {
+  client: Client
+  connected: boolean
+}
+
 /** A command in flight: when it times out, and how (undefined once it answered or timed out). */
 interface Waiting {
   deadline: number
@@ -272,6 +281,12 @@ interface Waiting {
  */
 export class RedisStore implements PowStore {
   #client: Client
+  #link: Link
+  /**
+   * Where writes go: the client, or with `waitForReplicas` a duplicate of it. A `WAIT` holds its
+   * connection until the replicas answer; on a connection of its own it holds up only writes.
+   */
+  #writer: Link
   #ns: string
   #timeout: number
   #replicas: number
@@ -281,8 +296,6 @@ export class RedisStore implements PowStore {
   /** Server clock minus this process's clock, in ms; measured with TIME. */
   #clockOffset = 0
   #clockCheckedAt = -Infinity
-  /** Until the client is first ready, commands may wait for the initial connection. */
-  #connected = false
   #lastError: Error | undefined
   /**
    * Commands in flight, oldest first (every command gets the same timeout, so deadlines come in
@@ -306,11 +319,11 @@ export class RedisStore implements PowStore {
     if (!Number.isInteger(waitForReplicas) || waitForReplicas < 0) {
       throw new TypeError('RedisStore: waitForReplicas must be a non-negative integer')
     }
-    if (!Number.isInteger(replicaTimeout) || replicaTimeout < 1 || replicaTimeout > commandTimeout / 2) {
+    if (!Number.isInteger(replicaTimeout) || replicaTimeout < 1 || (waitForReplicas > 0 && replicaTimeout > commandTimeout / 2)) {
       throw new TypeError('RedisStore: replicaTimeout must be a whole number of milliseconds, at least 1 and at most half of commandTimeout')
     }
-    if (waitForReplicas > 0 && typeof (client as RedisClient).pipeline !== 'function') {
-      throw new TypeError('RedisStore: waitForReplicas needs a client with pipeline() (ioredis)')
+    if (waitForReplicas > 0 && (typeof client.pipeline !== 'function' || typeof client.duplicate !== 'function')) {
+      throw new TypeError('RedisStore: waitForReplicas needs a client with pipeline() and duplicate() (ioredis)')
     }
     this.#client = client
     this.#ns = namespace
@@ -318,18 +331,29 @@ export class RedisStore implements PowStore {
     this.#replicas = waitForReplicas
     this.#replicaTimeout = replicaTimeout
     this.#keyPrefix = (client as { options?: { keyPrefix?: string } }).options?.keyPrefix ?? ''
-    this.#connected = client.status === 'ready'
-    client.on('ready', () => { this.#connected = true })
+    this.#link = this.#watch(client)
+    this.#writer = waitForReplicas > 0 ? this.#watch((client.duplicate as () => Client)()) : this.#link
+  }
+
+  #watch (client: Client): Link {
+    const link = { client, connected: client.status === 'ready' }
+    client.on('ready', () => { link.connected = true })
     // Connection errors surface as 503s, logged once per outage by fastify-pow; this listener
     // keeps the latest for the error message, and keeps ioredis from printing every
     // reconnection failure as an unhandled 'error' event.
     client.on('error', (err: Error) => { this.#lastError = err })
+    return link
+  }
+
+  /** Closes the connections the store opened itself (with `waitForReplicas`); never the client it was given. */
+  async close (): Promise<void> {
+    if (this.#writer !== this.#link) this.#writer.client.disconnect?.()
   }
 
   async read (bucket: string, fingerprint: string): Promise<StoredDevice | null> {
     if (!BUCKET_RE.test(bucket)) return null
     const key = `${this.#ns}:{${bucket}}:d:${fingerprint}`
-    const [data, user, v] = await this.#guard(() => this.#client.hmget(key, 'data', 'user', 'v'))
+    const [data, user, v] = await this.#guard(this.#link, () => this.#client.hmget(key, 'data', 'user', 'v'))
     if (data === null || user === null) return null
     return { data, user, version: Number(v) }
   }
@@ -379,11 +403,11 @@ export class RedisStore implements PowStore {
     for (const node of nodes) {
       let cursor = '0'
       do {
-        const [next, keys] = await this.#guard(() => node.scan(cursor, 'MATCH', pattern, 'COUNT', 1000))
+        const [next, keys] = await this.#guard(this.#link, () => node.scan(cursor, 'MATCH', pattern, 'COUNT', 1000))
         cursor = next
         // Read through the top-level client: it adds its keyPrefix and routes each key to its node.
         const found = await Promise.all(keys.map(async (key) =>
-          await this.#guard(() => client.hmget(key.slice(this.#keyPrefix.length), 'u', 'user'))))
+          await this.#guard(this.#link, () => client.hmget(key.slice(this.#keyPrefix.length), 'u', 'user'))))
         for (const [userKey, user] of found) {
           if (userKey !== null && user !== null && !users.has(userKey)) users.set(userKey, user)
         }
@@ -399,16 +423,17 @@ export class RedisStore implements PowStore {
 
   /** ARGV[1] of every script is P, the prefix the script builds further keys from. */
   async #eval (s: Script, keys: string[], args: Array<string | number>): Promise<unknown> {
-    const client = this.#client
+    const link = s.write ? this.#writer : this.#link
+    const client = link.client
     args[0] = this.#keyPrefix + String(args[0])
     if (s.write) args.push(await this.#deadline())
-    if (s.write && this.#replicas > 0) return await this.#guard(async () => await this.#evalAndWait(s, keys, args))
+    if (s.write && this.#replicas > 0) return await this.#guard(link, async () => await this.#evalAndWait(s, keys, args))
     let result: unknown
     try {
-      result = await this.#guard(() => client.evalsha(s.sha, keys.length, ...keys, ...args))
+      result = await this.#guard(link, () => client.evalsha(s.sha, keys.length, ...keys, ...args))
     } catch (err) {
       if (!(err instanceof Error) || !err.message.startsWith('NOSCRIPT')) throw err
-      result = await this.#guard(() => client.eval(s.lua, keys.length, ...keys, ...args))
+      result = await this.#guard(link, () => client.eval(s.lua, keys.length, ...keys, ...args))
     }
     if (s.write && result === -1) throw new Error('Redis reached the command after its deadline; it did nothing')
     return result
@@ -419,10 +444,10 @@ export class RedisStore implements PowStore {
    * the keys' slot (a `WAIT` names no key), and `WAIT` counts the writes of that connection.
    */
   async #evalAndWait (s: Script, keys: string[], args: Array<string | number>): Promise<unknown> {
-    const client = this.#client
-    let answers = await client.pipeline().evalsha(s.sha, keys.length, ...keys, ...args).wait(this.#replicas, this.#replicaTimeout).exec()
+    const writer = this.#writer.client as Client & { pipeline: () => RedisPipeline }
+    let answers = await writer.pipeline().evalsha(s.sha, keys.length, ...keys, ...args).wait(this.#replicas, this.#replicaTimeout).exec()
     if (answers?.[0]?.[0]?.message.startsWith('NOSCRIPT') === true) {
-      answers = await client.pipeline().eval(s.lua, keys.length, ...keys, ...args).wait(this.#replicas, this.#replicaTimeout).exec()
+      answers = await writer.pipeline().eval(s.lua, keys.length, ...keys, ...args).wait(this.#replicas, this.#replicaTimeout).exec()
     }
     const [[err, result] = [null, undefined], [waitErr, acknowledged] = [null, undefined]] = answers ?? []
     if (err !== null) throw err
@@ -440,7 +465,7 @@ export class RedisStore implements PowStore {
     if (realNow() - this.#clockCheckedAt > CLOCK_CHECK_INTERVAL) {
       const before = realNow()
       try {
-        const [seconds, micros] = await this.#guard(() => this.#client.time())
+        const [seconds, micros] = await this.#guard(this.#link, () => this.#client.time())
         const after = realNow()
         this.#clockOffset = Number(seconds) * 1000 + Number(micros) / 1000 - (before + after) / 2
         this.#clockCheckedAt = after
@@ -463,9 +488,9 @@ export class RedisStore implements PowStore {
    * Fails fast while the client is not connected (no command waits in ioredis' offline queue to
    * run long after its request was answered) and bounds every command by `commandTimeout`.
    */
-  #guard<T> (send: () => Promise<T>): Promise<T> {
-    const status = this.#client.status
-    if (status !== 'ready' && status !== 'wait' && (this.#connected || (status !== 'connecting' && status !== 'connect'))) {
+  #guard<T> (link: Link, send: () => Promise<T>): Promise<T> {
+    const status = link.client.status
+    if (status !== 'ready' && status !== 'wait' && (link.connected || (status !== 'connecting' && status !== 'connect'))) {
       const cause = this.#lastError === undefined ? '' : `: ${this.#lastError.message}`
       return Promise.reject(new Error(`Redis connection is ${status}${cause}`))
     }
