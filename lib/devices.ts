@@ -82,13 +82,22 @@ export class Devices {
     this.#rules = rules
   }
 
-  async read (bucket: string, fingerprint: string): Promise<Loaded | null> {
+  /**
+   * The device as the store has it. At once when the store answers at once (MemoryStore), so
+   * that a request that needs no write is authenticated without a promise; else a promise.
+   */
+  read (bucket: string, fingerprint: string): Promise<Loaded | null> | Loaded | null {
     let stored
     try {
-      stored = await this.#raw.read(bucket, fingerprint)
+      stored = this.#raw.read(bucket, fingerprint)
     } catch (err) {
       throw this.#health.storeFailed(err)
     }
+    if (stored instanceof Promise) return stored.then((found) => this.#loaded(found, fingerprint), (err: unknown) => { throw this.#health.storeFailed(err) })
+    return this.#loaded(stored, fingerprint)
+  }
+
+  #loaded (stored: StoredDevice | null, fingerprint: string): Loaded | null {
     this.#health.storeAnswered()
     return stored === null ? null : { device: this.#parsed.get(stored.data, fingerprint), user: stored.user, version: stored.version }
   }

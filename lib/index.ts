@@ -52,7 +52,9 @@ const plugin: FastifyPluginAsync<PowOptions> = async function fastifyPow (fastif
   const persistentCookie = config.persistent?.name
   const reload = config.reloadUser !== undefined
 
-  fastify.addHook('onRequest', async function powAuthenticate (request, reply) {
+  // A callback hook, not an async one: a request without cookies, or one whose session the store
+  // answers at once (MemoryStore) and that needs no write, is authenticated without a promise.
+  fastify.addHook('onRequest', function powAuthenticate (request, reply, done) {
     const header = request.headers.cookie
     // Parsed here even when an app's @fastify/cookie has parsed them: its options (a `decode`) are
     // for the app's cookies, not fastify-pow's.
@@ -63,24 +65,41 @@ const plugin: FastifyPluginAsync<PowOptions> = async function fastifyPow (fastif
     const tokenCookie = persistentCookie === undefined ? undefined : cookies?.[persistentCookie]
     const persistent = persistentCookie === undefined ? null : new PowPersistentSession(pow, request, session, tokenCookie !== undefined)
     request.powPersistentSession = persistent
-    if (sidCookie === undefined && tokenCookie === undefined) return
+    if (sidCookie === undefined && tokenCookie === undefined) {
+      done()
+      return
+    }
     const sid = sidCookie === undefined ? null : pow.verify(sidCookie)
     const token = tokenCookie === undefined ? null : pow.verify(tokenCookie)
     if ((sid === null && sidCookie !== undefined) || (token === null && tokenCookie !== undefined)) {
       request.log.debug('fastify-pow: a cookie failed verification')
     }
     if (persistent !== null) persistent[kToken] = token
-    if (sid === null && token === null) return
-    // As PendingCookies.run, without a closure per request.
+    if (sid === null && token === null) {
+      done()
+      return
+    }
+    // As PendingCookies.run, without a closure per request. `done` is called outside the try: it
+    // runs the next hooks, whose errors are not this hook's.
     const pending = session[kCookies]
     pending.begin()
+    let later: Promise<void> | undefined
     try {
-      await session[kAuthenticate](sid, token, reload)
+      later = session[kAuthenticate](sid, token, reload)
     } catch (err) {
       pending.abort()
-      throw err
+      done(err as Error)
+      return
     }
-    pending.commit()
+    if (later === undefined) {
+      pending.commit()
+      done()
+      return
+    }
+    later.then(() => { pending.commit() }, (err: unknown) => {
+      pending.abort()
+      throw err
+    }).then(() => { done() }, (err: unknown) => { done(err as Error) })
   })
 }
 

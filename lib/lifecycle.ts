@@ -257,9 +257,12 @@ export function showSession (device: Device | null, hash: string, tokenHash: str
     if (!sessionWorks(session, now, rules)) return ANONYMOUS
     const claimed = device.unclaimedSince === undefined ? device : claim(device, now, rules)
     // A renewal or a claim that cannot be written leaves the id working until its expiry.
-    const unwritten: Step = { auth: 'session', device, write: false }
-    if (now - session.insertedAt >= rules.renewAfter) return { ...renew(claimed, session, now, rules, mint, tokenHash), unwritten }
-    return claimed === device ? { auth: 'session', device, write: false } : { auth: 'session', device: claimed, write: true, unwritten }
+    if (now - session.insertedAt >= rules.renewAfter) {
+      return { ...renew(claimed, session, now, rules, mint, tokenHash), unwritten: { auth: 'session', device, write: false } }
+    }
+    return claimed === device
+      ? { auth: 'session', device, write: false }
+      : { auth: 'session', device: claimed, write: true, unwritten: { auth: 'session', device, write: false } }
   }
   const retired = findRetired(device, 'session', hash, now, rules)
   if (retired === undefined) return ANONYMOUS

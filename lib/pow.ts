@@ -40,7 +40,8 @@ function guardStore (store: PowStore, pow: Pow): PowStore {
   for (const method of STORE_METHODS) {
     guarded[method] = (...args: unknown[]) => {
       try {
-        return (store[method] as (...a: unknown[]) => Promise<unknown>).apply(store, args).then(ok, fail)
+        // MemoryStore's read answers at once: a promise here all the same.
+        return Promise.resolve((store[method] as (...a: unknown[]) => unknown).apply(store, args)).then(ok, fail)
       } catch (err) {
         return Promise.resolve(err).then(fail)
       }

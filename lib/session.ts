@@ -232,41 +232,72 @@ export class PowSession {
 
   /**
    * @internal Authenticates the request from its verified cookies: the session id first, then,
-   * when it signs nobody in, the remember-me token.
+   * when it signs nobody in, the remember-me token. Done at once (undefined) when the store
+   * answers at once and the request needs no write, as most requests; else a promise.
    */
-  async [kAuthenticate] (sid: Verified | null, token: Verified | null, reloadUser: boolean): Promise<void> {
+  [kAuthenticate] (sid: Verified | null, token: Verified | null, reloadUser: boolean): Promise<void> | undefined {
+    if (sid === null) return this.#byToken(token, reloadUser)
+    const read = this.#pow.devices.read(sid.bucket, sid.fingerprint)
+    if (read instanceof Promise) return read.then(async (loaded) => { await this.#bySession(sid, token, reloadUser, loaded) })
+    return this.#bySession(sid, token, reloadUser, read)
+  }
+
+  /** The session id's device as read: signed in at once when the step needs no write, no event and no reload. */
+  #bySession (sid: Verified, token: Verified | null, reloadUser: boolean, read: Loaded | null): Promise<void> | undefined {
+    const rules = this.#pow.config.rules
+    // The token cookie of the same device lives on when the session renews.
+    const tokenHash = token !== null && token.fingerprint === sid.fingerprint && token.bucket === sid.bucket ? token.hash : undefined
+    const step = showSession(read === null ? null : read.device, sid.hash, tokenHash, Date.now(), rules, minter(sid.bucket, sid.fingerprint))
+    if (step.write || step.auth !== 'session' || step.event !== undefined || reloadUser) {
+      return this.#bySessionSettled(sid, token, tokenHash, reloadUser, { loaded: read, step })
+    }
+    const loaded = read as Loaded
+    this.#named.push(loaded)
+    this.#signIn(step, loaded.user, token)
+    this.#resign(sid, step)
+    return undefined
+  }
+
+  /** The session id's step written (settled against parallel writes), then the token's when the id signs nobody in. */
+  async #bySessionSettled (sid: Verified, token: Verified | null, tokenHash: string | undefined, reloadUser: boolean, first: { loaded: Loaded | null, step: Step }): Promise<void> {
     const pow = this.#pow
     const rules = pow.config.rules
-    if (sid !== null) {
-      // The token cookie of the same device lives on when the session renews.
-      const tokenHash = token !== null && token.fingerprint === sid.fingerprint && token.bucket === sid.bucket ? token.hash : undefined
-      const decide = (device: Device | null, now: number): Step => showSession(device, sid.hash, tokenHash, now, rules, minter(sid.bucket, sid.fingerprint))
-      // Read and decided here: most requests need no write, and settle no further await.
-      const read = await pow.devices.read(sid.bucket, sid.fingerprint)
-      const first = { loaded: read, step: decide(read === null ? null : read.device, Date.now()) }
-      const { step, loaded } = first.step.write ? await pow.devices.settle(sid.bucket, sid.fingerprint, decide, first) : first
-      if (loaded !== null) this.#named.push(loaded)
-      if (step.auth === 'theft') {
-        const { userKey, fingerprint } = step.device as Device
-        await pow.revokeStolen({ request: this.#request, user: JSON.parse((loaded as Loaded).user) as PowUser, userKey, fingerprint }, 'session:reuse',
-          'a superseded session id came back')
-        this.#named = []
-        this.#clearCookie()
-        return
-      }
-      if (step.auth === 'session') {
-        if (!await this.#signedIn(step, (loaded as Loaded).user, reloadUser, token)) return
-        if (step.event !== undefined) pow.notify('session:renewed', this.#event(this.user as PowUser, step.device as Device))
-        // Signed with an older secret: signed again with the current one. Only the current id: a
-        // retired one must not come back into the cookie over its replacement.
-        if (step.session === undefined && sid.renew && step.device?.session?.hash === sid.hash) {
-          this.#cookies.set(pow.config.session.name, pow.sign(sid.secret), pow.config.session.options)
-        }
-        return
-      }
-      this.#request.log.debug('fastify-pow: the session cookie names no working session')
+    const decide = (device: Device | null, now: number): Step => showSession(device, sid.hash, tokenHash, now, rules, minter(sid.bucket, sid.fingerprint))
+    const { step, loaded } = first.step.write ? await pow.devices.settle(sid.bucket, sid.fingerprint, decide, first) : first
+    if (loaded !== null) this.#named.push(loaded)
+    if (step.auth === 'theft') {
+      const { userKey, fingerprint } = step.device as Device
+      await pow.revokeStolen({ request: this.#request, user: JSON.parse((loaded as Loaded).user) as PowUser, userKey, fingerprint }, 'session:reuse',
+        'a superseded session id came back')
+      this.#named = []
+      this.#clearCookie()
+      return
     }
+    if (step.auth === 'session') {
+      if (!await this.#signedIn(step, (loaded as Loaded).user, reloadUser, token)) return
+      if (step.event !== undefined) pow.notify('session:renewed', this.#event(this.user as PowUser, step.device as Device))
+      this.#resign(sid, step)
+      return
+    }
+    this.#request.log.debug('fastify-pow: the session cookie names no working session')
+    await this.#byToken(token, reloadUser)
+  }
+
+  /**
+   * Signed with an older secret: signed again with the current one. Only the current id: a
+   * retired one must not come back into the cookie over its replacement.
+   */
+  #resign (sid: Verified, step: Step): void {
+    if (step.session === undefined && sid.renew && step.device?.session?.hash === sid.hash) {
+      this.#cookies.set(this.#pow.config.session.name, this.#pow.sign(sid.secret), this.#pow.config.session.options)
+    }
+  }
+
+  /** The remember-me token, when the session id signed nobody in. */
+  async #byToken (token: Verified | null, reloadUser: boolean): Promise<void> {
     if (token === null) return
+    const pow = this.#pow
+    const rules = pow.config.rules
     const { step, loaded } = await pow.devices.settle(token.bucket, token.fingerprint,
       (device, now) => showToken(device, token.hash, now, rules, minter(token.bucket, token.fingerprint)))
     const persistent = pow.config.persistent as NonNullable<Pow['config']['persistent']>
@@ -290,6 +321,13 @@ export class PowSession {
       pow.notify('persistent:used', this.#event(user, device))
       pow.notify('session:created', this.#event(user, device))
     }
+  }
+
+  /** The request is signed in by `step`, with the user as stored: the device, the user and the cookies. */
+  #signIn (step: Step, user: string, token: Verified | null): void {
+    this.#device = step.device as Device
+    this.user = JSON.parse(user) as PowUser
+    this.#setCookies(step, token)
   }
 
   /** The request is signed in by `step`: the user (reloaded), the device and the cookies; false when `reloadUser` ended it. */

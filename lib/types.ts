@@ -90,8 +90,12 @@ export interface CommitResult {
  * only. A store must pass `test/store-contract.ts`.
  */
 export interface PowStore {
-  /** The device, or null when it is missing or expired. One read, no write: every authenticated request makes it. */
-  read (bucket: string, fingerprint: string): Promise<StoredDevice | null>
+  /**
+   * The device, or null when it is missing or expired. One read, no write: every authenticated
+   * request makes it. A store in the process may answer at once instead of with a promise
+   * (MemoryStore does): the request is then authenticated without waiting for a promise.
+   */
+  read (bucket: string, fingerprint: string): Promise<StoredDevice | null> | StoredDevice | null
   /** The user's live devices, with their fingerprints. */
   list (userKey: string): Promise<Array<StoredDevice & { fingerprint: string }>>
   /** Applies the change atomically when every version it requires holds; else writes nothing. */

@@ -85,7 +85,8 @@ export class MemoryStore implements PowStore {
   #last = new Int32Array(MIN_CAPACITY)
   #count = new Int32Array(MIN_CAPACITY)
 
-  async read (bucket: string, fingerprint: string): Promise<StoredDevice | null> {
+  /** Answers at once, not with a promise: the request that reads is authenticated without a wait. */
+  read (bucket: string, fingerprint: string): StoredDevice | null {
     const slot = this.#devices.get(bucket + fingerprint)
     if (slot === undefined || this.#expires[slot] <= Date.now()) return null
     const version = this.#version[slot]
