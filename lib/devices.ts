@@ -1,8 +1,8 @@
 import { newSecret, userBucket } from './crypto.js'
 import { storeError } from './errors.js'
 import { type Device, isLive, type Mint, type Rules, type Step, storeTtl } from './lifecycle.js'
-import { ParsedRecords } from './parsed.js'
-import type { CommitResult, DeviceWrite, PowStore, StoredDevice } from './types.js'
+import { ParsedRecords, ParsedUsers } from './parsed.js'
+import type { CommitResult, DeviceWrite, PowStore, PowUser, StoredDevice } from './types.js'
 
 /** A device as read: the record, the user's credentials (JSON text) and the version a write must name. */
 export interface Loaded {
@@ -74,6 +74,7 @@ export class Devices {
   readonly #health: StoreHealth
   readonly #rules: Rules
   readonly #parsed = new ParsedRecords<Device>(decodeDevice)
+  readonly #users = new ParsedUsers()
 
   constructor (store: PowStore, raw: PowStore, health: StoreHealth, rules: Rules) {
     this.#store = store
@@ -100,6 +101,11 @@ export class Devices {
   #loaded (stored: StoredDevice | null, fingerprint: string): Loaded | null {
     this.#health.storeAnswered()
     return stored === null ? null : { device: this.#parsed.get(stored.data, fingerprint), user: stored.user, version: stored.version }
+  }
+
+  /** A user from its credentials as stored (JSON text): a fresh object, as `JSON.parse` would give. */
+  user (json: string): PowUser {
+    return this.#users.get(json) as PowUser
   }
 
   /** The user's live devices, least recently used first. */

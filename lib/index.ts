@@ -1,6 +1,7 @@
 import { parseCookie as parseCookies } from 'cookie'
 import type { FastifyInstance, FastifyPluginAsync } from 'fastify'
 import fp from 'fastify-plugin'
+import type { PendingCookies } from './cookies.js'
 import { optionError } from './errors.js'
 import { buildConfig } from './options.js'
 import { PowPersistentSession } from './persistent-session.js'
@@ -92,15 +93,25 @@ const plugin: FastifyPluginAsync<PowOptions> = async function fastifyPow (fastif
       return
     }
     if (later === undefined) {
-      pending.commit()
-      done()
+      commit(pending, done)
       return
     }
-    later.then(() => { pending.commit() }, (err: unknown) => {
+    later.then(() => { commit(pending, done) }, (err: unknown) => {
       pending.abort()
-      throw err
-    }).then(() => { done() }, (err: unknown) => { done(err as Error) })
+      done(err as Error)
+    })
   })
+}
+
+/** The hook's cookies go to the reply, then the next hook runs; a reply that refuses them is the request's error. */
+function commit (pending: PendingCookies, done: (err?: Error) => void): void {
+  try {
+    pending.commit()
+  } catch (err) {
+    done(err as Error)
+    return
+  }
+  done()
 }
 
 /**

@@ -14,8 +14,7 @@ import type { PowUser } from './types.js'
  * creates it; apps that manage remember-me themselves call it directly.
  */
 export class PowPersistentSession {
-  /** @internal the request's remember-me cookie, verified (null when it failed) */
-  [kToken]: Verified | null = null
+  #token: Verified | null = null
   #pow: Pow
   #request: FastifyRequest
   #cookies: PendingCookies
@@ -29,6 +28,15 @@ export class PowPersistentSession {
     this.#cookies = session[kCookies]
     this.#session = session
     this.#hasCookie = hasCookie
+  }
+
+  /** @internal the request's remember-me cookie, verified (null when it failed); an accessor, as PowSession's */
+  get [kToken] (): Verified | null {
+    return this.#token
+  }
+
+  set [kToken] (token: Verified | null) {
+    this.#token = token
   }
 
   /**

@@ -63,8 +63,6 @@ export function toSessionInfos (pow: Pow, listed: Loaded[], current: string | un
 export class PowSession {
   /** The signed-in user, or null. */
   user: PowUser | null = null
-  /** @internal the cookies this request's helpers set, written when a helper call succeeds */
-  readonly [kCookies]: PendingCookies
   #pow: Pow
   #request: FastifyRequest
   #cookies: PendingCookies
@@ -79,8 +77,15 @@ export class PowSession {
     this.#pow = pow
     this.#request = request
     this.#cookies = new PendingCookies(reply)
-    this[kCookies] = this.#cookies
     this.#hasCookie = hasCookie
+  }
+
+  // Accessors on the prototype, not fields with a symbol key: such a field is defined on every
+  // instance by a call into V8's runtime, one for each request.
+
+  /** @internal the cookies this request's helpers set, written when a helper call succeeds */
+  get [kCookies] (): PendingCookies {
+    return this.#cookies
   }
 
   /** @internal the device this request is signed in with */
@@ -238,7 +243,7 @@ export class PowSession {
   [kAuthenticate] (sid: Verified | null, token: Verified | null, reloadUser: boolean): Promise<void> | undefined {
     if (sid === null) return this.#byToken(token, reloadUser)
     const read = this.#pow.devices.read(sid.bucket, sid.fingerprint)
-    if (read instanceof Promise) return read.then(async (loaded) => { await this.#bySession(sid, token, reloadUser, loaded) })
+    if (read instanceof Promise) return read.then((loaded) => this.#bySession(sid, token, reloadUser, loaded))
     return this.#bySession(sid, token, reloadUser, read)
   }
 
@@ -326,7 +331,7 @@ export class PowSession {
   /** The request is signed in by `step`, with the user as stored: the device, the user and the cookies. */
   #signIn (step: Step, user: string, token: Verified | null): void {
     this.#device = step.device as Device
-    this.user = JSON.parse(user) as PowUser
+    this.user = this.#pow.devices.user(user)
     this.#setCookies(step, token)
   }
 
@@ -334,7 +339,7 @@ export class PowSession {
   async #signedIn (step: Step, user: string, reloadUser: boolean, token: Verified | null): Promise<boolean> {
     const device = step.device as Device
     this.#device = device
-    this.user = JSON.parse(user) as PowUser
+    this.user = this.#pow.devices.user(user)
     if (reloadUser) {
       const reloaded = await this.#pow.reload(this.user, this.#request)
       if (reloaded === null) {

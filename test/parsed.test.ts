@@ -2,7 +2,7 @@ import { test } from 'tap'
 import { secretDevice } from '../lib/crypto.js'
 import { MemoryStore } from '../lib/index.js'
 import type { Device } from '../lib/lifecycle.js'
-import { copyMetadata, ParsedRecords } from '../lib/parsed.js'
+import { copyMetadata, ParsedRecords, ParsedUsers } from '../lib/parsed.js'
 import { buildApp } from './helpers/app.js'
 import { fakeClock } from './helpers/clock.js'
 import { CookieJar } from './helpers/jar.js'
@@ -89,6 +89,34 @@ test('copyMetadata: a deep copy, exactly what parsing the JSON again gives', asy
   ;((copy.a as { b: unknown[] }).b[1] as { c: string }).c = 'changed'
   ;(copy.a as { b: unknown[] }).b.push(3)
   t.same(original, JSON.parse(json), 'changing the copy leaves the original alone')
+})
+
+test('ParsedUsers: every read a fresh object, exactly what JSON.parse gives, nested values included', async (t) => {
+  const users = new ParsedUsers()
+  const json = '{"id":7,"roles":["admin",{"scope":"x"}],"profile":{"name":"Alice","tags":[]},"__proto__":{"polluted":true},"none":null}'
+  const first = users.get(json) as Record<string, unknown>
+  const second = users.get(json) as Record<string, unknown>
+  for (const user of [first, second]) {
+    t.same(user, JSON.parse(json))
+    t.same(Object.keys(user), Object.keys(JSON.parse(json)), 'the same keys in the same order')
+    t.equal(Object.getPrototypeOf(user), Object.prototype, '"__proto__" stays an own property, not the prototype')
+    t.ok(Object.hasOwn(user, '__proto__'))
+  }
+  t.not(first, second, 'two reads, two objects')
+  t.not(first.roles, second.roles, 'nested arrays are copies')
+  t.not(first.profile, second.profile, 'nested objects are copies')
+  ;(first.roles as unknown[]).push('root')
+  ;((first.roles as unknown[])[1] as { scope: string }).scope = 'all'
+  ;(first.profile as { name: string }).name = 'Mallory'
+  first.id = 8
+  t.same(users.get(json), JSON.parse(json), 'changing what one read gave changes no later read')
+  t.equal(({} as { polluted?: boolean }).polluted, undefined, 'Object.prototype untouched')
+  for (const text of ['null', '"alice"', '42', '[1,{"a":2}]']) {
+    t.same(users.get(text), JSON.parse(text), `${text}: as JSON.parse gives it`)
+  }
+  const list = users.get('[1,{"a":2}]') as unknown[]
+  t.not(users.get('[1,{"a":2}]'), list, 'an array user is a fresh array each read')
+  t.throws(() => users.get('{"id":'), SyntaxError, 'bad JSON throws as JSON.parse does')
 })
 
 test('a handler that changes the user or the metadata it was given changes nothing stored or cached', async (t) => {

@@ -2,6 +2,9 @@
 // or PostgresStore on a node-postgres Pool (BENCH_STORE=postgres, the pool of servers/postgres.ts;
 // its table and function created by `migrate()` before listening, the sweep at its default).
 //
+// Only what the chosen store needs is loaded (ioredis, pg, the prefill), so that every variant
+// holds the same modules as an application with that store would.
+//
 // fastify-pow is imported from the build (dist/lib, what `npm install fastify-pow` runs), not the
 // TypeScript source; benchmarks/run.ts builds it first when it is missing or older than lib/.
 //
@@ -13,12 +16,10 @@
 import { pathToFileURL } from 'node:url'
 import path from 'node:path'
 import Fastify from 'fastify'
-import { Redis } from 'ioredis'
+import type { Redis } from 'ioredis'
 import type pg from 'pg'
 import type * as Pow from '../../lib/index.js'
 import { env, SECRET, serve, USER } from './common.js'
-import { pgPool } from './postgres.js'
-import { fill, memoryAfterGc, userJsonBytes } from './prefill.js'
 
 const dist = pathToFileURL(path.resolve(import.meta.dirname, '../../dist/lib/index.js')).href
 const { default: fastifyPow, MemoryStore, PostgresStore, RedisStore, userBucket } = await import(dist) as typeof Pow
@@ -30,6 +31,7 @@ const redisPort = kind === 'redis' ? Number(env('BENCH_REDIS_PORT')) : 0
 
 /** A connected client: RedisStore fails fast (503) while its client is still connecting. */
 async function redisClient (): Promise<Redis> {
+  const { Redis } = await import('ioredis')
   const redis = new Redis({ host: '127.0.0.1', port: redisPort, lazyConnect: true })
   await redis.connect()
   return redis
@@ -43,6 +45,8 @@ if (kind === 'memory') {
   const memory = new MemoryStore()
   store = memory
   if (prefill > 0) {
+    // Loaded only here: the prefill imports lib/ from source, modules a measured server need not hold.
+    const { fill, memoryAfterGc, userJsonBytes } = await import('./prefill.js')
     const measure = process.env.BENCH_HEAP === '1'
     const before = measure ? memoryAfterGc() : 0
     const started = performance.now()
@@ -66,6 +70,7 @@ if (kind === 'memory') {
   client = await redisClient()
   store = new RedisStore(client, { namespace })
 } else if (kind === 'postgres') {
+  const { pgPool } = await import('./postgres.js')
   pool = pgPool()
   const postgres = new PostgresStore(pool)
   await postgres.migrate()
