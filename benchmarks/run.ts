@@ -19,6 +19,7 @@ import autocannon, { type Result as AutocannonResult } from 'autocannon'
 import type { RedisFill } from './fill-redis.js'
 import type { OpsResult, OpTiming } from './ops.js'
 import { analyzeProfile, type ProfileSummary } from './profile.js'
+import { type Comparison, compare, type Side } from './slices.js'
 import {
   type BenchDatabase, cookieHeader, cpuSeconds, createDatabase, POSTGRES_URL, ROOT, request, runChild, startRedis, startServer,
   type RedisServer, type ServerProcess
@@ -33,12 +34,16 @@ if (argv.has('--help') || argv.has('-h')) {
   process.exit(0)
 }
 const quick = argv.has('--quick')
+/** `--cost`: only the servers the cost pairs compare, one short round, then the cost stage. */
+const costOnly = argv.has('--cost')
 /**
  * `--only WORD[,WORD...]` (or `--only=...`): only the variants whose id contains one of the words,
  * say `--only postgres`; no growth servers or operation timings unless asked for by env.
  */
 const onlyArg = process.argv.slice(2).find((arg, i, args) => arg.startsWith('--only=') || args[i - 1] === '--only')
-const only = onlyArg?.replace(/^--only=/, '').split(',').filter((word) => word !== '')
+const only = costOnly
+  ? ['bare', 'cookie', 'raw-redis', 'fastify-session', 'secure-session', 'pow-memory', 'pow-redis']
+  : onlyArg?.replace(/^--only=/, '').split(',').filter((word) => word !== '')
 if (argv.has('--only') && (only === undefined || only.length === 0)) throw new Error('--only needs words: --only postgres')
 
 /**
@@ -46,7 +51,7 @@ if (argv.has('--only') && (only === undefined || only.length === 0)) throw new E
  * them); a run of some variants only does not replace the full run's.
  */
 const RESULTS_FILE = path.resolve(ROOT, process.env.BENCH_RESULTS ??
-  (only === undefined ? 'benchmarks/results/latest.json' : `benchmarks/results/only-${only.join('-').replace(/[^a-z0-9-]/gi, '_')}.json`))
+  (only === undefined ? 'benchmarks/results/latest.json' : costOnly ? 'benchmarks/results/cost.json' : `benchmarks/results/only-${only.join('-').replace(/[^a-z0-9-]/gi, '_')}.json`))
 if (argv.has('--memory')) {
   // Only the MemoryStore heap breakdown (benchmarks/memory.ts), then exit.
   const text = await runChild<string>('memory.ts', {}, ['--expose-gc', '--max-old-space-size=4096'])
@@ -67,14 +72,17 @@ const config = {
   warmup: num('BENCH_WARMUP', 1),
   /** Seconds of load on every server, one after the other, before the first round (not measured). */
   warmupPass: num('BENCH_WARMUP_PASS', quick ? 0 : 3),
-  rounds: Math.max(1, Math.round(num('BENCH_ROUNDS', quick ? 1 : 5))),
+  rounds: Math.max(1, Math.round(num('BENCH_ROUNDS', quick || costOnly ? 1 : 5))),
+  /** The cost stage: pairs of servers in alternating slices of BENCH_SLICE_SECONDS each (see slices.ts). */
+  slices: Math.round(num('BENCH_SLICES', quick ? 4 : 12)),
+  sliceSeconds: num('BENCH_SLICE_SECONDS', 1),
   connections: num('BENCH_CONNECTIONS', 50),
   only,
   growth: !argv.has('--no-growth') && (process.env.BENCH_GROWTH ?? (only === undefined ? '1' : '0')) !== '0',
   growthSmall: num('BENCH_GROWTH_SMALL', 1000),
   growthLarge: num('BENCH_GROWTH_LARGE', quick ? 100_000 : 1_000_000),
   ops: !argv.has('--no-ops') && (process.env.BENCH_OPS ?? (only === undefined ? '1' : '0')) !== '0',
-  postgres: !argv.has('--no-postgres') && process.env.BENCH_POSTGRES !== '0',
+  postgres: !costOnly && !argv.has('--no-postgres') && process.env.BENCH_POSTGRES !== '0',
   profile: argv.has('--profile') ? 'always' : argv.has('--no-profile') || process.env.BENCH_PROFILE === '0' ? 'never' : process.env.BENCH_PROFILE === '1' ? 'always' : 'when a target is missed'
 }
 
@@ -88,7 +96,7 @@ const SEMI_SPACE_MB = 64
  * order is reversed every other round.
  */
 const MEASURE_GROUPS = [
-  ['bare', 'pow-memory'],
+  ['bare', 'cookie', 'pow-memory'],
   ['pow-memory-small', 'pow-memory-large', 'pow-memory-large-semi'],
   ['raw-redis', 'pow-redis', 'fastify-session', 'fastify-session-fixed'],
   ['secure-session'],
@@ -155,6 +163,7 @@ function variants (redisMain: RedisServer, redisLarge: RedisServer | undefined):
   const redisEnv = { BENCH_REDIS_PORT: String(redisMain.port) }
   const main: Variant[] = [
     { id: 'bare', label: 'bare Fastify (no session)', file: 'bare.ts', env: {} },
+    { id: 'cookie', label: 'Fastify + @fastify/cookie (id compared)', file: 'cookie.ts', env: {} },
     { id: 'raw-redis', label: 'Fastify + one ioredis GET', file: 'raw-redis.ts', env: redisEnv, redis: redisMain },
     { id: 'fastify-session', label: '@fastify/session + connect-redis', file: 'fastify-session.ts', env: redisEnv, redis: redisMain },
     { id: 'fastify-session-fixed', label: '  the same with rolling: false', file: 'fastify-session.ts', env: { ...redisEnv, BENCH_ROLLING: '0' }, redis: redisMain },
@@ -425,6 +434,31 @@ async function postgresDatabase (): Promise<{ db?: BenchDatabase, skipped?: stri
   }
 }
 
+/**
+ * The cost stage: pairs of servers compared in alternating slices (slices.ts), CPU time per
+ * request of the server and its redis-server. `ratio`: b's CPU µs per request over a's, so above
+ * 1 a costs less; a pair with `min` is a target.
+ */
+interface CostPair {
+  name: string
+  a: string
+  b: string
+  /** Requests without a cookie (answered 401) instead of signed-in ones. */
+  anonymous?: boolean
+  min?: number
+}
+
+const COST_PAIRS: CostPair[] = [
+  { name: 'Fastify + @fastify/cookie / bare Fastify', a: 'cookie', b: 'bare' },
+  { name: 'MemoryStore / Fastify + @fastify/cookie', a: 'pow-memory', b: 'cookie', min: 0.92 },
+  { name: 'RedisStore / Fastify + one ioredis GET', a: 'pow-redis', b: 'raw-redis', min: 0.92 },
+  { name: 'RedisStore / @fastify/session + connect-redis', a: 'pow-redis', b: 'fastify-session', min: 2.5 },
+  // The ceiling of the pair above: a server that reads Redis once per request and does nothing else.
+  { name: 'one ioredis GET / @fastify/session + connect-redis', a: 'raw-redis', b: 'fastify-session' },
+  { name: 'no cookie: MemoryStore / bare Fastify', a: 'pow-memory', b: 'bare', anonymous: true, min: 0.98 },
+  { name: '@fastify/secure-session / bare Fastify', a: 'secure-session', b: 'bare' }
+]
+
 async function main (): Promise<void> {
   const build = ensureBuild()
   const cpus = os.cpus()
@@ -458,7 +492,7 @@ async function main (): Promise<void> {
     log(`warning: load average ${os.loadavg()[0].toFixed(2)} on ${cpus.length} CPUs: something else is running, the figures will be noisy`)
   }
 
-  const selected = (variant: Variant): boolean => only === undefined || only.some((word) => variant.id.includes(word))
+  const selected = (variant: Variant): boolean => only === undefined || only.some((word) => costOnly ? variant.id === word : variant.id.includes(word))
   const { main: mainVariants, growth: growthVariants } = variants(redisMain, redisLarge)
   const pgVariants = db === undefined ? [] : postgresVariants(db)
   const all = [...mainVariants, ...growthVariants, ...pgVariants].filter(selected)
@@ -533,6 +567,33 @@ async function main (): Promise<void> {
       log(`operation timings done in ${fixed((performance.now() - opsStarted) / 1000, 1)} s`)
     }
 
+    // ---- cost per request, pairs in alternating slices
+    const costs: Array<Comparison & { pair: CostPair }> = []
+    const side = (id: string, anonymous: boolean): Side | undefined => {
+      const server = servers.get(id)
+      const variant = all.find((v) => v.id === id)
+      if (server === undefined || variant === undefined) return undefined
+      return {
+        id,
+        label: variant.label,
+        port: server.port,
+        pids: variant.redis === undefined ? [server.pid] : [server.pid, variant.redis.pid],
+        cookie: anonymous ? undefined : cookies.get(id),
+        status: anonymous ? 401 : 200
+      }
+    }
+    if (config.slices > 0) {
+      log(`cost per request: ${COST_PAIRS.length} pairs, ${config.slices} alternating slices of ${config.sliceSeconds} s each ...`)
+      for (const pair of COST_PAIRS) {
+        const a = side(pair.a, pair.anonymous === true)
+        const b = side(pair.b, pair.anonymous === true)
+        if (a === undefined || b === undefined) continue
+        const result = await compare(pair.name, a, b, { slices: config.slices, seconds: config.sliceSeconds, connections: config.connections })
+        costs.push({ ...result, pair })
+        log(`  ${pad(pair.name, 54)} ${fixed(result.median)} (${fixed(result.min)}-${fixed(result.max)})  ${fixed(result.aUs, 1)} vs ${fixed(result.bUs, 1)} CPU µs/req`)
+      }
+    }
+
     // ---- targets
     const s = (id: string): Summary | undefined => summaries.get(id)
     // The CPU µs of the store's processes (redis-server, or the PostgreSQL backends), where measured.
@@ -557,21 +618,16 @@ async function main (): Promise<void> {
     const rounds = (a: Summary, b: Summary, measure = perSecond): string =>
       `rounds ${byRound(a, b, measure).map((r) => fixed(r)).join('/')}; ratio of medians ${fixed(median(a.runs.map(measure)) / median(b.runs.map(measure)))}`
     const targets: Target[] = []
-    /** The target "a >= min x b" in req/s, when both servers ran. */
-    const atLeast = (name: string, aId: string, bId: string, min: number): void => {
-      const a = s(aId)
-      const b = s(bId)
-      if (a === undefined || b === undefined) return
+    // The per-request targets: CPU time per request in alternating slices (the cost stage).
+    for (const c of costs) {
+      if (c.pair.min === undefined) continue
       targets.push({
-        name,
-        met: paired(a, b) >= min,
-        value: fixed(paired(a, b)),
-        detail: `${int(a.reqPerSec)} vs ${int(b.reqPerSec)} req/s (${rounds(a, b)}); CPU µs/req ${cpu(a)} vs ${cpu(b)}`
+        name: `${c.pair.name} >= ${c.pair.min} (CPU per request)`,
+        met: c.median >= c.pair.min,
+        value: fixed(c.median),
+        detail: `range ${fixed(c.min)}-${fixed(c.max)} over ${c.slices.length} slices; CPU µs/req ${fixed(c.aUs, 1)} vs ${fixed(c.bUs, 1)}`
       })
     }
-    atLeast('RedisStore >= 0.85 x raw-redis', 'pow-redis', 'raw-redis', 0.85)
-    atLeast('RedisStore >= 1.6 x @fastify/session + connect-redis', 'pow-redis', 'fastify-session', 1.6)
-    atLeast('MemoryStore >= 0.85 x bare', 'pow-memory', 'bare', 0.85)
     // The PostgreSQL ratios have no target: what they are is reported, in both measures.
     const ratios: Ratio[] = []
     for (const [name, bId] of [['PostgresStore / raw SELECT', 'raw-postgres'], ['PostgresStore / @fastify/session + connect-pg-simple', 'fastify-session-postgres']]) {
@@ -655,6 +711,7 @@ async function main (): Promise<void> {
       heap,
       redisMemory,
       ops,
+      costs,
       targets,
       ratios,
       profiles,
@@ -674,6 +731,10 @@ async function main (): Promise<void> {
       memoryStoreHeap: heap,
       redisMemory,
       operations: ops,
+      cost: {
+        method: `CPU time per answered request of the server and its redis-server (all threads, /proc/<pid>/task/*/schedstat); each pair loaded ${config.sliceSeconds} s each, ${config.slices} slices, order swapped every slice; ratio = b's CPU µs/req / a's, median and range of the per-slice ratios`,
+        pairs: costs.map(({ pair, ...c }) => ({ ...c, anonymous: pair.anonymous === true, target: pair.min }))
+      },
       targets,
       postgres,
       ratios,
@@ -700,6 +761,7 @@ function print (r: {
   heap?: { sessions: number, deltaBytes: number, bytesPerSession: number, userJsonBytes: number, bytesPerSessionBeyondUser: number }
   redisMemory?: { sessions: number, usedMemoryDelta: number, bytesPerSession: number, keysAdded: number }
   ops?: OpsResult
+  costs: Array<Comparison & { pair: CostPair }>
   targets: Target[]
   ratios: Ratio[]
   profiles?: Record<string, ProfileSummary & { cpuUsPerRequest?: number, reqPerSec: number }>
@@ -791,6 +853,15 @@ function print (r: {
         }
       }
       out.push(line)
+    }
+  }
+  if (r.costs.length > 0) {
+    out.push('')
+    out.push(`Cost per request: CPU time of the server and its redis-server (all threads) per answered request, two servers loaded ${config.sliceSeconds} s each`)
+    out.push(`in turn, the order swapped every slice, ${config.slices} slices; ratio = b's CPU µs/req over a's (above 1: a costs less), median and range of the slices`)
+    out.push(`  ${pad('a / b', 54)} ${lpad('ratio', 6)}  ${pad('range', 11)} ${lpad('a µs/req', 9)} ${lpad('b µs/req', 9)}`)
+    for (const c of r.costs) {
+      out.push(`  ${pad(c.pair.name, 54)} ${lpad(fixed(c.median), 6)}  ${pad(`${fixed(c.min)}-${fixed(c.max)}`, 11)} ${lpad(fixed(c.aUs, 1), 9)} ${lpad(fixed(c.bUs, 1), 9)}`)
     }
   }
   if (r.targets.length > 0) out.push('', 'Targets')

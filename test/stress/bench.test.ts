@@ -26,6 +26,7 @@ test('npm run bench --quick: every variant answers, the tables and the targets a
       BENCH_WARMUP: '0',
       BENCH_GROWTH_SMALL: '100',
       BENCH_GROWTH_LARGE: '2000',
+      BENCH_SLICES: '2',
       ...(process.env.POW_TEST_POSTGRES_URL === undefined ? {} : { BENCH_POSTGRES_URL: process.env.POW_TEST_POSTGRES_URL })
     },
     stdio: ['ignore', 'pipe', 'pipe']
@@ -39,7 +40,7 @@ test('npm run bench --quick: every variant answers, the tables and the targets a
 
   t.match(output, /every variant answers 200 with the user to its login cookie, 401 without a cookie and 401 to a forged one/)
   const labels = [
-    'bare Fastify (no session)', 'Fastify + one ioredis GET', '@fastify/session + connect-redis', 'the same with rolling: false',
+    'bare Fastify (no session)', 'Fastify + @fastify/cookie (id compared)', 'Fastify + one ioredis GET', '@fastify/session + connect-redis', 'the same with rolling: false',
     '@fastify/secure-session (cookie)', 'fastify-pow, MemoryStore', 'fastify-pow, RedisStore (ioredis)',
     'fastify-pow, MemoryStore, 100 stored', 'fastify-pow, MemoryStore, 2k stored', 'the same with --max-semi-space-size=64',
     'fastify-pow, RedisStore, 100 stored', 'fastify-pow, RedisStore, 2k stored',
@@ -51,15 +52,28 @@ test('npm run bench --quick: every variant answers, the tables and the targets a
     const row = table.split('\n').find((line) => line.trimStart().startsWith(label))
     t.match(row, /\s[\d,]+\s+\d+\s+\d+\s+\d+\.\d\d\s+\d+\.\d\d\s/, `a table row for ${label}: req/s, p50, p99 and the two ratios`)
   }
+  const costRows = [
+    'Fastify + @fastify/cookie / bare Fastify', 'MemoryStore / Fastify + @fastify/cookie', 'RedisStore / Fastify + one ioredis GET',
+    'RedisStore / @fastify/session + connect-redis', 'one ioredis GET / @fastify/session + connect-redis', 'no cookie: MemoryStore / bare Fastify',
+    '@fastify/secure-session / bare Fastify'
+  ]
+  const cost = output.slice(output.indexOf('\nCost per request:'))
+  for (const name of costRows) {
+    const row = cost.split('\n').find((line) => line.trimStart().startsWith(name))
+    t.match(row, /\s\d+\.\d\d\s+\d+\.\d\d-\d+\.\d\d\s+\d+\.\d\s+\d+\.\d$/, `a cost row for ${name}: the median ratio, its range and both CPU µs/req`)
+  }
   const verdicts = output.split('\n').filter((line) => /^ {2}(MET|MISSED) {2}/.test(line))
-  t.equal(verdicts.length, 6, 'six targets, each MET or MISSED')
+  t.equal(verdicts.length, 7, 'seven targets, each MET or MISSED: four per-request costs, two growths, the heap')
+  t.ok(verdicts.some((line) => line.includes('MemoryStore / Fastify + @fastify/cookie >= 0.92 (CPU per request)')), 'the MemoryStore cost target')
   t.match(output, /MemoryStore, 2k sessions: heap and buffers \+\d+ MiB = [\d,]+ B per session/)
   t.match(output, /Redis, 2k sessions: used_memory \+\d+ MiB = [\d,]+ B per session/)
 
   const json = JSON.parse(readFileSync(results, 'utf8'))
   t.equal(json.variants.length, labels.length, 'every variant in the results file')
   t.ok(json.variants.every((v: { reqPerSec: number }) => v.reqPerSec > 0), 'each with its req/s')
-  t.equal(json.targets.length, 6)
+  t.equal(json.targets.length, 7)
+  t.equal(json.cost.pairs.length, costRows.length, 'every cost pair in the results file')
+  t.ok(json.cost.pairs.every((c: { slices: unknown[], median: number }) => c.slices.length === 2 && c.median > 0), 'each with its slices and median')
   if (postgresAvailable) {
     t.match(output, /PostgresStore \/ raw SELECT +\d+\.\d\d /, 'the PostgresStore ratio to its floor')
     t.match(output, /PostgresStore \/ @fastify\/session \+ connect-pg-simple +\d+\.\d\d /, 'and to connect-pg-simple')
