@@ -6,9 +6,11 @@
  * on the machine's PostgreSQL (the PostgreSQL rows are skipped, loudly, without one), starts
  * every server variant in its own process, checks that each one really authenticates, then
  * loads GET /me with autocannon in interleaved rounds (every variant once per round, in
- * rotating order). Then the in-process operation timings, then (when a throughput target is
- * missed, or with --profile) a CPU profile of the fastify-pow servers under load. Prints the
- * tables, the targets and the PostgreSQL ratios, and writes benchmarks/results/latest.json.
+ * rotating order). Then the in-process operation timings, then the cost stage (pairs of servers
+ * in alternating slices by CPU time per request, slices.ts: the per-request targets), then (when
+ * a target is missed, or with --profile) a CPU profile of the fastify-pow servers under load.
+ * Prints the tables, the targets and the PostgreSQL ratios, and writes
+ * benchmarks/results/latest.json.
  */
 import { spawnSync } from 'node:child_process'
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs'

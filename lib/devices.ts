@@ -94,8 +94,12 @@ export class Devices {
     } catch (err) {
       throw this.#health.storeFailed(err)
     }
-    if (stored instanceof Promise) return stored.then((found) => this.#loaded(found, fingerprint), (err: unknown) => { throw this.#health.storeFailed(err) })
-    return this.#loaded(stored, fingerprint)
+    // Any thenable, as `await` would take it (a promise of another realm or library): a native
+    // promise from here on.
+    if (typeof (stored as PromiseLike<unknown> | null)?.then === 'function') {
+      return Promise.resolve(stored).then((found) => this.#loaded(found, fingerprint), (err: unknown) => { throw this.#health.storeFailed(err) })
+    }
+    return this.#loaded(stored as StoredDevice | null, fingerprint)
   }
 
   #loaded (stored: StoredDevice | null, fingerprint: string): Loaded | null {

@@ -102,7 +102,8 @@ export class ParsedUsers {
     let template = this.#cache.get(json)
     if (template === undefined) {
       const value: unknown = JSON.parse(json)
-      if (typeof value !== 'object' || value === null || Array.isArray(value)) return value
+      // Not kept (an array, a primitive or a text over the limit): this parse is fresh already.
+      if (typeof value !== 'object' || value === null || Array.isArray(value) || json.length > MAX_CACHED_LENGTH) return value
       const record = value as Record<string, unknown>
       template = { value: record, nested: Object.keys(record).filter((key) => typeof record[key] === 'object' && record[key] !== null) }
       this.#cache.keep(json, template)

@@ -190,3 +190,14 @@ test('metadata given to create() reads back as JSON: in the same request, later,
   t.equal(remembered.statusCode, 200, 'signed in again by the remember-me token')
   t.match(remembered.json().metadata, expected, 'the token carried the same metadata')
 })
+
+test('ParsedUsers: a user of more than 4 kB of JSON is parsed on every read, each a fresh object', async (t) => {
+  const users = new ParsedUsers()
+  const json = JSON.stringify({ id: 1, bio: 'x'.repeat(5000), nested: { tags: ['a'] } })
+  const first = users.get(json) as { nested: { tags: string[] } }
+  t.same(first, JSON.parse(json))
+  first.nested.tags.push('changed')
+  const second = users.get(json)
+  t.not(second, first)
+  t.same(second, JSON.parse(json), 'what the first read changed is not in the second')
+})

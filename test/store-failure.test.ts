@@ -326,3 +326,56 @@ test('a store method that throws instead of rejecting is a 503 too', async (t) =
   throwing = false
   t.same((await me(jar)).user, { id: 1, name: 'user1' }, 'still signed in as before')
 })
+
+test('a store read may answer at once, with a native promise or with any thenable; each failure is a 503 that leaves the cookies', async (t) => {
+  const clock = fakeClock(t)
+  const inner = new MemoryStore()
+  type Answer = 'at once' | 'promise' | 'thenable' | 'throws' | 'rejects' | 'thenable rejects'
+  let answer: Answer = 'at once'
+  const failure = (): Error => new Error('connect ECONNREFUSED 127.0.0.1:6379')
+  // A promise-like object that is not a native promise, as some clients and other realms give.
+  const thenable = <T>(settle: (resolve: (value: T) => void, reject: (err: unknown) => void) => void): PromiseLike<T> => ({
+    then: (onFulfilled, onRejected) => new Promise<T>(settle).then(onFulfilled, onRejected)
+  })
+  const store: PowStore = {
+    read: (bucket, fingerprint) => {
+      const found = inner.read(bucket, fingerprint)
+      switch (answer) {
+        case 'at once': return found
+        case 'promise': return Promise.resolve(found)
+        case 'thenable': return thenable((resolve) => { setImmediate(() => resolve(found)) }) as Promise<typeof found>
+        case 'throws': throw failure()
+        case 'rejects': return Promise.reject(failure())
+        case 'thenable rejects': return thenable((_resolve, reject) => { setImmediate(() => reject(failure())) }) as Promise<typeof found>
+      }
+    },
+    list: async (userKey) => await inner.list(userKey),
+    users: async () => await inner.users(),
+    commit: async (change) => await inner.commit(change)
+  }
+  const app = await buildApp(t, { store })
+  const jar = await signIn(app, 1, { persistent: true })
+  const cookies = jar.header()
+  for (const way of ['at once', 'promise', 'thenable'] as const) {
+    answer = way
+    const signedIn = await me(jar)
+    t.equal(signedIn.status, 200, `${way}: signed in`)
+    t.same(signedIn.user, { id: 1, name: 'user1' })
+  }
+  for (const way of ['throws', 'rejects', 'thenable rejects'] as const) {
+    answer = way
+    const response = await jar.request('/me')
+    t.equal(response.statusCode, 503, `${way}: a 503`)
+    t.equal(response.json().code, 'POW_ERR_STORE_UNAVAILABLE')
+    t.equal(response.headers['set-cookie'], undefined, `${way}: no cookie change`)
+    t.equal(jar.header(), cookies)
+  }
+  // A renewal falls due: the read answers at once, the write takes the promise path.
+  answer = 'at once'
+  clock.tick(16 * 60_000)
+  const renewed = await jar.request('/me')
+  t.equal(renewed.statusCode, 200, 'renewed on a read that answered at once')
+  t.match(String(renewed.headers['set-cookie']), /pow_session=/, 'with a new session cookie')
+  answer = 'thenable'
+  t.same((await me(jar)).user, { id: 1, name: 'user1' }, 'the renewed session reads through a thenable too')
+})
