@@ -15,6 +15,7 @@ const SIGNED_LENGTH = SECRET_LENGTH + 44
 // Cookies verified lately, so that a browser's every request does not cost an HMAC and a SHA-256.
 // 1024 entries: about 350 kB at most.
 const VERIFIED_CACHE_SIZE = 1024
+const VERIFIED_KEY_LENGTH = 16
 
 /** A cookie value that passed verification: the secret, its device, its hash, and whether it must be re-signed. */
 export interface Verified {
@@ -66,7 +67,8 @@ export class Pow extends EventEmitter<PowEvents> {
   readonly log: FastifyBaseLogger
   #signer: Signer
   /** Signed cookie value -> what it verified to; only values with a valid signature get in. */
-  #verified = new Map<string, Verified>()
+  /** Recent results by the last characters of the signature; the entry holds the whole value it is for. */
+  #verified = new Map<string, { signed: string, verified: Verified }>()
   /** Store and `reloadUser` failures, logged as outages. */
   #storeOutage: OutageLog
   #reloadOutage: OutageLog
@@ -145,8 +147,12 @@ export class Pow extends EventEmitter<PowEvents> {
    * never is, so it cannot push out anything but the oldest entries).
    */
   verify (signed: string): Verified | null {
-    const cached = this.#verified.get(signed)
-    if (cached !== undefined) return cached
+    // Keyed by the signature's last characters, not the whole value: V8 hashes a key string on
+    // every lookup (the cookie's value is a new string each request), and these are as random.
+    // A value that only shares them is compared in full, and verified.
+    const key = signed.slice(-VERIFIED_KEY_LENGTH)
+    const cached = this.#verified.get(key)
+    if (cached !== undefined && cached.signed === signed) return cached.verified
     if (signed.length !== SIGNED_LENGTH || signed.charCodeAt(SECRET_LENGTH) !== 46 || !isSecret(signed.slice(0, SECRET_LENGTH))) return null
     const result = this.#signer.unsign(signed)
     if (!result.valid || result.value === null) return null
@@ -154,7 +160,7 @@ export class Pow extends EventEmitter<PowEvents> {
     const verified: Verified = { secret, ...secretDevice(secret), hash: hashSecret(secret), renew: result.renew }
     const cache = this.#verified
     if (cache.size >= VERIFIED_CACHE_SIZE) cache.delete(cache.keys().next().value as string)
-    cache.set(signed, verified)
+    cache.set(key, { signed, verified })
     return verified
   }
 

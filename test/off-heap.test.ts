@@ -72,58 +72,75 @@ test('StringColumn: equals and startsWith compare as stored', async (t) => {
   t.notOk(column.startsWith(5, Buffer.from('')), 'an empty slot has no string to start with anything')
 })
 
-test('StringColumn against an array: random sets, clears, growth, reclaims and moves', async (t) => {
-  const next = random(1)
-  let capacity = 16
-  let column = new StringColumn(capacity)
-  let model: Array<string | undefined> = new Array(capacity).fill(undefined)
-  let checks = 0
-  const check = (when: string): void => {
-    for (let slot = 0; slot < capacity; slot++) {
-      if (column.get(slot) !== model[slot]) {
-        t.fail(`${when}: slot ${slot} holds ${JSON.stringify(column.get(slot))}, not ${JSON.stringify(model[slot])}`)
-        return
+for (const keepReads of [false, true]) {
+  test(`StringColumn${keepReads ? ' keeping reads' : ''} against an array: random sets, clears, growth, reclaims and moves`, async (t) => {
+    const next = random(1)
+    let capacity = 16
+    let column = new StringColumn(capacity, { keepReads })
+    let model: Array<string | undefined> = new Array(capacity).fill(undefined)
+    let checks = 0
+    const check = (when: string): void => {
+      for (let slot = 0; slot < capacity; slot++) {
+        if (column.get(slot) !== model[slot]) {
+          t.fail(`${when}: slot ${slot} holds ${JSON.stringify(column.get(slot))}, not ${JSON.stringify(model[slot])}`)
+          return
+        }
       }
+      const bytes = model.reduce((sum, value) => sum + (value === undefined ? 0 : Buffer.byteLength(value)), 0)
+      if (column.bytes !== bytes) t.fail(`${when}: bytes ${column.bytes}, not ${bytes}`)
+      checks++
     }
-    const bytes = model.reduce((sum, value) => sum + (value === undefined ? 0 : Buffer.byteLength(value)), 0)
-    if (column.bytes !== bytes) t.fail(`${when}: bytes ${column.bytes}, not ${bytes}`)
-    checks++
-  }
-  for (let op = 0; op < 20_000; op++) {
-    const roll = next()
-    const slot = Math.floor(next() * capacity)
-    if (roll < 0.6) {
-      const value = word(next, next() < 0.05 ? 2000 : 40)
-      column.set(slot, value)
-      model[slot] = value
-    } else if (roll < 0.85) {
-      column.set(slot, undefined)
-      model[slot] = undefined
-    } else if (roll < 0.9 && capacity < 4096) {
-      capacity *= 2
-      column.resize(capacity)
-      model.length = capacity
-      model.fill(undefined, capacity / 2)
-    } else if (roll < 0.93) {
+    for (let op = 0; op < 20_000; op++) {
+      const roll = next()
+      const slot = Math.floor(next() * capacity)
+      if (roll < 0.6) {
+        const value = word(next, next() < 0.05 ? 2000 : 40)
+        column.set(slot, value)
+        model[slot] = value
+      } else if (roll < 0.85) {
+        column.set(slot, undefined)
+        model[slot] = undefined
+      } else if (roll < 0.9 && capacity < 4096) {
+        capacity *= 2
+        column.resize(capacity)
+        model.length = capacity
+        model.fill(undefined, capacity / 2)
+      } else if (roll < 0.93) {
       // A compaction as MemoryStore's: the live slots move down, in order, into `capacity` slots.
-      const moved = new Int32Array(capacity).fill(-1)
-      let live = 0
-      for (let s = 0; s < capacity; s++) if (model[s] !== undefined) moved[s] = live++
-      const nextCapacity = Math.max(16, live * 2)
-      column.move(moved, capacity, nextCapacity)
-      model = model.filter((value) => value !== undefined)
-      model.length = nextCapacity
-      model.fill(undefined, live)
-      capacity = nextCapacity
-    } else if (roll < 0.94) {
+        const moved = new Int32Array(capacity).fill(-1)
+        let live = 0
+        for (let s = 0; s < capacity; s++) if (model[s] !== undefined) moved[s] = live++
+        const nextCapacity = Math.max(16, live * 2)
+        column.move(moved, capacity, nextCapacity)
+        model = model.filter((value) => value !== undefined)
+        model.length = nextCapacity
+        model.fill(undefined, live)
+        capacity = nextCapacity
+      } else if (roll < 0.94) {
       // Now and then a fresh column filled from the model, so that both start small again.
-      column = new StringColumn(capacity)
-      model.forEach((value, s) => { column.set(s, value) })
+        column = new StringColumn(capacity, { keepReads })
+        model.forEach((value, s) => { column.set(s, value) })
+      }
+      // Reads between writes too, so that kept reads meet every later change.
+      if (op % 97 === 0 || (keepReads && op % 7 === 0)) check(`after operation ${op}`)
     }
-    if (op % 97 === 0) check(`after operation ${op}`)
-  }
-  check('at the end')
-  t.ok(checks > 200, `${checks} full comparisons, all equal`)
+    check('at the end')
+    t.ok(checks > 200, `${checks} full comparisons, all equal`)
+  })
+}
+
+test('StringColumn keeping reads: a string read again is the same string until its slot is written', async (t) => {
+  const column = new StringColumn(16, { keepReads: true })
+  column.set(1, '{"id":1,"name":"Alice"}')
+  const first = column.get(1)
+  t.equal(column.get(1), first)
+  column.set(1, '{"id":1,"name":"Alicia"}')
+  t.equal(column.get(1), '{"id":1,"name":"Alicia"}', 'a write is read at once')
+  column.set(1, undefined)
+  t.equal(column.get(1), undefined, 'and a clear')
+  const plain = new StringColumn(16)
+  plain.set(1, 'x')
+  t.equal(plain.get(1), 'x')
 })
 
 test('StringIndex against a Map: random inserts, updates and deletes through growth and shrinking', async (t) => {

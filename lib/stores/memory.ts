@@ -79,7 +79,7 @@ export class MemoryStore implements PowStore {
   #userLive = 0
   #userFree = NONE
   /** The user's credentials (JSON). */
-  #userJson = new StringColumn(MIN_CAPACITY)
+  #userJson = new StringColumn(MIN_CAPACITY, { keepReads: true })
   /** First device; for a free user slot, the next free user slot. */
   #first = new Int32Array(MIN_CAPACITY)
   #last = new Int32Array(MIN_CAPACITY)

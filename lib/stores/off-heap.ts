@@ -11,6 +11,9 @@ import { randomBytes } from 'node:crypto'
  */
 
 const EMPTY = -1
+/** A column's strings kept as read (`keepReads`): at most this many, of at most this many bytes. */
+const READ_CACHE_SIZE = 512
+const READ_CACHE_MAX_BYTES = 4096
 const MIN_BYTES = 4096
 /** The most one column holds: its byte offsets are 32-bit (Node 22 allows larger Buffers). */
 const MAX_BYTES = Math.min(constants.MAX_LENGTH, 2 ** 32 - 1)
@@ -55,9 +58,16 @@ export class StringColumn {
   /** Bytes written so far: live strings and garbage. */
   #end = 0
   #garbage = 0
-  constructor (capacity: number) {
+  /**
+   * With `keepReads`: strings read lately, by slot, so that a string read on every request is
+   * decoded once and read back as the same string (whose hash V8 keeps). At most READ_CACHE_SIZE.
+   */
+  #read: Map<number, string> | undefined
+
+  constructor (capacity: number, options: { keepReads?: boolean } = {}) {
     this.#start = new Uint32Array(capacity)
     this.#length = new Int32Array(capacity).fill(EMPTY)
+    if (options.keepReads === true) this.#read = new Map()
   }
 
   /** Bytes held by live strings. */
@@ -70,13 +80,22 @@ export class StringColumn {
   }
 
   get (slot: number): string | undefined {
+    const read = this.#read
+    const kept = read?.get(slot)
+    if (kept !== undefined) return kept
     const length = this.#length[slot]
     if (length === EMPTY) return undefined
     const start = this.#start[slot]
-    return this.#bytes.toString('utf8', start, start + length)
+    const value = this.#bytes.toString('utf8', start, start + length)
+    if (read !== undefined && length <= READ_CACHE_MAX_BYTES) {
+      if (read.size >= READ_CACHE_SIZE) read.clear()
+      read.set(slot, value)
+    }
+    return value
   }
 
   set (slot: number, value: string | undefined): void {
+    this.#read?.delete(slot)
     // A UTF-16 code unit is at most 3 bytes of UTF-8. Room is made first, so that a column that
     // cannot grow (it throws) still holds what it held.
     const room = value === undefined ? 0 : value.length * 3
@@ -132,6 +151,7 @@ export class StringColumn {
    * and must be empty), in arrays of `capacity` slots.
    */
   move (moved: Int32Array, top: number, capacity: number): void {
+    this.#read?.clear()
     const start = new Uint32Array(capacity)
     const length = new Int32Array(capacity).fill(EMPTY)
     for (let slot = 0; slot < top; slot++) {
