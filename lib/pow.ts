@@ -66,8 +66,10 @@ export class Pow extends EventEmitter<PowEvents> {
   /** @internal */
   readonly log: FastifyBaseLogger
   #signer: Signer
-  /** Signed cookie value -> what it verified to; only values with a valid signature get in. */
-  /** Recent results by the last characters of the signature; the entry holds the whole value it is for. */
+  /**
+   * Signed cookie values lately verified, by the signature's last characters: the entry holds
+   * the whole value it is for. Only values with a valid signature get in.
+   */
   #verified = new Map<string, { signed: string, verified: Verified }>()
   /** Store and `reloadUser` failures, logged as outages. */
   #storeOutage: OutageLog
@@ -143,8 +145,8 @@ export class Pow extends EventEmitter<PowEvents> {
 
   /**
    * @internal The token in a signed cookie value and its store hash, or null when the value is
-   * malformed or forged. Recent results are cached by the exact signed value (a forged value
-   * never is, so it cannot push out anything but the oldest entries).
+   * malformed or forged. Recent results are cached, each for its exact signed value (a forged
+   * value never is, so it cannot push out anything but the oldest entries).
    */
   verify (signed: string): Verified | null {
     // Keyed by the signature's last characters, not the whole value: V8 hashes a key string on

@@ -337,17 +337,19 @@ export class PowSession {
 
   /** The request is signed in by `step`: the user (reloaded), the device and the cookies; false when `reloadUser` ended it. */
   async #signedIn (step: Step, user: string, reloadUser: boolean, token: Verified | null): Promise<boolean> {
+    if (!reloadUser) {
+      this.#signIn(step, user, token)
+      return true
+    }
     const device = step.device as Device
     this.#device = device
     this.user = this.#pow.devices.user(user)
-    if (reloadUser) {
-      const reloaded = await this.#pow.reload(this.user, this.#request)
-      if (reloaded === null) {
-        await this.#end('reload')
-        return false
-      }
-      this.user = reloaded
+    const reloaded = await this.#pow.reload(this.user, this.#request)
+    if (reloaded === null) {
+      await this.#end('reload')
+      return false
     }
+    this.user = reloaded
     this.#setCookies(step, token)
     return true
   }

@@ -337,8 +337,10 @@ test('a store read may answer at once, with a native promise or with any thenabl
   const thenable = <T>(settle: (resolve: (value: T) => void, reject: (err: unknown) => void) => void): PromiseLike<T> => ({
     then: (onFulfilled, onRejected) => new Promise<T>(settle).then(onFulfilled, onRejected)
   })
+  let reads = 0
   const store: PowStore = {
     read: (bucket, fingerprint) => {
+      reads++
       const found = inner.read(bucket, fingerprint)
       switch (answer) {
         case 'at once': return found
@@ -358,9 +360,11 @@ test('a store read may answer at once, with a native promise or with any thenabl
   const cookies = jar.header()
   for (const way of ['at once', 'promise', 'thenable'] as const) {
     answer = way
+    const before = reads
     const signedIn = await me(jar)
     t.equal(signedIn.status, 200, `${way}: signed in`)
     t.same(signedIn.user, { id: 1, name: 'user1' })
+    t.equal(reads - before, 1, `${way}: one store read for the request`)
   }
   for (const way of ['throws', 'rejects', 'thenable rejects'] as const) {
     answer = way
@@ -378,4 +382,8 @@ test('a store read may answer at once, with a native promise or with any thenabl
   t.match(String(renewed.headers['set-cookie']), /pow_session=/, 'with a new session cookie')
   answer = 'thenable'
   t.same((await me(jar)).user, { id: 1, name: 'user1' }, 'the renewed session reads through a thenable too')
+  // Deleted behind this app's back (as another instance would): the next read, at once, sees it.
+  answer = 'at once'
+  await inner.commit({ userKey: '1', devices: (await inner.list('1')).map(({ fingerprint }) => ({ fingerprint, data: null, ttl: 0, usedAt: Date.now() })) })
+  t.equal((await me(jar)).user, null, 'a device deleted in the store is signed out on the next request')
 })
