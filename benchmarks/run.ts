@@ -21,7 +21,7 @@ import autocannon, { type Result as AutocannonResult } from 'autocannon'
 import type { RedisFill } from './fill-redis.js'
 import type { OpsResult, OpTiming } from './ops.js'
 import { analyzeProfile, type ProfileSummary } from './profile.js'
-import { type Comparison, compare, type Side } from './slices.js'
+import { type Comparison, compare, pool, type Side } from './slices.js'
 import {
   type BenchDatabase, cookieHeader, cpuSeconds, createDatabase, POSTGRES_URL, ROOT, request, runChild, startRedis, startServer,
   type RedisServer, type ServerProcess
@@ -78,6 +78,8 @@ const config = {
   /** The cost stage: pairs of servers in alternating slices of BENCH_SLICE_SECONDS each (see slices.ts). */
   slices: Math.round(num('BENCH_SLICES', quick ? 4 : 12)),
   sliceSeconds: num('BENCH_SLICE_SECONDS', 1),
+  /** The cost stage runs on this many starts of each server (the slices shared among them): one start is one sample of V8's state. */
+  starts: Math.max(1, Math.round(num('BENCH_STARTS', quick ? 2 : 3))),
   connections: num('BENCH_CONNECTIONS', 50),
   only,
   growth: !argv.has('--no-growth') && (process.env.BENCH_GROWTH ?? (only === undefined ? '1' : '0')) !== '0',
@@ -569,30 +571,58 @@ async function main (): Promise<void> {
       log(`operation timings done in ${fixed((performance.now() - opsStarted) / 1000, 1)} s`)
     }
 
-    // ---- cost per request, pairs in alternating slices
-    const costs: Array<Comparison & { pair: CostPair }> = []
-    const side = (id: string, anonymous: boolean): Side | undefined => {
-      const server = servers.get(id)
-      const variant = all.find((v) => v.id === id)
-      if (server === undefined || variant === undefined) return undefined
-      return {
-        id,
-        label: variant.label,
-        port: server.port,
-        pids: variant.redis === undefined ? [server.pid] : [server.pid, variant.redis.pid],
-        cookie: anonymous ? undefined : cookies.get(id),
-        status: anonymous ? 401 : 200
-      }
-    }
+    // ---- cost per request, pairs in alternating slices, on several starts of each server
+    const costs: Array<Comparison & { pair: CostPair, starts: number[] }> = []
     if (config.slices > 0) {
-      log(`cost per request: ${COST_PAIRS.length} pairs, ${config.slices} alternating slices of ${config.sliceSeconds} s each ...`)
+      const ids = [...new Set(COST_PAIRS.flatMap((pair) => [pair.a, pair.b]))].filter((id) => servers.has(id))
+      const perStart = Math.max(1, Math.ceil(config.slices / config.starts))
+      log(`cost per request: ${COST_PAIRS.length} pairs on ${config.starts} start${config.starts === 1 ? '' : 's'} of each server, ${perStart} alternating slices of ${config.sliceSeconds} s each per start ...`)
+      const parts = new Map<CostPair, Comparison[]>(COST_PAIRS.map((pair) => [pair, []]))
+      for (let start = 0; start < config.starts; start++) {
+        // The first start is the servers the rounds measured, started together; each later one a
+        // fresh process of each, started alone (logged in and warmed up before the next starts):
+        // how the processes start weighs on what they cost (benchmarks/README.md).
+        const here = new Map<string, { server: ServerProcess, cookie: string }>()
+        for (const id of ids) {
+          if (start === 0) {
+            here.set(id, { server: servers.get(id) as ServerProcess, cookie: cookies.get(id) as string })
+            continue
+          }
+          const variant = all.find((v) => v.id === id) as Variant
+          const server = await startServer(variant.file, variant.env, { nodeArgs: variant.nodeArgs, timeoutMs: variant.startTimeoutMs })
+          const cookie = await verify(variant, server)
+          if (config.warmupPass > 0) await load(server.port, cookie, config.warmupPass)
+          here.set(id, { server, cookie })
+        }
+        const side = (id: string, anonymous: boolean): Side | undefined => {
+          const one = here.get(id)
+          const variant = all.find((v) => v.id === id)
+          if (one === undefined || variant === undefined) return undefined
+          return {
+            id,
+            label: variant.label,
+            port: one.server.port,
+            pids: variant.redis === undefined ? [one.server.pid] : [one.server.pid, variant.redis.pid],
+            cookie: anonymous ? undefined : one.cookie,
+            status: anonymous ? 401 : 200
+          }
+        }
+        for (const pair of COST_PAIRS) {
+          const a = side(pair.a, pair.anonymous === true)
+          const b = side(pair.b, pair.anonymous === true)
+          if (a === undefined || b === undefined) continue
+          const part = await compare(pair.name, a, b, { slices: perStart, seconds: config.sliceSeconds, connections: config.connections })
+          ;(parts.get(pair) as Comparison[]).push(part)
+          log(`  start ${start + 1}: ${pad(pair.name, 54)} ${fixed(part.median)} (${fixed(part.min)}-${fixed(part.max)})  ${fixed(part.aUs, 1)} vs ${fixed(part.bUs, 1)} CPU µs/req`)
+        }
+        if (start > 0) await Promise.all([...here.values()].map(async ({ server }) => { await server.stop() }))
+      }
       for (const pair of COST_PAIRS) {
-        const a = side(pair.a, pair.anonymous === true)
-        const b = side(pair.b, pair.anonymous === true)
-        if (a === undefined || b === undefined) continue
-        const result = await compare(pair.name, a, b, { slices: config.slices, seconds: config.sliceSeconds, connections: config.connections })
+        const measured = parts.get(pair) as Comparison[]
+        if (measured.length === 0) continue
+        const result = pool(measured)
         costs.push({ ...result, pair })
-        log(`  ${pad(pair.name, 54)} ${fixed(result.median)} (${fixed(result.min)}-${fixed(result.max)})  ${fixed(result.aUs, 1)} vs ${fixed(result.bUs, 1)} CPU µs/req`)
+        log(`  ${pad(pair.name, 54)} ${fixed(result.median)} (${fixed(result.min)}-${fixed(result.max)})  ${fixed(result.aUs, 1)} vs ${fixed(result.bUs, 1)} CPU µs/req  starts: ${result.starts.map((m) => fixed(m)).join(' ')}`)
       }
     }
 
@@ -763,7 +793,7 @@ function print (r: {
   heap?: { sessions: number, deltaBytes: number, bytesPerSession: number, userJsonBytes: number, bytesPerSessionBeyondUser: number }
   redisMemory?: { sessions: number, usedMemoryDelta: number, bytesPerSession: number, keysAdded: number }
   ops?: OpsResult
-  costs: Array<Comparison & { pair: CostPair }>
+  costs: Array<Comparison & { pair: CostPair, starts: number[] }>
   targets: Target[]
   ratios: Ratio[]
   profiles?: Record<string, ProfileSummary & { cpuUsPerRequest?: number, reqPerSec: number }>
@@ -860,10 +890,11 @@ function print (r: {
   if (r.costs.length > 0) {
     out.push('')
     out.push(`Cost per request: CPU time of the server and its redis-server (all threads) per answered request, two servers loaded ${config.sliceSeconds} s each`)
-    out.push(`in turn, the order swapped every slice, ${config.slices} slices; ratio = b's CPU µs/req over a's (above 1: a costs less), median and range of the slices`)
-    out.push(`  ${pad('a / b', 54)} ${lpad('ratio', 6)}  ${pad('range', 11)} ${lpad('a µs/req', 9)} ${lpad('b µs/req', 9)}`)
+    out.push(`in turn, the order swapped every slice, ${config.slices} slices over ${config.starts} starts of each server; ratio = b's CPU µs/req over a's (above 1: a costs less),`)
+    out.push('median and range of all the slices, and the median of each start\'s slices')
+    out.push(`  ${pad('a / b', 54)} ${lpad('ratio', 6)}  ${pad('range', 11)} ${lpad('a µs/req', 9)} ${lpad('b µs/req', 9)}  by start`)
     for (const c of r.costs) {
-      out.push(`  ${pad(c.pair.name, 54)} ${lpad(fixed(c.median), 6)}  ${pad(`${fixed(c.min)}-${fixed(c.max)}`, 11)} ${lpad(fixed(c.aUs, 1), 9)} ${lpad(fixed(c.bUs, 1), 9)}`)
+      out.push(`  ${pad(c.pair.name, 54)} ${lpad(fixed(c.median), 6)}  ${pad(`${fixed(c.min)}-${fixed(c.max)}`, 11)} ${lpad(fixed(c.aUs, 1), 9)} ${lpad(fixed(c.bUs, 1), 9)}  ${c.starts.map((m) => fixed(m)).join(' ')}`)
     }
   }
   if (r.targets.length > 0) out.push('', 'Targets')

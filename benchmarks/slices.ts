@@ -121,3 +121,26 @@ export async function compare (name: string, a: Side, b: Side, options: { slices
     bUs: median(slices.map((s) => s.b))
   }
 }
+
+/**
+ * One comparison from the parts measured on several starts of the two servers: their slices
+ * pooled (the median and range over all of them), and each start's own median beside them.
+ * A server process settles at its start into a state of V8's inline caches that can cost it a
+ * few µs per request for its whole life (benchmarks/README.md), so one start is one sample.
+ */
+export function pool (parts: Comparison[]): Comparison & { starts: number[] } {
+  const slices = parts.flatMap((part) => part.slices)
+  const ratios = slices.map((s) => s.ratio)
+  return {
+    name: parts[0].name,
+    a: parts[0].a,
+    b: parts[0].b,
+    slices,
+    median: median(ratios),
+    min: Math.min(...ratios),
+    max: Math.max(...ratios),
+    aUs: median(slices.map((s) => s.a)),
+    bUs: median(slices.map((s) => s.b)),
+    starts: parts.map((part) => part.median)
+  }
+}

@@ -60,7 +60,7 @@ test('npm run bench --quick: every variant answers, the tables and the targets a
   const cost = output.slice(output.indexOf('\nCost per request:'))
   for (const name of costRows) {
     const row = cost.split('\n').find((line) => line.trimStart().startsWith(name))
-    t.match(row, /\s\d+\.\d\d\s+\d+\.\d\d-\d+\.\d\d\s+\d+\.\d\s+\d+\.\d$/, `a cost row for ${name}: the median ratio, its range and both CPU µs/req`)
+    t.match(row, /\s\d+\.\d\d\s+\d+\.\d\d-\d+\.\d\d\s+\d+\.\d\s+\d+\.\d\s+\d+\.\d\d \d+\.\d\d$/, `a cost row for ${name}: the median ratio, its range, both CPU µs/req and the median of each of the two starts`)
   }
   const verdicts = output.split('\n').filter((line) => /^ {2}(MET|MISSED) {2}/.test(line))
   t.equal(verdicts.length, 7, 'seven targets, each MET or MISSED: four per-request costs, two growths, the heap')
@@ -73,7 +73,7 @@ test('npm run bench --quick: every variant answers, the tables and the targets a
   t.ok(json.variants.every((v: { reqPerSec: number }) => v.reqPerSec > 0), 'each with its req/s')
   t.equal(json.targets.length, 7)
   t.equal(json.cost.pairs.length, costRows.length, 'every cost pair in the results file')
-  t.ok(json.cost.pairs.every((c: { slices: unknown[], median: number }) => c.slices.length === 2 && c.median > 0), 'each with its slices and median')
+  t.ok(json.cost.pairs.every((c: { slices: unknown[], median: number, starts: number[] }) => c.slices.length === 2 && c.median > 0 && c.starts.length === 2), 'each with its slices, median and the median of each start')
   if (postgresAvailable) {
     t.match(output, /PostgresStore \/ raw SELECT +\d+\.\d\d /, 'the PostgresStore ratio to its floor')
     t.match(output, /PostgresStore \/ @fastify\/session \+ connect-pg-simple +\d+\.\d\d /, 'and to connect-pg-simple')
