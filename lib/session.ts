@@ -341,8 +341,7 @@ export class PowSession {
       this.#signIn(step, user, token)
       return true
     }
-    const device = step.device as Device
-    this.#device = device
+    this.#device = step.device as Device
     this.user = this.#pow.devices.user(user)
     const reloaded = await this.#pow.reload(this.user, this.#request)
     if (reloaded === null) {

@@ -106,7 +106,7 @@ for (const keepReads of [false, true]) {
         model.length = capacity
         model.fill(undefined, capacity / 2)
       } else if (roll < 0.93) {
-      // A compaction as MemoryStore's: the live slots move down, in order, into `capacity` slots.
+        // A compaction as MemoryStore's: the live slots move down, in order, into `capacity` slots.
         const moved = new Int32Array(capacity).fill(-1)
         let live = 0
         for (let s = 0; s < capacity; s++) if (model[s] !== undefined) moved[s] = live++
@@ -117,7 +117,7 @@ for (const keepReads of [false, true]) {
         model.fill(undefined, live)
         capacity = nextCapacity
       } else if (roll < 0.94) {
-      // Now and then a fresh column filled from the model, so that both start small again.
+        // Now and then a fresh column filled from the model, so that both start small again.
         column = new StringColumn(capacity, { keepReads })
         model.forEach((value, s) => { column.set(s, value) })
       }
