@@ -32,7 +32,16 @@ import { keySlot, type ReplicatedCluster, startReplicatedCluster } from '../help
 
 const NAMESPACE = 'pow'
 const COMMAND_TIMEOUT = 1000
+/** What the forced-lag app waits for a replica: short, since 40 writes wait it out one after the other. */
 const REPLICA_TIMEOUT = 100
+/**
+ * What the cost-measuring apps wait: on a healthy cluster the acknowledgement comes long before it,
+ * but on a loaded 2-core machine it can come after 100 ms, and the measurement is of waiting, not
+ * of the timeout.
+ */
+const HEALTHY = { commandTimeout: 5000, replicaTimeout: 2000 }
+/** Tries of a sign-in before the lag (a 503 there is a replica that was slow to answer, not the lag). */
+const EARLY_TRIES = 5
 const SESSION = { ttl: 600_000, renewAfter: 60_000, rotationGrace: 10_000 }
 /** Browsers signed in before the lag (they renew during it), and browsers that sign in during it. */
 const EARLY = 20
@@ -56,11 +65,14 @@ function median (values: number[]): number {
   return sorted[Math.floor(sorted.length / 2)] ?? 0
 }
 
-async function app (t: Test, handle: ReplicatedCluster, waitForReplicas: number): Promise<{ app: FastifyInstance, lines: LogLine[], alarms: string[] }> {
+async function app (
+  t: Test, handle: ReplicatedCluster, waitForReplicas: number,
+  timeouts = { commandTimeout: COMMAND_TIMEOUT, replicaTimeout: REPLICA_TIMEOUT }
+): Promise<{ app: FastifyInstance, lines: LogLine[], alarms: string[] }> {
   const cluster = await handle.readyCluster()
   const { lines, stream } = logLines()
   const built = await buildApp(t, {
-    store: new RedisStore(cluster, { namespace: NAMESPACE, commandTimeout: COMMAND_TIMEOUT, waitForReplicas, replicaTimeout: REPLICA_TIMEOUT }),
+    store: new RedisStore(cluster, { namespace: NAMESPACE, waitForReplicas, ...timeouts }),
     session: SESSION,
     persistentSession: false
   }, (app) => { app.log = Fastify({ logger: { level: 'info', stream } }).log })
@@ -115,7 +127,13 @@ async function forcedLagKill (t: Test, clock: InstalledClock, waitForReplicas: n
 
   const other5xx: string[] = []
   const early: Browser[] = []
-  for (const id of earlyIds) early.push(await signIn(server, id))
+  let retried = 0
+  for (const id of earlyIds) {
+    let browser = await signIn(server, id)
+    for (let tries = 1; browser.signIn === 503 && tries < EARLY_TRIES; tries++, retried++) browser = await signIn(server, id)
+    early.push(browser)
+  }
+  if (retried > 0) t.comment(`${retried} sign-ins before the lag answered 503 (a replica slow to acknowledge) and were tried again`)
   t.same(early.filter((b) => b.signIn !== 200).map((b) => b.userId), [], 'before the lag every sign-in answers 200')
 
   handle.suspend(replica)
@@ -178,16 +196,17 @@ test('with waitForReplicas: 1, every sign-in answered 200 survives the failover;
   // What waiting costs, on a healthy cluster: two apps on it, alternating.
   {
     const handle = await startReplicatedCluster(t)
-    const [plain, waiting] = [await app(t, handle, 0), await app(t, handle, 1)]
+    const [plain, waiting] = [await app(t, handle, 0, HEALTHY), await app(t, handle, 1, HEALTHY)]
     const ids = await usersOn(handle, handle.masters[1] as number, 60, 1)
     const times = { plain: { signIn: [] as number[], renewal: [] as number[] }, waiting: { signIn: [] as number[], renewal: [] as number[] } }
     const browsers: Array<{ which: 'plain' | 'waiting', browser: Browser }> = []
+    const refused: string[] = []
     for (const [i, id] of ids.entries()) {
       const which = i % 2 === 0 ? 'plain' : 'waiting'
       const started = performance.now()
       const browser = await signIn((which === 'plain' ? plain : waiting).app, id)
       times[which].signIn.push(performance.now() - started)
-      t.equal(browser.signIn, 200)
+      if (browser.signIn !== 200) refused.push(`sign-in of user ${id} (${which}): ${browser.signIn}`)
       browsers.push({ which, browser })
     }
     clock.tick(SESSION.renewAfter)
@@ -195,8 +214,9 @@ test('with waitForReplicas: 1, every sign-in answered 200 survives the failover;
       const started = performance.now()
       const response = await browser.jar.request('/me')
       times[which].renewal.push(performance.now() - started)
-      t.equal(response.statusCode, 200)
+      if (response.statusCode !== 200) refused.push(`renewal of user ${browser.userId} (${which}): ${response.statusCode}`)
     }
+    t.same(refused, [], 'on a healthy cluster every sign-in and renewal answers 200, with or without waiting')
     const ms = (values: number[]): string => `${median(values).toFixed(2)} ms`
     t.comment(`median sign-in ${ms(times.plain.signIn)} without, ${ms(times.waiting.signIn)} with waitForReplicas: 1; ` +
       `median renewal ${ms(times.plain.renewal)} without, ${ms(times.waiting.renewal)} with (30 of each, one at a time, alternating)`)
