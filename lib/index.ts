@@ -10,6 +10,7 @@ import { kAuthenticate, kCookies, kToken, PowSession } from './session.js'
 import { MemoryStore } from './stores/memory.js'
 import { type PgPool, PostgresStore } from './stores/postgres.js'
 import { RedisStore } from './stores/redis.js'
+import { keepTickShapes } from './tick.js'
 import type { PowOptions, PowStore } from './types.js'
 
 declare module 'fastify' {
@@ -43,6 +44,9 @@ const plugin: FastifyPluginAsync<PowOptions> = async function fastifyPow (fastif
       }
     })
   }
+
+  // Fastify calls process.nextTick several times per request: keep it on V8's fast path (lib/tick.ts).
+  keepTickShapes()
 
   const pow = new Pow(config, store, fastify.log)
   fastify.decorate('pow', pow)
