@@ -14,6 +14,7 @@ import net from 'node:net'
 import os from 'node:os'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
+import { pathToFileURL } from 'node:url'
 import pg from 'pg'
 
 export const HOST = '127.0.0.1'
@@ -270,12 +271,17 @@ export interface ServerProcess {
   ask: (message: Record<string, unknown>, answer: string) => Promise<Record<string, unknown>>
 }
 
-/** Starts `node [nodeArgs] --import tsx benchmarks/servers/<file>` and waits for its 'ready'. */
+/**
+ * Starts `node [nodeArgs] [--import keep-ticks.mjs] --import tsx benchmarks/servers/<file>` and
+ * waits for its 'ready'. Every server but fastify-pow's (pow.ts, where the plugin does it) gets
+ * servers/keep-ticks.mjs first: all are then measured with process.nextTick on V8's fast path.
+ */
 export async function startServer (
   file: string, env: Record<string, string>, options: { nodeArgs?: string[], timeoutMs?: number } = {}
 ): Promise<ServerProcess> {
+  const keepTicks = file === 'pow.ts' ? [] : ['--import', pathToFileURL(path.join(ROOT, 'benchmarks', 'servers', 'keep-ticks.mjs')).href]
   const child = spawn(process.execPath, [
-    ...(options.nodeArgs ?? []), '--import', 'tsx', path.join(ROOT, 'benchmarks', 'servers', file)
+    ...(options.nodeArgs ?? []), ...keepTicks, '--import', 'tsx', path.join(ROOT, 'benchmarks', 'servers', file)
   ], {
     cwd: ROOT,
     env: { ...process.env, NODE_ENV: 'production', ...env },

@@ -6,17 +6,23 @@
 # through the runtime, the slow state described in benchmarks/README.md ("The swings").
 # A share, not a time: it tells the state apart on a machine too noisy for timings.
 #
+# The server starts as it is, without the keep-ticks.mjs preload that benchmarks/run.ts gives
+# every server but fastify-pow's; NODE_ARGS adds node options (that preload, for one):
+#
 #   bash benchmarks/v8-state.sh pow.ts BENCH_STORE=memory
 #   bash benchmarks/v8-state.sh cookie.ts
+#   NODE_ARGS="--import ./benchmarks/servers/keep-ticks.mjs" bash benchmarks/v8-state.sh cookie.ts
 #
-# Needs perf (Debian: linux-perf) and may need kernel.perf_event_paranoid <= 1.
+# Needs perf (Debian: linux-perf) and may need kernel.perf_event_paranoid <= 1, and the build
+# (npm run build) for pow.ts and the preload.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 file=$1
 shift
 port=$(node -e "const s=require('net').createServer().listen(0,'127.0.0.1',()=>{console.log(s.address().port);s.close()})")
 out=$(mktemp -d)
-env NODE_ENV=production BENCH_PORT="$port" "$@" node --import tsx "benchmarks/servers/$file" >"$out/server.log" 2>&1 &
+# shellcheck disable=SC2086 # NODE_ARGS is a list of options
+env NODE_ENV=production BENCH_PORT="$port" "$@" node ${NODE_ARGS:-} --import tsx "benchmarks/servers/$file" >"$out/server.log" 2>&1 &
 pid=$!
 trap 'kill $pid 2>/dev/null || true; rm -rf "$out"' EXIT
 for _ in $(seq 1 120); do grep -q '"ready"' "$out/server.log" 2>/dev/null && break; sleep 0.5; done
@@ -29,4 +35,4 @@ load 2
 wait "$recorder"
 perf report -i "$out/perf.data" --no-children --sort sym --stdio 2>/dev/null | grep -v '^#' >"$out/report.txt"
 share() { grep -E "$1" "$out/report.txt" | awk '{ s += $1 } END { printf "%.2f", s }'; }
-echo "$file $*: Runtime_DefineKeyedOwnPropertyInLiteral $(share 'Runtime_DefineKeyedOwnPropertyInLiteral')%, V8 runtime (v8::internal) $(share 'v8::internal::')% of the samples"
+echo "$file $* ${NODE_ARGS:-}: Runtime_DefineKeyedOwnPropertyInLiteral $(share 'Runtime_DefineKeyedOwnPropertyInLiteral')%, V8 runtime (v8::internal) $(share 'v8::internal::')% of the samples"
