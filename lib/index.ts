@@ -27,6 +27,8 @@ declare module 'fastify' {
 }
 
 const plugin: FastifyPluginAsync<PowOptions> = async function fastifyPow (fastify: FastifyInstance, opts: PowOptions) {
+  // Fastify calls process.nextTick several times per request: keep it on V8's fast path (lib/tick.ts).
+  keepTickShapes()
   const config = buildConfig(opts)
   const store = config.store ?? defaultStore(fastify)
   // A store that needs it checks (or creates) its tables now: a missing migration fails app.ready().
@@ -44,9 +46,6 @@ const plugin: FastifyPluginAsync<PowOptions> = async function fastifyPow (fastif
       }
     })
   }
-
-  // Fastify calls process.nextTick several times per request: keep it on V8's fast path (lib/tick.ts).
-  keepTickShapes()
 
   const pow = new Pow(config, store, fastify.log)
   fastify.decorate('pow', pow)

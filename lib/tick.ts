@@ -1,10 +1,17 @@
-import { executionAsyncResource } from 'node:async_hooks'
+import { AsyncResource, executionAsyncResource } from 'node:async_hooks'
 
 /**
  * One of Node's tick objects, kept alive for the life of the process (see {@link keepTickShapes}).
- * `null` until the first call, `undefined` between the call and its tick.
+ * `null` until a call, `undefined` between a call and its tick.
  */
 let kept: object | null | undefined = null
+
+/**
+ * The context the tick is scheduled in: the one this module was loaded in, so that the kept object
+ * does not hold the AsyncLocalStorage stores of whatever ran when the plugin was loaded (a
+ * request's, a span's), which Node writes onto every tick object.
+ */
+const root = new AsyncResource('fastify-pow:tick')
 
 /**
  * Keeps `process.nextTick` on V8's fast path for the life of the process, at the cost of one small
@@ -18,25 +25,29 @@ let kept: object | null | undefined = null
  * than the one it remembered, gives up on these properties for good. From then on every
  * `process.nextTick` of the process (Fastify calls it several times per request) defines them
  * through V8's runtime: measured on the benchmark's `GET /me`, a few microseconds per request, a
- * larger share than fastify-pow's own work. A process lands there or not by the timing of its
- * GCs; the bigger its heap at start, the likelier (benchmarks/README.md, "The swings").
+ * larger share than fastify-pow's own work. Whether a process lands there depends on when its
+ * major GCs run (benchmarks/README.md, "The swings").
  *
  * One tick object kept alive keeps its map, and through it the maps before it, so a GC cannot
  * free them. The object is taken from inside a tick, where `executionAsyncResource()` is the tick
- * object itself. Idempotent; what it keeps holds nothing but the function that took it. It cannot
- * help a process whose maps were freed before the call: fastify-pow calls it when registered.
+ * object itself; it holds the function that took it and the stores of the context this module was
+ * loaded in, if any. Idempotent. It cannot help a process whose maps were freed before the call:
+ * fastify-pow calls it first thing when the app loads the plugin.
  */
 export function keepTickShapes (): void {
   if (kept !== null) return
   kept = undefined
-  process.nextTick(keep)
+  root.runInAsyncScope(() => { process.nextTick(keep) })
 }
 
 function keep (): void {
-  kept = executionAsyncResource()
+  const resource = executionAsyncResource() as { callback?: unknown }
+  // Anything but Node's own tick object (a faked process.nextTick runs this elsewhere) is let go,
+  // and the next call tries again.
+  kept = resource.callback === keep ? resource : null
 }
 
-/** Whether {@link keepTickShapes} holds a tick object (for tests). */
-export function keepsTickShapes (): boolean {
-  return kept !== null && kept !== undefined
+/** The tick object {@link keepTickShapes} keeps, or null (for tests). */
+export function keptTick (): object | null {
+  return kept ?? null
 }

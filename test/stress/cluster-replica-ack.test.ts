@@ -133,7 +133,7 @@ async function forcedLagKill (t: Test, clock: InstalledClock, waitForReplicas: n
     for (let tries = 1; browser.signIn === 503 && tries < EARLY_TRIES; tries++, retried++) browser = await signIn(server, id)
     early.push(browser)
   }
-  if (retried > 0) t.comment(`${retried} sign-ins before the lag answered 503 (a replica slow to acknowledge) and were tried again`)
+  if (retried > 0) t.comment(`${retried} tries of sign-ins before the lag answered 503 (a replica slow to acknowledge) and were made again`)
   t.same(early.filter((b) => b.signIn !== 200).map((b) => b.userId), [], 'before the lag every sign-in answers 200')
 
   handle.suspend(replica)
