@@ -2,6 +2,58 @@ import { stringifySetCookie } from 'cookie'
 import type { FastifyReply } from 'fastify'
 import type { CookieAttributes } from './options.js'
 
+/** Space or tab: what the cookie package trims around a cookie's name and value. */
+function isBlank (code: number): boolean {
+  return code === 32 || code === 9
+}
+
+/**
+ * The value of the cookie `name` in a Cookie header, exactly as `parseCookie(header)[name]` of
+ * the cookie package gives it: the first pair of that name, its name and value trimmed of spaces
+ * and tabs, the value percent-decoded when it holds a `%` and decodes. Pairs are walked the same
+ * way; only the one asked for is taken, so no object of every cookie (whose names V8 would look
+ * up in its string table) is built on each request.
+ */
+export function cookieValue (header: string, name: string): string | undefined {
+  const length = header.length
+  if (length < 2) return undefined
+  let index = 0
+  do {
+    const eq = header.indexOf('=', index)
+    if (eq === -1) return undefined
+    let end = header.indexOf(';', index)
+    if (end === -1) end = length
+    if (eq > end) {
+      // A pair without `=`: start again after the last `;` before this `=`.
+      index = header.lastIndexOf(';', eq - 1) + 1
+      continue
+    }
+    let start = index
+    let stop = eq
+    while (start < stop && isBlank(header.charCodeAt(start))) start++
+    while (stop > start && isBlank(header.charCodeAt(stop - 1))) stop--
+    if (stop - start === name.length && header.startsWith(name, start)) {
+      start = eq + 1
+      stop = end
+      while (start < stop && isBlank(header.charCodeAt(start))) start++
+      while (stop > start && isBlank(header.charCodeAt(stop - 1))) stop--
+      return decode(header.slice(start, stop))
+    }
+    index = end + 1
+  } while (index < length)
+  return undefined
+}
+
+/** A cookie value percent-decoded, as the cookie package's default `decode`: as it is when it does not decode. */
+function decode (value: string): string {
+  if (!value.includes('%')) return value
+  try {
+    return decodeURIComponent(value)
+  } catch {
+    return value
+  }
+}
+
 // What a cleared cookie is sent with, over its own attributes: the browser drops it at once.
 const CLEARED = { expires: new Date(0), maxAge: 0 }
 

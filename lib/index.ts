@@ -1,7 +1,6 @@
-import { parseCookie as parseCookies } from 'cookie'
 import type { FastifyInstance, FastifyPluginAsync } from 'fastify'
 import fp from 'fastify-plugin'
-import type { PendingCookies } from './cookies.js'
+import { cookieValue, type PendingCookies } from './cookies.js'
 import { optionError } from './errors.js'
 import { buildConfig } from './options.js'
 import { PowPersistentSession } from './persistent-session.js'
@@ -60,13 +59,12 @@ const plugin: FastifyPluginAsync<PowOptions> = async function fastifyPow (fastif
   // answers at once (MemoryStore) and that needs no write, is authenticated without a promise.
   fastify.addHook('onRequest', function powAuthenticate (request, reply, done) {
     const header = request.headers.cookie
-    // Parsed here even when an app's @fastify/cookie has parsed them: its options (a `decode`) are
+    // Read here even when an app's @fastify/cookie has parsed them: its options (a `decode`) are
     // for the app's cookies, not fastify-pow's.
-    const cookies = header === undefined ? undefined : parseCookies(header)
-    const sidCookie = cookies?.[sessionCookie]
+    const sidCookie = header === undefined ? undefined : cookieValue(header, sessionCookie)
     const session = new PowSession(pow, request, reply, sidCookie !== undefined)
     request.powSession = session
-    const tokenCookie = persistentCookie === undefined ? undefined : cookies?.[persistentCookie]
+    const tokenCookie = persistentCookie === undefined || header === undefined ? undefined : cookieValue(header, persistentCookie)
     const persistent = persistentCookie === undefined ? null : new PowPersistentSession(pow, request, session, tokenCookie !== undefined)
     request.powPersistentSession = persistent
     if (sidCookie === undefined && tokenCookie === undefined) {

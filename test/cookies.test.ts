@@ -1,8 +1,12 @@
 import fastifyCookie, { Signer } from '@fastify/cookie'
+import assert from 'node:assert/strict'
+import { parseCookie } from 'cookie'
+import fc from 'fast-check'
 import { Writable } from 'node:stream'
 import Fastify from 'fastify'
 import { test } from 'tap'
 import pow, { MemoryStore } from '../lib/index.js'
+import { cookieValue } from '../lib/cookies.js'
 import { hashSecret, newSecret, randomFingerprint, secretDevice } from '../lib/crypto.js'
 import { buildApp, me, recordingStore, SECRET, signIn } from './helpers/app.js'
 import { fakeClock } from './helpers/clock.js'
@@ -187,5 +191,26 @@ test("works when the app's @fastify/cookie parses in a later hook or not at all"
     })
     const jar = await signIn(app, 1)
     t.equal((await me(jar)).status, 200, `hook: ${String(hook)}`)
+  }
+})
+
+test('the hook reads a cookie from the header exactly as the cookie package parses it', async (t) => {
+  // The parts a Cookie header is made of, the awkward ones often: names that share a prefix, blanks
+  // around names and values, pairs without `=`, empty names and values, percent escapes good and bad.
+  const part = fc.constantFrom('a', 'ab', 'b', 'x', ' ', '\t', ';', '=', '%', '%41', '%E0%A4%A', '"', 'v')
+  const header = fc.array(part, { maxLength: 24 }).map((parts) => parts.join(''))
+  fc.assert(fc.property(header, (text) => {
+    const parsed = parseCookie(text)
+    for (const name of ['a', 'ab', 'b']) {
+      assert.equal(cookieValue(text, name), parsed[name], `${name} in ${JSON.stringify(text)}`)
+    }
+  }), { numRuns: 20_000 })
+  // Cases the generator might not make, by hand.
+  for (const [text, value] of [
+    ['a=1; a=2', '1'], [' a = 1 ;b=2', '1'], ['ab=1; a=2', '2'], ['x; a=1', '1'], ['a', undefined], ['b=1;a', undefined],
+    ['a=%41', 'A'], ['a=%E0%A4%A', '%E0%A4%A'], ['a=', ''], ['=1; a=3', '3'], ['', undefined]
+  ] as const) {
+    t.equal(cookieValue(text, 'a'), value, JSON.stringify(text))
+    t.equal(cookieValue(text, 'a'), parseCookie(text).a, `as parseCookie: ${JSON.stringify(text)}`)
   }
 })
