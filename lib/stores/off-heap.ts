@@ -140,6 +140,18 @@ export class StringColumn {
     return codes <= 0x7f || this.get(slot) === asStored(value)
   }
 
+  /** Whether the slot holds exactly `head + tail`, both ASCII (the caller checked). */
+  equalsAscii (slot: number, head: string, tail: string): boolean {
+    const length = this.#length[slot]
+    if (length !== head.length + tail.length) return false
+    const bytes = this.#bytes
+    const start = this.#start[slot]
+    for (let i = 0; i < head.length; i++) if (bytes[start + i] !== head.charCodeAt(i)) return false
+    const from = start + head.length
+    for (let i = 0; i < tail.length; i++) if (bytes[from + i] !== tail.charCodeAt(i)) return false
+    return true
+  }
+
   /** Room for `capacity` (more) slots; the new ones are empty. */
   resize (capacity: number): void {
     this.#start = grown(this.#start, capacity)
@@ -225,6 +237,33 @@ export class StringIndex {
   get (key: string): number | undefined {
     const at = this.#find(key, this.#hash(key))
     return at < 0 ? undefined : this.#table[at] - 1
+  }
+
+  /**
+   * `get(head + tail)` without building that string (a store read's address is two strings: V8
+   * would join them and flatten the join on every read).
+   */
+  getPair (head: string, tail: string): number | undefined {
+    let hash = this.#seed ^ 0x811c9dc5
+    let codes = 0
+    for (let i = 0; i < head.length; i++) {
+      const code = head.charCodeAt(i)
+      codes |= code
+      hash = Math.imul(hash ^ code, 0x01000193)
+    }
+    for (let i = 0; i < tail.length; i++) {
+      const code = tail.charCodeAt(i)
+      codes |= code
+      hash = Math.imul(hash ^ code, 0x01000193)
+    }
+    // Beyond ASCII, a character's bytes and hash are #hash's business.
+    if (codes > 0x7f) return this.get(head + tail)
+    const table = this.#table
+    const mask = this.#mask
+    for (let position = hash & mask; table[position] !== 0; position = (position + 1) & mask) {
+      if (this.#hashes[position] === hash && this.#keys.equalsAscii(table[position] - 1, head, tail)) return table[position] - 1
+    }
+    return undefined
   }
 
   /**
