@@ -223,6 +223,11 @@ return out
 `)
 
 // Redis glob patterns treat these specially; a client's keyPrefix may contain them.
+/** A device's HMGET answer (`data`, `user`, `v`) as the store interface gives it; null when it is not there. */
+function storedDevice ([data, user, v]: Array<string | null>): StoredDevice | null {
+  return data === null || user === null ? null : { data, user, version: Number(v) }
+}
+
 function globEscape (text: string): string {
   return text.replace(/[*?[\]\\]/g, '\\$&')
 }
@@ -350,12 +355,12 @@ export class RedisStore implements PowStore {
     if (this.#writer !== this.#link) this.#writer.client.disconnect?.()
   }
 
-  async read (bucket: string, fingerprint: string): Promise<StoredDevice | null> {
-    if (!BUCKET_RE.test(bucket)) return null
+  read (bucket: string, fingerprint: string): Promise<StoredDevice | null> {
+    if (!BUCKET_RE.test(bucket)) return Promise.resolve(null)
     const key = `${this.#ns}:{${bucket}}:d:${fingerprint}`
-    const [data, user, v] = await this.#guard(this.#link, () => this.#client.hmget(key, 'data', 'user', 'v'))
-    if (data === null || user === null) return null
-    return { data, user, version: Number(v) }
+    // Made into a device where the answer arrives: on every authenticated request, one promise
+    // step fewer than an async function awaiting it.
+    return this.#guard(this.#link, () => this.#client.hmget(key, 'data', 'user', 'v'), storedDevice)
   }
 
   async list (userKey: string): Promise<Array<StoredDevice & { fingerprint: string }>> {
@@ -487,8 +492,9 @@ export class RedisStore implements PowStore {
   /**
    * Fails fast while the client is not connected (no command waits in ioredis' offline queue to
    * run long after its request was answered) and bounds every command by `commandTimeout`.
+   * `answer` turns the command's answer into what the promise resolves with.
    */
-  #guard<T> (link: Link, send: () => Promise<T>): Promise<T> {
+  #guard<T, R = T> (link: Link, send: () => Promise<T>, answer: (value: T) => R = (value) => value as unknown as R): Promise<R> {
     const status = link.client.status
     if (status !== 'ready' && status !== 'wait' && (link.connected || (status !== 'connecting' && status !== 'connect'))) {
       const cause = this.#lastError === undefined ? '' : `: ${this.#lastError.message}`
@@ -500,14 +506,18 @@ export class RedisStore implements PowStore {
     } catch (err) {
       return Promise.reject(err)
     }
-    return new Promise<T>((resolve, reject) => {
+    return new Promise<R>((resolve, reject) => {
       const waiting: Waiting = { deadline: performance.now() + this.#timeout, reject }
       this.#waiting.push(waiting)
       if (this.#timer === undefined) this.#arm(this.#timeout)
       command.then((value) => {
         waiting.reject = undefined
         this.#drain()
-        resolve(value)
+        try {
+          resolve(answer(value))
+        } catch (err) {
+          reject(err)
+        }
       }, (err: unknown) => {
         waiting.reject = undefined
         this.#drain()
