@@ -1,9 +1,9 @@
 import type { PowMetadata } from './types.js'
 
-// Device records and users parsed lately, by their JSON text: a browser sends its session cookie
-// with every request, and parsing was the largest part of reading a device. At most 512 of each
-// (two generations of 256) of at most 4 kB of JSON each: about 200 kB with little metadata, a
-// few MB at most.
+// Device records (by device) and users (by their JSON text) parsed lately: a browser sends its
+// session cookie with every request, and parsing was the largest part of reading a device. At
+// most 512 of each (two generations of 256) of at most 4 kB of JSON each: about 200 kB with
+// little metadata, a few MB at most.
 const GENERATION_SIZE = 256
 const MAX_CACHED_LENGTH = 4096
 
@@ -31,54 +31,54 @@ export function copyMetadata (metadata: PowMetadata): PowMetadata {
 }
 
 /**
- * Values by their JSON text, in two generations of maps, so that a miss costs no eviction: when
- * the newer one is full, the older one goes. At most 512 entries of at most 4 kB of JSON each.
+ * Values by a string key, in two generations of maps, so that a miss costs no eviction: when
+ * the newer one is full, the older one goes. At most 512 entries.
  */
 class Generations<T> {
   #current = new Map<string, T>()
   #previous = new Map<string, T>()
 
-  get (json: string): T | undefined {
-    const value = this.#current.get(json)
+  get (key: string): T | undefined {
+    const value = this.#current.get(key)
     if (value !== undefined) return value
-    const older = this.#previous.get(json)
-    if (older !== undefined) this.keep(json, older)
+    const older = this.#previous.get(key)
+    if (older !== undefined) this.keep(key, older)
     return older
   }
 
-  keep (json: string, value: T): void {
-    if (json.length > MAX_CACHED_LENGTH) return
+  keep (key: string, value: T): void {
     if (this.#current.size >= GENERATION_SIZE) {
       this.#previous = this.#current
       this.#current = new Map()
     }
-    this.#current.set(json, value)
+    this.#current.set(key, value)
   }
 }
 
 /**
- * Device records parsed lately, by their JSON text: a browser sends its session cookie with
- * every request, and parsing the record was the largest part of reading it. fastify-pow never
+ * Device records parsed lately, one per device: a browser sends its session cookie with every
+ * request, and parsing the record was the largest part of reading it. Found by the fingerprint
+ * (whose hash V8 keeps on the string: it comes from the cookie's cached verification), then the
+ * text read is compared in full with the text parsed; keyed by the text, each read of a store
+ * that answers with new strings (Redis, PostgreSQL) would hash all of it. fastify-pow never
  * changes a parsed record (the lifecycle module copies what it changes, and what the
  * application gets is a copy, see `copyMetadata`); freezing them would cost more than the
  * parse saves.
  */
 export class ParsedRecords<T extends { fingerprint: string }> {
-  readonly #cache = new Generations<T>()
+  readonly #cache = new Generations<{ json: string, value: T }>()
   readonly #decode: (json: string, fingerprint: string) => T
 
   constructor (decode: (json: string, fingerprint: string) => T) {
     this.#decode = decode
   }
 
-  /** The record of this JSON text at `fingerprint`, cached under the text. */
+  /** The record of this JSON text at `fingerprint`: the device's cached one when its text is this one. */
   get (json: string, fingerprint: string): T {
-    const cached = this.#cache.get(json)
-    // A record's text names secrets of its device only, so it never fits two fingerprints;
-    // checked all the same, as the text alone is the key.
-    if (cached !== undefined && cached.fingerprint === fingerprint) return cached
+    const cached = this.#cache.get(fingerprint)
+    if (cached !== undefined && cached.json === json) return cached.value
     const value = this.#decode(json, fingerprint)
-    this.#cache.keep(json, value)
+    if (json.length <= MAX_CACHED_LENGTH) this.#cache.keep(fingerprint, { json, value })
     return value
   }
 }

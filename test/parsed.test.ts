@@ -34,8 +34,9 @@ test('ParsedRecords: one parse per JSON text while it is cached, equal to decodi
   const changed = records.get(recordText(1).replace('"i":1', '"i":2'), 'fp1')
   t.not(changed, first, 'another text is another record: a device written again is parsed anew')
   t.same(changed.metadata, { i: 2 })
-  t.equal(records.get(recordText(1), 'fp1'), first, 'and the first text still finds its own')
   t.equal(parses(), 2)
+  t.same(records.get(recordText(1), 'fp1'), first, 'the first text again: equal to what it was')
+  t.equal(parses(), 3, 'parsed anew: one record is kept per device, the one read last')
 })
 
 test('ParsedRecords: the same text at another fingerprint is never the cached record', async (t) => {
