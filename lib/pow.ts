@@ -3,8 +3,9 @@ import { Signer } from '@fastify/cookie'
 import type { FastifyBaseLogger, FastifyReply, FastifyRequest } from 'fastify'
 import { CredentialsCache } from './credentials-cache.js'
 import { hashSecret, isSecret, SECRET_LENGTH, secretDevice } from './crypto.js'
-import { Devices } from './devices.js'
+import { Devices, minter } from './devices.js'
 import { PowNotSignedInError, PowReloadUserError, PowStoreError, storeError } from './errors.js'
+import type { Mint } from './lifecycle.js'
 import { type Config, STORE_METHODS } from './options.js'
 import type { PowSession } from './session.js'
 import type { DeletedReason, PowEvent, PowEvents, PowStore, PowUser } from './types.js'
@@ -25,6 +26,8 @@ export interface Verified {
   readonly hash: string
   /** Signed with an older secret: re-issue it signed with the current one. */
   readonly renew: boolean
+  /** New secrets for this device, as the lifecycle asks for them: made once per verified value, not per request. */
+  readonly mint: Mint
 }
 
 /**
@@ -159,7 +162,8 @@ export class Pow extends EventEmitter<PowEvents> {
     const result = this.#signer.unsign(signed)
     if (!result.valid || result.value === null) return null
     const secret = result.value
-    const verified: Verified = { secret, ...secretDevice(secret), hash: hashSecret(secret), renew: result.renew }
+    const { bucket, fingerprint } = secretDevice(secret)
+    const verified: Verified = { secret, bucket, fingerprint, hash: hashSecret(secret), renew: result.renew, mint: minter(bucket, fingerprint) }
     const cache = this.#verified
     if (cache.size >= VERIFIED_CACHE_SIZE) cache.delete(cache.keys().next().value as string)
     cache.set(key, { signed, verified })

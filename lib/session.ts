@@ -11,6 +11,9 @@ import type { DeletedReason, DeviceWrite, PowEvent, PowMetadata, PowUser, Sessio
 /** A device this request's cookies named, with its user's credentials (JSON text) as read. */
 type Named = Pick<Loaded, 'device' | 'user'>
 
+/** No device named: shared by every request until its cookies name one. */
+const NONE_NAMED: readonly Named[] = Object.freeze([])
+
 export const kAuthenticate = Symbol('fastify-pow.authenticate')
 export const kCookies = Symbol('fastify-pow.cookies')
 export const kDevice = Symbol('fastify-pow.device')
@@ -68,8 +71,11 @@ export class PowSession {
   #cookies: PendingCookies
   /** The device this request is signed in with. */
   #device: Device | null = null
-  /** Devices this request's cookies named, signed in or not: a sign-in or sign-out ends them. */
-  #named: Named[] = []
+  /**
+   * Devices this request's cookies named, signed in or not: a sign-in or sign-out ends them.
+   * Replaced, never changed in place: it starts as one shared empty list, not a new array per request.
+   */
+  #named: readonly Named[] = NONE_NAMED
   /** The browser holds a session cookie: it came with the request, or this request set one. */
   #hasCookie: boolean
 
@@ -179,7 +185,7 @@ export class PowSession {
     const ended = this.#named
     for (const { device } of ended) await this.#pow.devices.end(device.userKey, device.fingerprint)
     const current = this.#device === null ? null : { device: this.#device, user: this.user }
-    this.#named = []
+    this.#named = NONE_NAMED
     this.#device = null
     this.user = null
     for (const old of ended) this.#notifyDeleted(old, reason, current)
@@ -252,12 +258,12 @@ export class PowSession {
     const rules = this.#pow.config.rules
     // The token cookie of the same device lives on when the session renews.
     const tokenHash = token !== null && token.fingerprint === sid.fingerprint && token.bucket === sid.bucket ? token.hash : undefined
-    const step = showSession(read === null ? null : read.device, sid.hash, tokenHash, Date.now(), rules, minter(sid.bucket, sid.fingerprint))
+    const step = showSession(read === null ? null : read.device, sid.hash, tokenHash, Date.now(), rules, sid.mint)
     if (step.write || step.auth !== 'session' || step.event !== undefined || reloadUser) {
       return this.#bySessionSettled(sid, token, tokenHash, reloadUser, { loaded: read, step })
     }
     const loaded = read as Loaded
-    this.#named.push(loaded)
+    this.#name(loaded)
     this.#signIn(step, loaded.user, token)
     this.#resign(sid, step)
     return undefined
@@ -267,14 +273,14 @@ export class PowSession {
   async #bySessionSettled (sid: Verified, token: Verified | null, tokenHash: string | undefined, reloadUser: boolean, first: { loaded: Loaded | null, step: Step }): Promise<void> {
     const pow = this.#pow
     const rules = pow.config.rules
-    const decide = (device: Device | null, now: number): Step => showSession(device, sid.hash, tokenHash, now, rules, minter(sid.bucket, sid.fingerprint))
+    const decide = (device: Device | null, now: number): Step => showSession(device, sid.hash, tokenHash, now, rules, sid.mint)
     const { step, loaded } = first.step.write ? await pow.devices.settle(sid.bucket, sid.fingerprint, decide, first) : first
-    if (loaded !== null) this.#named.push(loaded)
+    if (loaded !== null) this.#name(loaded)
     if (step.auth === 'theft') {
       const { userKey, fingerprint } = step.device as Device
       await pow.revokeStolen({ request: this.#request, user: JSON.parse((loaded as Loaded).user) as PowUser, userKey, fingerprint }, 'session:reuse',
         'a superseded session id came back')
-      this.#named = []
+      this.#named = NONE_NAMED
       this.#clearCookie()
       return
     }
@@ -304,14 +310,14 @@ export class PowSession {
     const pow = this.#pow
     const rules = pow.config.rules
     const { step, loaded } = await pow.devices.settle(token.bucket, token.fingerprint,
-      (device, now) => showToken(device, token.hash, now, rules, minter(token.bucket, token.fingerprint)))
+      (device, now) => showToken(device, token.hash, now, rules, token.mint))
     const persistent = pow.config.persistent as NonNullable<Pow['config']['persistent']>
-    if (loaded !== null && !this.#named.some((n) => n.device.fingerprint === loaded.device.fingerprint)) this.#named.push(loaded)
+    if (loaded !== null && !this.#named.some((n) => n.device.fingerprint === loaded.device.fingerprint)) this.#name(loaded)
     if (step.auth === 'theft') {
       const { userKey, fingerprint } = step.device as Device
       await pow.revokeStolen({ request: this.#request, user: JSON.parse((loaded as Loaded).user) as PowUser, userKey, fingerprint }, 'persistent:reuse',
         'a used remember-me token came back after its grace')
-      this.#named = []
+      this.#named = NONE_NAMED
     }
     if (step.clear === true) {
       this.#request.log.debug('fastify-pow: the remember-me cookie names no working token')
@@ -326,6 +332,11 @@ export class PowSession {
       pow.notify('persistent:used', this.#event(user, device))
       pow.notify('session:created', this.#event(user, device))
     }
+  }
+
+  /** A device this request's cookies named, as read. */
+  #name (loaded: Named): void {
+    this.#named = this.#named.length === 0 ? [loaded] : [...this.#named, loaded]
   }
 
   /** The request is signed in by `step`, with the user as stored: the device, the user and the cookies. */

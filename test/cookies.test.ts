@@ -57,12 +57,16 @@ test('verification is cached by the exact cookie value: a cached cookie does not
     t.equal(response.statusCode, 401, `${forged.slice(-8)} is anonymous`)
   }
   const signer = new Signer(SECRET)
-  const verified = app.pow.verify(valid)
+  const { mint, ...verified } = app.pow.verify(valid) ?? { mint: undefined }
   t.same(verified, { secret: sid, ...secretDevice(sid), hash: hashSecret(sid), renew: false }, 'the secret, its device, its store hash, signed with the current secret')
+  const minted = mint?.()
+  t.not(minted?.secret, sid, 'and a minter of new secrets')
+  t.same(secretDevice(minted?.secret as string), secretDevice(sid), 'for the same device')
   let others = 0
   for (let i = 0; i < 5000; i++) if (app.pow.verify(signer.sign(straySecret())) !== null) others++
   t.equal(others, 5000, '5000 other valid cookies verify')
-  t.same(app.pow.verify(valid), verified, 'pushed out of the cache by 5000 others, it verifies again')
+  const { mint: _again, ...again } = app.pow.verify(valid) ?? {}
+  t.same(again, verified, 'pushed out of the cache by 5000 others, it verifies again')
   t.equal(app.pow.verify(`${sid}.${sig.slice(0, -1)}${flip(sig.slice(-1))}`), null)
 })
 
