@@ -60,3 +60,13 @@ test('RedisStore: a bucket userBucket() cannot make names no device, and costs n
   t.same(await store.read(userBucket('someone'), fp), { data: '{}', user: '{}', version: 1 }, 'a real bucket is read')
   t.equal(client.sent.length, 1)
 })
+
+test('RedisStore: an HMGET answer that is not a list of fields rejects the read, at once', async (t) => {
+  const client = fakeClient(async () => null as unknown as Array<string | null>)
+  const store = new RedisStore(client, { commandTimeout: 5000 })
+  const started = Date.now()
+  await t.rejects(store.read(userBucket('u'), randomFingerprint()), TypeError, 'the answer could not be read as a device')
+  t.ok(Date.now() - started < 1000, 'rejected when the answer came, not at the command timeout')
+  const answered = fakeClient(async () => [null, null, null])
+  t.equal(await new RedisStore(answered).read(userBucket('u'), randomFingerprint()), null, 'no fields: no device')
+})
