@@ -76,10 +76,14 @@ const config = {
   warmupPass: num('BENCH_WARMUP_PASS', quick ? 0 : 3),
   rounds: Math.max(1, Math.round(num('BENCH_ROUNDS', quick || costOnly ? 1 : 5))),
   /** The cost stage: pairs of servers in alternating slices of BENCH_SLICE_SECONDS each (see slices.ts). */
-  slices: Math.round(num('BENCH_SLICES', quick ? 4 : 12)),
+  slices: Math.round(num('BENCH_SLICES', quick ? 4 : 24)),
   sliceSeconds: num('BENCH_SLICE_SECONDS', 1),
-  /** The cost stage runs on this many starts of each server (the slices shared among them): one start is one sample of V8's state. */
-  starts: Math.max(1, Math.round(num('BENCH_STARTS', quick ? 2 : 3))),
+  /**
+   * The cost stage runs on this many starts of each server (the slices shared among them): one
+   * start is one sample of V8's state, and the medians of single starts of the same code spread
+   * from 0.73 to 1.28 (benchmarks/README.md), so six.
+   */
+  starts: Math.max(1, Math.round(num('BENCH_STARTS', quick ? 2 : 6))),
   connections: num('BENCH_CONNECTIONS', 50),
   only,
   growth: !argv.has('--no-growth') && (process.env.BENCH_GROWTH ?? (only === undefined ? '1' : '0')) !== '0',
