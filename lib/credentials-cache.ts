@@ -93,7 +93,7 @@ export class CredentialsCache {
 
   /**
    * Ends the user's devices, all but the fingerprint `except` (after a password change:
-   * `request.powSession.metadata?.fingerprint`). Returns the fingerprints that were ended; each
+   * `request.powSession.metadata?.fingerprint`). Returns the fingerprints of those that were live; each
    * fires `session:deleted` (reason `'revoked'`) with the `request` or `actor` given.
    */
   async deleteUserSessions (user: UserOrId, options: PowActor & { except?: string | undefined } = {}): Promise<string[]> {
