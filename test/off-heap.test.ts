@@ -58,8 +58,11 @@ test('StringColumn: equals and startsWith compare as stored', async (t) => {
   t.notOk(column.equals(1, 'é'), 'and the other way round')
   column.set(2, 'abc')
   t.ok(column.equals(2, 'abc'))
-  for (const [head, tail] of [['a', 'bc'], ['', 'abc'], ['abc', ''], ['ab', 'c']]) t.ok(column.equalsAscii(2, head, tail), `${head} + ${tail}`)
-  for (const [head, tail] of [['a', 'bx'], ['x', 'bc'], ['ab', ''], ['ab', 'cd'], ['', '']]) t.notOk(column.equalsAscii(2, head, tail), `not ${head} + ${tail}`)
+  for (const [head, tail] of [['a', 'bc'], ['', 'abc'], ['abc', ''], ['ab', 'c']]) t.ok(column.equals(2, head, tail), `${head} + ${tail}`)
+  for (const [head, tail] of [['a', 'bx'], ['x', 'bc'], ['ab', ''], ['ab', 'cd'], ['', '']]) t.notOk(column.equals(2, head, tail), `not ${head} + ${tail}`)
+  t.ok(column.equals(1, '\u00c3', '\u00a9'), 'beyond ASCII in two parts too')
+  t.notOk(column.equals(0, '\u00c3', '\u00a9'), 'and the bytes of "é" are still not those two characters')
+  t.ok(column.equals(0, '', 'é'))
   t.notOk(column.equals(2, 'abd'))
   t.notOk(column.equals(2, 'ab'), 'a prefix is not equal')
   t.notOk(column.equals(2, 'abcd'), 'nor a longer string')
@@ -165,8 +168,8 @@ test('StringIndex against a Map: random inserts, updates and deletes through gro
       }
       // Found by any split of the key in two, as a store read asks for it.
       const cut = key.length === 0 ? 0 : checks % (key.length + 1)
-      if (index.getPair(key.slice(0, cut), key.slice(cut)) !== slot) {
-        t.fail(`${when}: ${JSON.stringify(key)} split at ${cut} -> ${index.getPair(key.slice(0, cut), key.slice(cut))}, not ${slot}`)
+      if (index.get(key.slice(0, cut), key.slice(cut)) !== slot) {
+        t.fail(`${when}: ${JSON.stringify(key)} split at ${cut} -> ${index.get(key.slice(0, cut), key.slice(cut))}, not ${slot}`)
         return
       }
     }
@@ -206,9 +209,9 @@ test('StringIndex against a Map: random inserts, updates and deletes through gro
     check(`end of round ${round}`)
     t.notOk(index.delete(`not a key ${round}`), 'deleting a missing key finds nothing')
     t.equal(index.get(`not a key ${round}`), undefined, 'and looking it up neither')
-    t.equal(index.getPair('not a key', ` ${round}`), undefined, 'nor in two parts')
+    t.equal(index.get('not a key', ` ${round}`), undefined, 'nor in two parts')
     const some = present[0]
-    if (some !== undefined) t.equal(index.getPair(some, 'x'), undefined, 'a key with more after it is another key')
+    if (some !== undefined) t.equal(index.get(some, 'x'), undefined, 'a key with more after it is another key')
   }
   t.ok(checks >= 8, `${checks} full comparisons`)
 
@@ -294,12 +297,12 @@ test('user keys with lone surrogates: stored as UTF-8 (U+FFFD), found and let go
   index.set('u\ud800', 0)
   t.equal(index.get('u\ud800'), 0, 'found by the key it was indexed under')
   t.equal(index.get(keys.get(0) as string), 0, 'and by the key read back from the column')
-  t.equal(index.getPair('u', '\ud800'), 0, 'and in two parts')
-  t.equal(index.getPair('u', '\ufffd'), 0, 'and in two parts as read back')
+  t.equal(index.get('u', '\ud800'), 0, 'and in two parts')
+  t.equal(index.get('u', '\ufffd'), 0, 'and in two parts as read back')
   keys.set(1, 'é-ü')
   index.set('é-ü', 1)
-  t.equal(index.getPair('é-', 'ü'), 1, 'a key beyond ASCII is found in two parts')
-  t.equal(index.getPair('é-', 'u'), undefined, 'and not by another key of as many characters')
+  t.equal(index.get('é-', 'ü'), 1, 'a key beyond ASCII is found in two parts')
+  t.equal(index.get('é-', 'u'), undefined, 'and not by another key of as many characters')
   index.delete('é-ü')
   keys.set(1, undefined)
   t.ok(index.delete(keys.get(0) as string), 'deleted by the key read back')

@@ -87,7 +87,7 @@ export class MemoryStore implements PowStore {
 
   /** Answers at once, not with a promise: the request that reads is authenticated without a wait. */
   read (bucket: string, fingerprint: string): StoredDevice | null {
-    const slot = this.#devices.getPair(bucket, fingerprint)
+    const slot = this.#devices.get(bucket, fingerprint)
     if (slot === undefined || this.#expires[slot] <= Date.now()) return null
     const version = this.#version[slot]
     return { data: this.#record(slot, version), user: this.#userJson.get(this.#owner[slot]) ?? 'null', version }

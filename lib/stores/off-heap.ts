@@ -120,36 +120,34 @@ export class StringColumn {
     return this.#bytes.compare(prefix, 0, prefix.length, start, start + prefix.length) === 0
   }
 
-  /** Whether the slot holds exactly `value`. */
-  equals (slot: number, value: string): boolean {
+  /**
+   * Whether the slot holds exactly `head + tail` (a key may come in two parts, as a store read's
+   * address does: joining them would make V8 build and flatten a new string).
+   */
+  equals (slot: number, head: string, tail = ''): boolean {
     const length = this.#length[slot]
-    if (length !== value.length) {
+    const total = head.length + tail.length
+    if (length !== total) {
       // Only a string with characters beyond ASCII has more bytes than characters.
-      return length > value.length && this.get(slot) === asStored(value)
+      return length > total && this.get(slot) === asStored(head + tail)
     }
     const bytes = this.#bytes
     const start = this.#start[slot]
     let codes = 0
-    for (let i = 0; i < length; i++) {
-      const code = value.charCodeAt(i)
+    for (let i = 0; i < head.length; i++) {
+      const code = head.charCodeAt(i)
       if (bytes[start + i] !== code) return false
+      codes |= code
+    }
+    const from = start + head.length
+    for (let i = 0; i < tail.length; i++) {
+      const code = tail.charCodeAt(i)
+      if (bytes[from + i] !== code) return false
       codes |= code
     }
     // Beyond ASCII a character is not one byte (bytes equal to the codes are another string):
     // compare the strings.
-    return codes <= 0x7f || this.get(slot) === asStored(value)
-  }
-
-  /** Whether the slot holds exactly `head + tail`, both ASCII (the caller checked). */
-  equalsAscii (slot: number, head: string, tail: string): boolean {
-    const length = this.#length[slot]
-    if (length !== head.length + tail.length) return false
-    const bytes = this.#bytes
-    const start = this.#start[slot]
-    for (let i = 0; i < head.length; i++) if (bytes[start + i] !== head.charCodeAt(i)) return false
-    const from = start + head.length
-    for (let i = 0; i < tail.length; i++) if (bytes[from + i] !== tail.charCodeAt(i)) return false
-    return true
+    return codes <= 0x7f || this.get(slot) === asStored(head + tail)
   }
 
   /** Room for `capacity` (more) slots; the new ones are empty. */
@@ -234,36 +232,13 @@ export class StringIndex {
     return this.#size
   }
 
-  get (key: string): number | undefined {
-    const at = this.#find(key, this.#hash(key))
-    return at < 0 ? undefined : this.#table[at] - 1
-  }
-
   /**
-   * `get(head + tail)` without building that string (a store read's address is two strings: V8
-   * would join them and flatten the join on every read).
+   * The slot whose key is `head + tail`: a key may come in two parts, as a store read's address
+   * does (joining them would make V8 build and flatten a new string on every read).
    */
-  getPair (head: string, tail: string): number | undefined {
-    let hash = this.#seed ^ 0x811c9dc5
-    let codes = 0
-    for (let i = 0; i < head.length; i++) {
-      const code = head.charCodeAt(i)
-      codes |= code
-      hash = Math.imul(hash ^ code, 0x01000193)
-    }
-    for (let i = 0; i < tail.length; i++) {
-      const code = tail.charCodeAt(i)
-      codes |= code
-      hash = Math.imul(hash ^ code, 0x01000193)
-    }
-    // Beyond ASCII, a character's bytes and hash are #hash's business.
-    if (codes > 0x7f) return this.get(head + tail)
-    const table = this.#table
-    const mask = this.#mask
-    for (let position = hash & mask; table[position] !== 0; position = (position + 1) & mask) {
-      if (this.#hashes[position] === hash && this.#keys.equalsAscii(table[position] - 1, head, tail)) return table[position] - 1
-    }
-    return undefined
+  get (head: string, tail = ''): number | undefined {
+    const at = this.#find(head, tail, this.#hash(head, tail))
+    return at < 0 ? undefined : this.#table[at] - 1
   }
 
   /**
@@ -273,7 +248,7 @@ export class StringIndex {
    */
   set (key: string, slot: number): void {
     const hash = this.#hash(key)
-    const at = this.#find(key, hash)
+    const at = this.#find(key, '', hash)
     if (at >= 0) {
       this.#table[at] = slot + 1
       return
@@ -287,7 +262,7 @@ export class StringIndex {
   }
 
   delete (key: string): boolean {
-    let hole = this.#find(key, this.#hash(key))
+    let hole = this.#find(key, '', this.#hash(key))
     if (hole < 0) return false
     const table = this.#table
     const hashes = this.#hashes
@@ -322,29 +297,35 @@ export class StringIndex {
     }
   }
 
-  /** The hash of the key as the column stores it, so that a key and what it reads back as agree. */
-  #hash (key: string): number {
+  /** The hash of the key `head + tail` as the column stores it, so that a key and what it reads back as agree. */
+  #hash (head: string, tail = ''): number {
     let hash = this.#seed ^ 0x811c9dc5
     let surrogates = false
-    for (let i = 0; i < key.length; i++) {
-      const code = key.charCodeAt(i)
+    for (let i = 0; i < head.length; i++) {
+      const code = head.charCodeAt(i)
+      surrogates ||= (code & 0xf800) === 0xd800
+      hash = Math.imul(hash ^ code, 0x01000193)
+    }
+    for (let i = 0; i < tail.length; i++) {
+      const code = tail.charCodeAt(i)
       surrogates ||= (code & 0xf800) === 0xd800
       hash = Math.imul(hash ^ code, 0x01000193)
     }
     // A lone surrogate is stored as U+FFFD: hash that (equals() already compares that way).
     if (surrogates) {
+      const key = head + tail
       const stored = asStored(key)
       if (stored !== key) return this.#hash(stored)
     }
     return hash
   }
 
-  /** The position of `key`, or -1. */
-  #find (key: string, hash: number): number {
+  /** The position of the key `head + tail`, or -1. */
+  #find (head: string, tail: string, hash: number): number {
     const table = this.#table
     const mask = this.#mask
     for (let position = hash & mask; table[position] !== 0; position = (position + 1) & mask) {
-      if (this.#hashes[position] === hash && this.#keys.equals(table[position] - 1, key)) return position
+      if (this.#hashes[position] === hash && this.#keys.equals(table[position] - 1, head, tail)) return position
     }
     return -1
   }
