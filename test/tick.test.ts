@@ -87,7 +87,8 @@ for (const mode of ['plugin', 'plugin-in-context'] as const) {
   test(`with fastify-pow ${how}, the same GC leaves every one of them monomorphic`, async (t) => {
     const { keeps, holdsStore, before, after } = await literalSlots(mode)
     t.equal(keeps, true, 'the plugin keeps a tick object')
-    t.equal(holdsStore, false, 'which holds no store of the context the plugin was loaded in')
+    // Only loaded inside a context is there a store it could hold.
+    if (mode === 'plugin-in-context') t.equal(holdsStore, false, 'which holds no store of the context the plugin was loaded in')
     t.ok(before.length >= 2, `V8 shows the literal's feedback slots (${before.join(', ')})`)
     t.same(before.filter((s) => s !== 'MONOMORPHIC'), [], 'before the GC all of them are monomorphic')
     t.same(after.filter((s) => s !== 'MONOMORPHIC'), [], 'and after it')
